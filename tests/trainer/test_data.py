@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.formats import Message, PreferencePair
+from tests import tiny
+from trainer.data import TokenizedPair, collate, length_grouped_batches, tokenize_pairs
+
+
+def pair(prompt: str, chosen: str, rejected: str) -> PreferencePair:
+    return PreferencePair(
+        (Message("user", prompt),), Message("assistant", chosen), Message("assistant", rejected), "TRAIN"
+    )
+
+
+def test_long_prompts_are_trimmed_and_long_responses_dropped_and_both_counted() -> None:
+    tok = tiny.chat_tokenizer()
+    pairs = [
+        pair("short question", "good answer", "bad answer"),
+        pair("a very long question " * 40, "good answer", "bad answer"),
+        pair("short question", "an extremely long answer " * 40, "bad answer"),
+    ]
+    examples, report = tokenize_pairs(pairs, tok, max_length=64)
+    assert report.to_dict() == {"pairs_in": 3, "prompts_trimmed": 1, "dropped": 1}
+    assert len(examples) == 2
+    assert all(len(e.chosen) <= 64 and len(e.rejected) <= 64 for e in examples)
+    # the trimmed pair still ends with its whole answer
+    assert tok.decode(examples[1].chosen).rstrip().endswith("good answer<|im_end|>")
+
+
+def test_length_grouped_batches_cover_every_index_once_and_cut_padding() -> None:
+    lengths = [(i * 37) % 500 + 10 for i in range(1000)]
+    batches = length_grouped_batches(lengths, batch_size=8, seed=3)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000))
+    assert batches == length_grouped_batches(lengths, batch_size=8, seed=3)
+    assert batches != length_grouped_batches(lengths, batch_size=8, seed=4)
+
+    def padding(bs: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+
+    naive = [list(range(i, min(i + 8, 1000))) for i in range(0, 1000, 8)]
+    assert padding(batches) < padding(naive) / 5
+
+
+def test_collate_puts_chosen_rows_first_right_padded_with_a_mask() -> None:
+    batch = [TokenizedPair((1, 2, 3), (4,), 0.5), TokenizedPair((5,), (6, 7), 0.0)]
+    out = collate(batch, pad_id=0)
+    assert out["input_ids"].tolist() == [[1, 2, 3], [5, 0, 0], [4, 0, 0], [6, 7, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 0]]
+    assert out["margin"].tolist() == pytest.approx([0.5, 0.0])

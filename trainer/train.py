@@ -1,0 +1,363 @@
+"""train(cfg): preference pairs -> a Bradley-Terry reward model directory (DESIGN contract 2).
+
+Read top to bottom: setup, data, model, optimizer, loop (checkpointed, resumable), evaluation, save.
+Imports gateway.formats only from the rest of the project (through trainer.data / evaluate).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gateway.formats import load_pairs, pool_rewards
+from trainer.bases import resolve_base
+from trainer.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import TokenizedPair, collate, length_grouped_batches, tokenize_pairs
+from trainer.evaluate import PairMetrics, evaluate_pairs
+from trainer.objective import bradley_terry_loss, lr_multiplier
+from trainer.plot import write_plot
+
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output: Path
+    test: PairMetrics
+    steps: int
+    train_seconds: float
+    pairs_per_second: float
+    tokens_per_second: float
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    # ---------------------------------------------------------------- setup
+    output, version = _output_dir(cfg)
+    slug = cfg.slug or (output.parent.name if cfg.models_dir else output.name)
+    device = _device(cfg.device)
+    precision = cfg.precision if cfg.precision != "auto" else _auto_precision(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    print(f"config: {json.dumps(cfg.to_dict())}", flush=True)
+
+    # ---------------------------------------------------------------- data
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    dataset = load_pairs(cfg.data, skip_invalid=cfg.skip_invalid)
+    base = resolve_base(cfg.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:  # pooling reads the mask, so reusing eos as pad is safe here
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    train_pairs, test_pairs = dataset.split("TRAIN"), dataset.split("TEST")
+    if cfg.max_pairs:
+        train_pairs = random.Random(cfg.seed).sample(train_pairs, min(cfg.max_pairs, len(train_pairs)))
+    examples, truncation = tokenize_pairs(train_pairs, tokenizer, cfg.max_length)
+    if not examples:
+        raise ValueError(f"{cfg.data}: no TRAIN pairs fit max_length={cfg.max_length}")
+    print(
+        f"data: {dataset.summary()}; training on {len(examples)} pairs; truncation {truncation.to_dict()}", flush=True
+    )
+
+    # ---------------------------------------------------------------- model
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    _freeze(model, cfg.freeze_embeddings, cfg.freeze_layers)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora:
+        model = _with_lora(model, cfg)
+    model.to(device)
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    model.train()
+
+    # ---------------------------------------------------------------- optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Pure bf16 weights lose small updates to rounding, so the optimizer steps fp32 master copies.
+    master = [p.detach().float().clone() for p in params] if precision == "bf16" else params
+    optimizer = torch.optim.AdamW(
+        master, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
+    )
+    batch_size = _batch_size(cfg, model, examples, tokenizer.pad_token_id, device, precision)
+    batches_per_epoch = math.ceil(len(examples) / batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    # ---------------------------------------------------------------- resume
+    step, start_epoch, start_batch = 0, 0, 0
+    if cfg.resume and (ckpt := latest_checkpoint(output)) is not None:
+        state = load_checkpoint(ckpt)
+        model.load_state_dict(state["model"])
+        if precision == "bf16":
+            for m, saved in zip(master, state["master"], strict=True):
+                m.data.copy_(saved)
+        optimizer.load_state_dict(state["optimizer"])
+        step, start_epoch, start_batch = state["step"], state["epoch"], state["next_batch"]
+        print(f"resumed from {ckpt.name}: epoch {start_epoch}, batch {start_batch}, step {step}", flush=True)
+
+    # ---------------------------------------------------------------- loop
+    metrics_log = (output / "metrics.jsonl").open("a")
+    lengths = [p.longest for p in examples]
+    progress = _progress(cfg, total_steps, step)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
+    bf16 = precision != "fp32"  # evaluation runs in the training precision (fast); the server's fp32 differs <1e-2
+    t0, pairs_done, tokens_done, window = time.perf_counter(), 0, 0, []
+    stop = False
+    for epoch in range(start_epoch, cfg.epochs):
+        order = length_grouped_batches(lengths, batch_size, seed=cfg.seed + epoch)
+        first = start_batch if epoch == start_epoch else 0
+        for i in range(first, len(order)):
+            batch = collate([examples[j] for j in order[i]], tokenizer.pad_token_id)
+            with autocast:
+                rewards = pool_rewards(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            n = len(order[i])
+            loss, stats = bradley_terry_loss(rewards[:n], rewards[n:], batch["margin"].to(device), cfg.center_rewards)
+            (loss / cfg.grad_accum).backward()
+            window.append(stats)
+            pairs_done += n
+            tokens_done += int(batch["attention_mask"].sum())
+            if (i + 1) % cfg.grad_accum and i + 1 < len(order):
+                continue
+            # -- optimizer step
+            lr = cfg.learning_rate * lr_multiplier(step, total_steps, warmup, cfg.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if precision == "bf16":
+                for m, p in zip(master, params, strict=True):
+                    m.grad = None if p.grad is None else p.grad.float()
+                    p.grad = None
+            torch.nn.utils.clip_grad_norm_(master, MAX_GRAD_NORM)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if precision == "bf16":
+                with torch.no_grad():
+                    for m, p in zip(master, params, strict=True):
+                        p.copy_(m)
+            step += 1
+            progress.update(1)
+            if step % cfg.log_every == 0 or i + 1 == len(order):
+                row = _mean_stats(window) | {
+                    "kind": "train",
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": lr,
+                    "elapsed_s": round(time.perf_counter() - t0, 2),
+                }
+                metrics_log.write(json.dumps(row) + "\n")
+                metrics_log.flush()
+                progress.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
+                window = []
+            at_epoch_end = i + 1 == len(order)
+            if step % cfg.save_steps == 0 or at_epoch_end:
+                next_epoch, next_batch = (epoch + 1, 0) if at_epoch_end else (epoch, i + 1)
+                save_checkpoint(
+                    output,
+                    step,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "master": [m.detach() for m in master] if precision == "bf16" else [],
+                        "epoch": next_epoch,
+                        "next_batch": next_batch,
+                    },
+                )
+            if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
+                print(f"time budget of {cfg.time_budget_s}s reached at step {step}; stopping early", flush=True)
+                stop = True
+                break
+        if cfg.eval_every_epoch and not stop:
+            _log_eval(metrics_log, step, evaluate_pairs(model, tokenizer, test_pairs, cfg.max_length, device, bf16))
+        if stop:
+            break
+    progress.close()
+    train_seconds = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- evaluation and save
+    if precision == "bf16":  # keep the fp32 master weights, not their bf16 rounding (.to keeps the Parameters)
+        model.to(torch.float32)
+        with torch.no_grad():
+            for m, p in zip(master, params, strict=True):
+                p.copy_(m)
+    if cfg.lora:
+        model = model.merge_and_unload()
+    model.eval()
+    test = evaluate_pairs(model, tokenizer, test_pairs, cfg.max_length, device, bf16)
+    stats_pairs, stats_split = (test_pairs, "TEST") if test_pairs else (train_pairs[:512], "TRAIN")
+    reward_stats = test if test_pairs else evaluate_pairs(model, tokenizer, stats_pairs, cfg.max_length, device, bf16)
+    _log_eval(metrics_log, step, test)
+    metrics_log.close()
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    write_plot(output / "metrics.jsonl", output / "training_curves.png")
+    meta = {
+        "format": 1,
+        "slug": slug,
+        "version": version,
+        "base_model": cfg.base_model or base,
+        "base_model_path": base,
+        "architecture": type(model).__name__,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "max_length": cfg.max_length,
+        "config": cfg.to_dict() | {"resolved_batch_size": batch_size, "precision": precision, "device": str(device)},
+        "data": {
+            "path": str(cfg.data),
+            "sha256": _sha256(cfg.data),
+            "pairs": len(dataset.pairs),
+            "train_pairs": len(train_pairs),
+            "test_pairs": len(test_pairs),
+            "skipped_lines": len(dataset.skipped),
+            "truncation": truncation.to_dict(),
+        },
+        "training": {
+            "steps": step,
+            "seconds": round(train_seconds, 2),
+            "stopped_early": stop,
+            "pairs_per_second": round(pairs_done / train_seconds, 3) if train_seconds else 0.0,
+            "tokens_per_second": round(tokens_done / train_seconds, 1) if train_seconds else 0.0,
+        },
+        "metrics": {"test": test.to_dict(), "precision": "bf16" if bf16 else "fp32"},
+        "reward_stats": {
+            "mean": reward_stats.reward_mean,
+            "std": reward_stats.reward_std,
+            "count": 2 * reward_stats.count,
+            "split": stats_split,
+        },
+    }
+    tmp = output / "rewardgate.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, output / "rewardgate.json")  # written last: its presence marks a complete model
+    remove_checkpoints(output)
+    return TrainResult(
+        output, test, step, train_seconds, pairs_done / max(train_seconds, 1e-9), tokens_done / max(train_seconds, 1e-9)
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _output_dir(cfg: TrainConfig) -> tuple[Path, str]:
+    if bool(cfg.output) == bool(cfg.models_dir):
+        raise ValueError("give exactly one of --output DIR or --models-dir DIR")
+    if cfg.output:
+        out = Path(cfg.output)
+        match = re.fullmatch(r"v(\d+)", out.name)
+        version = out.name if match else "v1"
+    else:
+        if not cfg.slug or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", cfg.slug):
+            raise ValueError("--models-dir needs --slug of lowercase letters, digits, '.', '_' or '-'")
+        root = Path(cfg.models_dir) / cfg.slug
+        versions = sorted(int(p.name[1:]) for p in root.glob("v*") if re.fullmatch(r"v\d+", p.name))
+        unfinished = [v for v in versions if not (root / f"v{v}" / "rewardgate.json").exists()]
+        number = unfinished[-1] if cfg.resume and unfinished else (versions[-1] + 1 if versions else 1)
+        out, version = root / f"v{number}", f"v{number}"
+    if (out / "rewardgate.json").exists():
+        raise FileExistsError(f"{out} already holds a trained model; choose another --output")
+    return out, version
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _auto_precision(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "bf16"
+    # bf16 matmuls on AMX / AVX512-BF16 CPUs run ~6x faster than fp32 (measured: docs/BENCHMARKS.md).
+    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return "bf16" if device.type == "cpu" and native_bf16 else "fp32"
+
+
+def _transformer_layers(model: Any) -> Any:
+    """The stack of transformer blocks, whatever the architecture calls it (encoder.layer, layers, h)."""
+    count = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"{type(model).__name__}: cannot find its {count} transformer layers to freeze")
+
+
+def _freeze(model: Any, embeddings: bool, layers: int) -> None:
+    if embeddings:
+        model.get_input_embeddings().requires_grad_(False)
+    if layers:
+        stack = _transformer_layers(model)
+        if layers >= len(stack):
+            raise ValueError(f"freeze_layers={layers}: the model has only {len(stack)} layers")
+        for block in stack[:layers]:
+            block.requires_grad_(False)
+
+
+def _with_lora(model: Any, cfg: TrainConfig) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout
+    )
+    return get_peft_model(model, config)
+
+
+def _batch_size(
+    cfg: TrainConfig, model: Any, examples: list[TokenizedPair], pad_id: int, device: torch.device, precision: str
+) -> int:
+    """`auto`: 8 pairs on CPU; on CUDA the largest power of two <= 64 whose longest batch fits."""
+    if cfg.batch_size != "auto":
+        return int(cfg.batch_size)
+    if device.type != "cuda":
+        return 8
+    longest = max(examples, key=lambda p: p.longest)
+    size = 64
+    while size > 1:
+        try:
+            batch = collate([longest] * size, pad_id)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast"):
+                out = pool_rewards(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            out.float().sum().backward()
+            model.zero_grad(set_to_none=True)
+            return size
+        except torch.OutOfMemoryError:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            size //= 2
+    return 1
+
+
+def _progress(cfg: TrainConfig, total: int, done: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, disable=not cfg.progress, desc="train", unit="step")
+
+
+def _mean_stats(window: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(sum(s[k] for s in window) / len(window), 5) for k in window[0]}
+
+
+def _log_eval(log: Any, step: int, metrics: PairMetrics) -> None:
+    log.write(json.dumps({"kind": "eval", "step": step, **metrics.to_dict()}) + "\n")
+    log.flush()
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
