@@ -42,6 +42,18 @@ def held_out_copy(directory: Path) -> Path:
     return out
 
 
+def matmul_gflops(dtype: object, n: int = 2048, reps: int = 5) -> float:
+    """The CPU's matmul rate in this dtype: why bf16 training pays on AMX CPUs."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)  # type: ignore[call-overload]
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return round(2 * n**3 * reps / (time.perf_counter() - start) / 1e9, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget-s", type=float, default=900.0, help="training time budget per base")
@@ -57,7 +69,13 @@ def main() -> None:
     from trainer.evaluate import evaluate_pairs, load_reward_model
     from trainer.train import train
 
-    results: dict[str, dict[str, object]] = {"torch_threads": torch.get_num_threads(), "budget_s": args.budget_s}
+    results: dict[str, object] = {
+        "torch_threads": torch.get_num_threads(),
+        "budget_s": args.budget_s,
+        "matmul_gflops": {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)},
+        "loadavg_start": os.getloadavg(),
+    }
+    print(json.dumps(results), flush=True)
     pandalm = load_pairs(PANDALM).pairs
     with tempfile.TemporaryDirectory() as tmp:
         data = held_out_copy(Path(tmp))
@@ -93,11 +111,11 @@ def main() -> None:
             }
             print(json.dumps({base: results[base]}, indent=1), flush=True)
             del model
+    results["loadavg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
-    print(
-        f"{'base':10} {'pairs':>6} {'pairs/s':>8} {'held-out acc':>13} {'(longer)':>9} {'PandaLM acc':>12} {'(longer)':>9}"
-    )
+    header = ("base", "pairs", "pairs/s", "held-out acc", "(longer)", "PandaLM acc", "(longer)")
+    print("{:10} {:>6} {:>8} {:>13} {:>9} {:>12} {:>9}".format(*header))
     for base in args.bases:
         r = results[base]
         h, p = r["held_out"], r["pandalm"]  # type: ignore[index]

@@ -438,8 +438,11 @@ def pool_rewards(model: Any, input_ids: Any, attention_mask: Any) -> Any:
 
     Decoder classifiers (a `score` head: Llama, Qwen2, Mistral, GPT-2...) are read at the last
     real token, found from the attention mask, never from `pad_token_id`, so pad == eos is safe
-    (TRL #937, transformers #35352). Encoder classifiers (BERT family) pool at [CLS], position 0,
-    which right padding never moves, so their own forward is used. Returns a (batch,) tensor.
+    (TRL #937, transformers #35352). Their backbone runs WITHOUT the mask: with right padding a
+    real token never attends to the pads after it under the causal mask, so the result is the
+    same, and SDPA can take its flash/causal path instead of materialising a padded mask
+    (measured: docs/BENCHMARKS.md). Encoder classifiers (BERT family) attend both ways, so they get
+    the mask and pool at [CLS], position 0, which right padding never moves. Returns (batch,).
     """
     if hasattr(model, "get_base_model"):  # a peft wrapper: work on the model it wraps
         model = model.get_base_model()
@@ -447,7 +450,7 @@ def pool_rewards(model: Any, input_ids: Any, attention_mask: Any) -> Any:
     if head is None:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = backbone(input_ids=input_ids).last_hidden_state
     last = attention_mask.sum(dim=1) - 1
     index = last.view(-1, 1, 1).expand(-1, 1, hidden.size(-1))
     return head(hidden.gather(1, index).squeeze(1))[:, 0]

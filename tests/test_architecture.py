@@ -35,36 +35,46 @@ class Rule:
 
 WEB = ("starlette", "httpx", "litellm")
 RULES = (
-    Rule("formats imports nothing of the project and no web or torch stack",
-         "gateway/formats.py",
-         may=(),
-         must_not=(*WEB, "torch", "transformers")),
-    Rule("criteria import only base, formats, protocol, reward_serving.protocol",
-         "gateway/criteria/*",
-         may=("gateway.criteria.base", "gateway.formats", "gateway.protocol",
-              "gateway.reward_serving.protocol"),
-         must_not=("gateway.proxy", "gateway.store", "starlette", "torch", "trainer"),
-         exclude=("gateway/criteria/__init__.py",)),
+    Rule(
+        "formats imports nothing of the project and no web or torch stack",
+        "gateway/formats.py",
+        may=(),
+        must_not=(*WEB, "torch", "transformers"),
+    ),
+    Rule(
+        "criteria import only base, formats, protocol, reward_serving.protocol",
+        "gateway/criteria/*",
+        may=("gateway.criteria.base", "gateway.formats", "gateway.protocol", "gateway.reward_serving.protocol"),
+        must_not=("gateway.proxy", "gateway.store", "starlette", "torch", "trainer"),
+        exclude=("gateway/criteria/__init__.py",),
+    ),
     # The explicit registry (DESIGN: criteria/__init__.py) imports each scorer module.
-    Rule("the criteria registry imports its scorers and what they may import",
-         "gateway/criteria/__init__.py",
-         may=("gateway.criteria", "gateway.formats", "gateway.protocol", "gateway.reward_serving.protocol"),
-         must_not=("gateway.proxy", "gateway.store", "starlette", "torch", "trainer")),
-    Rule("the rest of gateway: no torch, no trainer, no reward_serving internals",
-         "gateway/*",
-         may=("gateway", "gateway.reward_serving.protocol"),
-         must_not=("torch", "transformers", "trainer", "gateway.reward_serving"),
-         exclude=("gateway/reward_serving/*", "gateway/__main__.py", "gateway/cli.py"),
-         any_project=True),
-    Rule("reward_serving imports only itself and formats, never gateway web code",
-         "gateway/reward_serving/*",
-         may=("gateway.reward_serving", "gateway.formats"),
-         must_not=("gateway.proxy", "gateway.criteria", "gateway.config", "gateway.errors",
-                   "gateway.metrics")),
-    Rule("trainer imports only gateway.formats (and itself), no web stack",
-         "trainer/*",
-         may=("trainer", "gateway.formats"),
-         must_not=WEB),
+    Rule(
+        "the criteria registry imports its scorers and what they may import",
+        "gateway/criteria/__init__.py",
+        may=("gateway.criteria", "gateway.formats", "gateway.protocol", "gateway.reward_serving.protocol"),
+        must_not=("gateway.proxy", "gateway.store", "starlette", "torch", "trainer"),
+    ),
+    Rule(
+        "the rest of gateway: no torch, no trainer, no reward_serving internals",
+        "gateway/*",
+        may=("gateway", "gateway.reward_serving.protocol"),
+        must_not=("torch", "transformers", "trainer", "gateway.reward_serving"),
+        exclude=("gateway/reward_serving/*", "gateway/__main__.py", "gateway/cli.py"),
+        any_project=True,
+    ),
+    Rule(
+        "reward_serving imports only itself and formats, never gateway web code",
+        "gateway/reward_serving/*",
+        may=("gateway.reward_serving", "gateway.formats"),
+        must_not=("gateway.proxy", "gateway.criteria", "gateway.config", "gateway.errors", "gateway.metrics"),
+    ),
+    Rule(
+        "trainer imports only gateway.formats (and itself), no web stack",
+        "trainer/*",
+        may=("trainer", "gateway.formats"),
+        must_not=WEB,
+    ),
 )
 # Nothing at import: LiteLLM takes seconds to import, so it is only ever imported inside functions.
 NEVER_AT_MODULE_LEVEL = ("litellm",)
@@ -155,8 +165,10 @@ def rule_violations(rule: Rule, imports: list[Import]) -> list[str]:
         if best_denied > best_allowed:
             out.append(f"line {imp.lineno}: imports {imp.module} (must not import {max(denied, key=len)})")
         elif best_allowed < 0 and imp.module.split(".")[0] in PROJECT and not rule.any_project:
-            out.append(f"line {imp.lineno}: imports {imp.module} (may import from the project only: "
-                       f"{', '.join(rule.may) or 'nothing'})")
+            out.append(
+                f"line {imp.lineno}: imports {imp.module} (may import from the project only: "
+                f"{', '.join(rule.may) or 'nothing'})"
+            )
     return out
 
 
@@ -250,18 +262,40 @@ def test_checker_catches_forbidden_imports_in_synthetic_sources() -> None:
 
 def test_checker_accepts_what_the_rules_allow() -> None:
     assert _check("gateway/formats.py", "import gzip\nimport json\nfrom typing import Any\n") == []
-    assert _check("gateway/criteria/rules.py", "from .base import Criterion\nfrom gateway import formats\n"
-                  "from ..protocol import ChatCompletion\n") == []
-    assert _check("gateway/criteria/reward_model.py", "import httpx\n"
-                  "from gateway.reward_serving.protocol import ScoreRequest\n") == []
+    assert (
+        _check(
+            "gateway/criteria/rules.py",
+            "from .base import Criterion\nfrom gateway import formats\nfrom ..protocol import ChatCompletion\n",
+        )
+        == []
+    )
+    assert (
+        _check(
+            "gateway/criteria/reward_model.py",
+            "import httpx\nfrom gateway.reward_serving.protocol import ScoreRequest\n",
+        )
+        == []
+    )
     assert _check("gateway/criteria/__init__.py", "from . import reward_model, rules\n") == []
     assert _check("gateway/proxy.py", "from gateway.reward_serving.protocol import ScoreRequest\n") == []
     assert _check("gateway/proxy.py", "from .config import GatewaySettings\nfrom . import store\n") == []
     assert _check("gateway/cli.py", "from gateway.reward_serving.server import create_app\n") == []
-    assert _check("gateway/reward_serving/engine.py", "import torch\nfrom .batcher import Batcher\n"
-                  "from ..formats import render_responses\n") == []
-    assert _check("trainer/train.py", "import torch\nfrom trainer.config import Config\n"
-                  "from gateway.formats import load_pairs\n") == []
+    assert (
+        _check(
+            "gateway/reward_serving/engine.py",
+            "import torch\nfrom .batcher import Batcher\nfrom ..formats import render_responses\n",
+        )
+        == []
+    )
+    assert (
+        _check(
+            "trainer/train.py",
+            "import torch\nfrom trainer.config import Config\nfrom gateway.formats import load_pairs\n",
+        )
+        == []
+    )
     assert _check("gateway/providers.py", "def call():\n    import litellm\n") == []
-    assert _check("gateway/providers.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                  "    import litellm\n") == []
+    assert (
+        _check("gateway/providers.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import litellm\n")
+        == []
+    )

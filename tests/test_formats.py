@@ -139,10 +139,12 @@ BAD_LINES: list[tuple[str, str | bytes, tuple[str, ...]]] = [
         line(seed(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}, CHOSEN])),
         ("messages[0].content[0]", "text"),
     ),
-    ("content a number", line(seed(messages=[{"role": "user", "content": 3}, CHOSEN])),
-     ("messages[0].content",)),
-    ("name not a string", line(seed(messages=[{"role": "user", "content": "x", "name": 1}, CHOSEN])),
-     ("messages[0].name",)),
+    ("content a number", line(seed(messages=[{"role": "user", "content": 3}, CHOSEN])), ("messages[0].content",)),
+    (
+        "name not a string",
+        line(seed(messages=[{"role": "user", "content": "x", "name": 1}, CHOSEN])),
+        ("messages[0].name",),
+    ),
     ("tools not a list", line(seed(tools={"type": "function"})), ("tools",)),
     ("tools of non-objects", line(seed(tools=["f"])), ("tools",)),
     ("tool_choice a number", line(seed(tool_choice=3)), ("tool_choice",)),
@@ -153,9 +155,7 @@ BAD_LINES: list[tuple[str, str | bytes, tuple[str, ...]]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("bad", "needles"), [(b, n) for _, b, n in BAD_LINES], ids=[c for c, _, _ in BAD_LINES]
-)
+@pytest.mark.parametrize(("bad", "needles"), [(b, n) for _, b, n in BAD_LINES], ids=[c for c, _, _ in BAD_LINES])
 def test_each_rule_reports_line_number_and_field(bad: str | bytes, needles: tuple[str, ...]) -> None:
     # good line, blank line (counted, ignored), then the bad one: it must be reported as line 3.
     lines: list[str | bytes] = [GOOD + "\n", "\n", bad]
@@ -178,19 +178,22 @@ def test_each_rule_reports_line_number_and_field(bad: str | bytes, needles: tupl
     assert "line 3" in str(excinfo.value)
 
 
-BAD_FILE = b"\n".join(
-    [
-        GOOD.encode(),  # 1
-        b'{"messages": [',  # 2 invalid JSON
-        b"",  # 3 blank
-        line(seed(split="DEV")).encode(),  # 4 bad split
-        b"   ",  # 5 blank (whitespace)
-        line(seed(rejected_message=CHOSEN, split="TEST")).encode(),  # 6 chosen == rejected
-        b"\xc3\x28",  # 7 invalid UTF-8
-        line(seed(split="TEST")).encode(),  # 8
-        b"[]",  # 9 non-object
-    ]
-) + b"\n"
+BAD_FILE = (
+    b"\n".join(
+        [
+            GOOD.encode(),  # 1
+            b'{"messages": [',  # 2 invalid JSON
+            b"",  # 3 blank
+            line(seed(split="DEV")).encode(),  # 4 bad split
+            b"   ",  # 5 blank (whitespace)
+            line(seed(rejected_message=CHOSEN, split="TEST")).encode(),  # 6 chosen == rejected
+            b"\xc3\x28",  # 7 invalid UTF-8
+            line(seed(split="TEST")).encode(),  # 8
+            b"[]",  # 9 non-object
+        ]
+    )
+    + b"\n"
+)
 
 
 def test_every_bad_line_is_reported_not_only_the_first(tmp_path: Path) -> None:
@@ -313,8 +316,14 @@ def test_prompt_chosen_rejected_strings() -> None:
 
 
 def test_prompt_messages_with_message_answers() -> None:
-    pair = parsed({"prompt": [{"role": "system", "content": "Be brief."}, USER], "chosen": CHOSEN,
-                   "rejected": [REJECTED], "split": "TRAIN"})
+    pair = parsed(
+        {
+            "prompt": [{"role": "system", "content": "Be brief."}, USER],
+            "chosen": CHOSEN,
+            "rejected": [REJECTED],
+            "split": "TRAIN",
+        }
+    )
     assert pair == parsed(seed())
 
 
@@ -338,21 +347,30 @@ def test_all_shapes_of_the_same_pair_agree_including_the_derived_split() -> None
 @pytest.mark.parametrize(
     ("record", "needles"),
     [
-        ({"chosen": [USER, CHOSEN], "rejected": [{"role": "user", "content": "other"}, REJECTED]},
-         ("chosen/rejected", "same prompt")),
+        (
+            {"chosen": [USER, CHOSEN], "rejected": [{"role": "user", "content": "other"}, REJECTED]},
+            ("chosen/rejected", "same prompt"),
+        ),
         ({"chosen": [USER, CHOSEN], "rejected": [USER]}, ("rejected[0]", "assistant")),
         ({"chosen": [USER], "rejected": [USER, REJECTED]}, ("chosen[0]", "assistant")),
         ({"chosen": [USER, CHOSEN]}, ("rejected", "missing or empty")),
-        ({"prompt": "Hi?", "chosen": {"role": "user", "content": "x"}, "rejected": "y"},
-         ("chosen", "assistant")),
+        ({"prompt": "Hi?", "chosen": {"role": "user", "content": "x"}, "rejected": "y"}, ("chosen", "assistant")),
         ({"prompt": "Hi?", "chosen": "x"}, ("rejected",)),
         ({"prompt": "", "chosen": "x", "rejected": "y"}, ("prompt[0].content", "empty")),
         ({"prompt": [], "chosen": "x", "rejected": "y"}, ("prompt", "missing or empty")),
         ({"prompt": "Hi?", "chosen": "same", "rejected": "same"}, ("identical",)),
     ],
-    ids=["prompt mismatch", "rejected ends in user", "chosen ends in user", "rejected missing",
-         "chosen from user", "prompt shape rejected missing", "empty prompt", "empty prompt list",
-         "identical strings"],
+    ids=[
+        "prompt mismatch",
+        "rejected ends in user",
+        "chosen ends in user",
+        "rejected missing",
+        "chosen from user",
+        "prompt shape rejected missing",
+        "empty prompt",
+        "empty prompt list",
+        "identical strings",
+    ],
 )
 def test_alternative_shape_errors(record: dict[str, Any], needles: tuple[str, ...]) -> None:
     ((number, item),) = list(iter_pairs(["", line(record)]))
@@ -386,8 +404,10 @@ def test_all_pairs_of_one_prompt_land_on_the_same_side() -> None:
     for i in range(100):
         prompt = _prompt(i)
         records = [
-            {"messages": [*prompt, {"role": "assistant", "content": f"answer {j}"}],
-             "rejected_message": {"role": "assistant", "content": f"worse {j}"}}
+            {
+                "messages": [*prompt, {"role": "assistant", "content": f"answer {j}"}],
+                "rejected_message": {"role": "assistant", "content": f"worse {j}"},
+            }
             for j in range(3)
         ]
         records.append({"prompt": prompt, "chosen": "alt a", "rejected": "alt b", "margin": 0.5})
@@ -427,10 +447,18 @@ def test_plain_file_path_and_str_path_agree(tmp_path: Path) -> None:
 def test_to_json_round_trips_through_parse_pair() -> None:
     tool_turn = {"role": "tool", "content": "42", "tool_call_id": "c1", "name": "lookup"}
     record = seed(
-        messages=[{"role": "user", "content": "q", "name": "bob"},
-                  {"role": "assistant", "content": None, "tool_calls": [CALL]}, tool_turn, CHOSEN],
+        messages=[
+            {"role": "user", "content": "q", "name": "bob"},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            tool_turn,
+            CHOSEN,
+        ],
         rejected_message={"role": "assistant", "content": "", "tool_calls": [CALL]},
-        tools=TOOLS, tool_choice="auto", metadata={"k": "v"}, margin=0.25, split=None,
+        tools=TOOLS,
+        tool_choice="auto",
+        metadata={"k": "v"},
+        margin=0.25,
+        split=None,
     )
     pair = parsed(record)
     again = parse_pair(json.loads(json.dumps(pair.to_json())))
@@ -442,13 +470,9 @@ def test_to_json_round_trips_through_parse_pair() -> None:
 
 # ---------------------------------------------------------------- property tests: the reader never raises
 
-PROPERTY = settings(
-    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
-)
+PROPERTY = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 ANY_TEXT = st.text(alphabet=st.characters(exclude_categories=()), max_size=20)  # lone surrogates included
-JSON_LEAF = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | ANY_TEXT
-)
+JSON_LEAF = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | ANY_TEXT
 JSON = st.recursive(
     JSON_LEAF,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
@@ -462,9 +486,12 @@ CONTENT = (
 )
 MESSAGE = st.fixed_dictionaries(
     {"role": ROLE},
-    optional={"content": CONTENT, "tool_calls": st.lists(st.dictionaries(ANY_TEXT, JSON, max_size=2),
-                                                         max_size=2) | JSON,
-              "name": ANY_TEXT | JSON, "tool_call_id": ANY_TEXT | JSON},
+    optional={
+        "content": CONTENT,
+        "tool_calls": st.lists(st.dictionaries(ANY_TEXT, JSON, max_size=2), max_size=2) | JSON,
+        "name": ANY_TEXT | JSON,
+        "tool_call_id": ANY_TEXT | JSON,
+    },
 )
 MESSAGES = st.lists(MESSAGE, min_size=1, max_size=4) | JSON
 RECORD = st.fixed_dictionaries(
@@ -490,14 +517,29 @@ VALID_SHAPES = [
     {"prompt": "Hi?", "chosen": CHOSEN, "rejected": [REJECTED], "tools": TOOLS, "metadata": {"k": 1}},
     {"chosen": [USER, CHOSEN], "rejected": [USER, REJECTED], "tool_choice": "auto", "margin": 1.0},
 ]
-PATHS = [
-    (key,) for key in ("messages", "rejected_message", "split", "prompt", "chosen", "rejected", "tools",
-                       "tool_choice", "metadata", "margin")
-] + [
-    (key, index, field)
-    for key, index in (("messages", -1), ("messages", 0), ("chosen", -1), ("rejected", 0), ("rejected", -1))
-    for field in ("role", "content", "tool_calls", "name", "tool_call_id")
-] + [("rejected_message", "content"), ("rejected_message", "role"), ("chosen", "content")]
+PATHS = (
+    [
+        (key,)
+        for key in (
+            "messages",
+            "rejected_message",
+            "split",
+            "prompt",
+            "chosen",
+            "rejected",
+            "tools",
+            "tool_choice",
+            "metadata",
+            "margin",
+        )
+    ]
+    + [
+        (key, index, field)
+        for key, index in (("messages", -1), ("messages", 0), ("chosen", -1), ("rejected", 0), ("rejected", -1))
+        for field in ("role", "content", "tool_calls", "name", "tool_call_id")
+    ]
+    + [("rejected_message", "content"), ("rejected_message", "role"), ("chosen", "content")]
+)
 DROP = object()
 
 
@@ -605,11 +647,18 @@ def test_lone_surrogate_in_prompt_without_split_is_not_a_crash() -> None:
 # ---------------------------------------------------------------- rendering and pooling (contract 2)
 
 CONVERSATIONS = [
-    [Message("system", "Be brief."), Message("user", "How do I reset my password?"),
-     Message("assistant", "Open settings, choose security, then reset.")],
+    [
+        Message("system", "Be brief."),
+        Message("user", "How do I reset my password?"),
+        Message("assistant", "Open settings, choose security, then reset."),
+    ],
     [Message("user", "Thanks!"), Message("assistant", "Your order ships tomorrow.")],
-    [Message("user", "Tell me about the fox."), Message("assistant", "The quick brown fox jumps."),
-     Message("user", "And the dog?"), Message("assistant", "The lazy dog sleeps over 0123456789.")],
+    [
+        Message("user", "Tell me about the fox."),
+        Message("assistant", "The quick brown fox jumps."),
+        Message("user", "And the dog?"),
+        Message("assistant", "The lazy dog sleeps over 0123456789."),
+    ],
 ]
 
 
@@ -634,9 +683,7 @@ def _dicts(conversation: list[Message]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS, ids=["system", "short", "multi-turn"])
-def test_chat_template_rendering_matches_apply_chat_template(
-    chat_tok: Any, conversation: list[Message]
-) -> None:
+def test_chat_template_rendering_matches_apply_chat_template(chat_tok: Any, conversation: list[Message]) -> None:
     rendered = render_conversation(chat_tok, conversation, max_length=512)
     expected = chat_tok.apply_chat_template(_dicts(conversation), tokenize=False)
     assert chat_tok.decode(list(rendered.input_ids)) == expected
@@ -659,7 +706,7 @@ def _head_and_response_ids(tok: Any, conversation: list[Message]) -> tuple[list[
     head = tok.apply_chat_template(_dicts(conversation[:-1]), tokenize=False, add_generation_prompt=True)
     full = tok.apply_chat_template(_dicts(conversation), tokenize=False)
     assert full.startswith(head)
-    return tok.encode(head, add_special_tokens=False), tok.encode(full[len(head):], add_special_tokens=False)
+    return tok.encode(head, add_special_tokens=False), tok.encode(full[len(head) :], add_special_tokens=False)
 
 
 def test_truncation_keeps_the_response_and_trims_the_prompt_from_the_left(chat_tok: Any) -> None:
@@ -707,7 +754,7 @@ def test_plain_tokenizer_wraps_cls_and_sep(plain_tok: Any) -> None:
     response_ids = plain_tok.encode("Open settings.", add_special_tokens=False)
     cut = render_conversation(plain_tok, conversation, max_length=len(response_ids) + 4)
     assert len(cut.input_ids) == len(response_ids) + 4
-    assert list(cut.input_ids) == [ids[0], *ids[-(len(response_ids) + 3):]]
+    assert list(cut.input_ids) == [ids[0], *ids[-(len(response_ids) + 3) :]]
     assert cut.prompt_tokens_trimmed == len(ids) - len(cut.input_ids)
 
 

@@ -98,6 +98,7 @@ def bert_reward_model(tokenizer: Any, seed: int = 0) -> Any:
         max_position_embeddings=2048,
         num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.2,  # BERT's 0.02 makes a 32-wide model score every input nearly the same
     )
     torch.manual_seed(seed)
     return BertForSequenceClassification(cfg).eval()

@@ -45,7 +45,9 @@ class TrainConfig:
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N")
     seed: int = _opt(42, "seed for init, shuffling and batching")
     max_pairs: int = _opt(0, "use at most this many TRAIN pairs (0 = all)")
-    time_budget_s: float = _opt(0.0, "stop training after this many seconds, then evaluate and save (0 = none)")
+    time_budget_s: float = _opt(
+        0.0, "train for at most this many seconds, with the LR schedule fitted to the steps that fit (0 = none)"
+    )
     threads: int = _opt(0, "torch CPU threads (0 = torch's default)")
     freeze_embeddings: bool = _opt(False, "keep the input embeddings fixed (faster on CPU; little loss on small data)")
     freeze_layers: int = _opt(0, "keep the bottom N transformer layers fixed (train the top ones and the head)")

@@ -97,7 +97,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     batch_size = _batch_size(cfg, model, examples, tokenizer.pad_token_id, device, precision)
     batches_per_epoch = math.ceil(len(examples) / batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
+    total_steps = planned_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_ratio * total_steps)
 
     # ---------------------------------------------------------------- resume
@@ -113,6 +113,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         print(f"resumed from {ckpt.name}: epoch {start_epoch}, batch {start_batch}, step {step}", flush=True)
 
     # ---------------------------------------------------------------- loop
+    first_step = step
     metrics_log = (output / "metrics.jsonl").open("a")
     lengths = [p.longest for p in examples]
     progress = _progress(cfg, total_steps, step)
@@ -152,6 +153,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                         p.copy_(m)
             step += 1
             progress.update(1)
+            if cfg.time_budget_s:  # fit the schedule to the steps the budget allows, so the decay completes
+                run_steps = step - first_step
+                left = (cfg.time_budget_s - (time.perf_counter() - t0)) / ((time.perf_counter() - t0) / run_steps)
+                total_steps = min(planned_steps, step + max(0, int(left)))
             if step % cfg.log_every == 0 or i + 1 == len(order):
                 row = _mean_stats(window) | {
                     "kind": "train",
@@ -178,7 +183,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                         "next_batch": next_batch,
                     },
                 )
-            if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
+            if cfg.time_budget_s and (time.perf_counter() - t0 > cfg.time_budget_s or step >= total_steps):
                 print(f"time budget of {cfg.time_budget_s}s reached at step {step}; stopping early", flush=True)
                 stop = True
                 break

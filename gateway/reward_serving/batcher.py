@@ -1,0 +1,307 @@
+"""Cross-request dynamic batching (TEI's design): a bounded queue, a token budget, a maximum wait.
+
+Owns `Batcher` (asyncio, one loop task per model), `plan_batches` (the length-sorted bucketing shared
+with the GPU benchmark) and `BatchedModel` (an engine + its batcher, servable by the registry).
+Must not import torch: the engine is injected as an async callable that scores on its worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.formats import Message
+
+from .errors import InferenceError, OverloadedError, RewardServerError, UnavailableError
+from .registry import ScoreResult
+
+logger = logging.getLogger(__name__)
+
+TokenIds = tuple[int, ...]
+ScoreFn = Callable[[Sequence[TokenIds]], Awaitable[list[float]]]
+# A dispatch cycle takes at most this many budgets' worth of queued tokens, so one cycle stays short and
+# requests arriving meanwhile are not starved by a long backlog sorted ahead of them.
+_WINDOW_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch_tokens: int = 16384  # padded tokens per forward pass (rows x longest row)
+    max_batch_size: int = 256  # conversations per forward pass
+    max_wait_s: float = 0.002  # how long the oldest request may wait for others to join its batch
+    max_queue_requests: int = 512  # requests admitted (queued or being scored); more get 429
+    max_batch_requests: int | None = None  # None merges across requests; 1 = one request at a time
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_batch_tokens < 1 or self.max_batch_size < 1 or self.max_queue_requests < 1:
+            raise ValueError("batch tokens, batch size and queue size must be positive")
+        if self.max_wait_s < 0:
+            raise ValueError("max_wait_s must not be negative")
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one forward pass did; the metrics module turns these into Prometheus series."""
+
+    size: int  # conversations
+    requests: int  # distinct client requests merged into it
+    tokens: int  # real tokens
+    padded_tokens: int  # rows x longest row
+    queue_seconds: float  # how long its oldest request waited before the pass started
+    inference_seconds: float
+
+
+def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches: sorted by length, each batch's padded size within the budget.
+
+    Sorting makes neighbours similar in length, so right padding wastes little and more rows fit the
+    budget. A row longer than the budget alone still gets a batch of its own.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        rows = len(current) + 1
+        if current and (rows * lengths[index] > max_batch_tokens or rows > max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass(eq=False)
+class _Request:
+    items: tuple[TokenIds, ...]
+    future: asyncio.Future[list[float]]
+    enqueued_at: float
+    tokens: int
+    scores: list[float] = field(default_factory=list)
+    left: int = 0
+    queued: bool = True
+    cancelled: bool = False
+
+
+class Batcher:
+    """Merges the items of concurrent `submit` calls into length-sorted batches under a token budget."""
+
+    def __init__(
+        self,
+        score: ScoreFn,
+        config: BatcherConfig | None = None,
+        *,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self._score = score
+        self.config = config or BatcherConfig()
+        self._on_batch = on_batch
+        self._queue: deque[_Request] = deque()
+        self._queued_tokens = 0
+        self._admitted = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._window: list[_Request] = []  # taken from the queue, being scored
+        self._closing = False
+
+    @property
+    def queue_size(self) -> int:
+        """Requests admitted and not finished: waiting in the queue or being scored."""
+        return self._admitted
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def check_capacity(self) -> None:
+        """Raise now, before a caller spends work on a request the queue would refuse."""
+        if self._closing:
+            raise UnavailableError("the model is being unloaded; retry", retry_after=self.config.retry_after_s)
+        if self._admitted >= self.config.max_queue_requests:
+            raise OverloadedError(
+                f"reward server overloaded: {self._admitted} requests queued (max_queue_requests)",
+                retry_after=self.config.retry_after_s,
+            )
+
+    async def submit(self, items: Sequence[TokenIds]) -> list[float]:
+        """Scores for `items`, in order. Cancelling the caller drops its items not yet scored."""
+        self.check_capacity()
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        request = _Request(tuple(items), loop.create_future(), loop.time(), sum(len(x) for x in items))
+        request.scores, request.left = [0.0] * len(items), len(items)
+        self._queue.append(request)
+        self._queued_tokens += request.tokens
+        self._admitted += 1
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name="rewardgate-batcher")
+        self._wakeup.set()
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            request.cancelled = True
+            request.future.cancel()
+            if request.queued:
+                self._queue.remove(request)
+                self._queued_tokens -= request.tokens
+            raise
+        finally:
+            self._admitted -= 1
+
+    async def aclose(self) -> None:
+        """Refuse new requests, finish the admitted ones, stop the loop task."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                while not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                await self._gather()
+                self._window = self._take_window()
+                await self._dispatch(self._window)
+                self._window = []
+        finally:  # only finds work left after a crash or a cancelled task: fail it, never hang it
+            for request in [*self._window, *self._queue]:
+                if not request.future.done():
+                    request.future.set_exception(UnavailableError("the batcher stopped; retry"))
+
+    def _merging(self) -> bool:
+        limit = self.config.max_batch_requests
+        return limit is None or len(self._queue) < limit
+
+    async def _gather(self) -> None:
+        """Let others join until the budget fills or the oldest request has waited max_wait_s."""
+        loop = asyncio.get_running_loop()
+        deadline = self._queue[0].enqueued_at + self.config.max_wait_s
+        while self._queue and self._queued_tokens < self.config.max_batch_tokens and self._merging():
+            timeout = deadline - loop.time()
+            if timeout <= 0 or self._closing:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                return
+
+    def _take_window(self) -> list[_Request]:
+        limit_tokens = self.config.max_batch_tokens * _WINDOW_BATCHES
+        limit_requests = self.config.max_batch_requests
+        window: list[_Request] = []
+        tokens = 0
+        while self._queue and (not window or tokens + self._queue[0].tokens <= limit_tokens):
+            if limit_requests is not None and len(window) >= limit_requests:
+                break
+            request = self._queue.popleft()
+            request.queued = False
+            self._queued_tokens -= request.tokens
+            if not request.cancelled:
+                window.append(request)
+                tokens += request.tokens
+        return window
+
+    async def _dispatch(self, window: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        items = [(request, i, ids) for request in window for i, ids in enumerate(request.items)]
+        plan = plan_batches([len(ids) for _, _, ids in items], self.config.max_batch_tokens, self.config.max_batch_size)
+        for batch in plan:
+            live = [items[j] for j in batch if not items[j][0].cancelled]  # a cancelled request's work is dropped
+            if not live:
+                continue
+            started = loop.time()
+            oldest = min(request.enqueued_at for request, _, _ in live)
+            try:
+                scores = await self._score([ids for _, _, ids in live])
+                if len(scores) != len(live):
+                    raise InferenceError(f"engine returned {len(scores)} scores for {len(live)} conversations")
+            except Exception as exc:  # the engine failed this batch: fail its requests, keep serving
+                self._fail({request for request, _, _ in live}, exc)
+                continue
+            for (request, i, _), score in zip(live, scores, strict=True):
+                if request.future.done():
+                    continue
+                request.scores[i] = float(score)
+                request.left -= 1
+                if request.left == 0:
+                    request.future.set_result(request.scores)
+            if self._on_batch is not None:
+                lengths = [len(ids) for _, _, ids in live]
+                self._on_batch(
+                    BatchStats(
+                        size=len(live),
+                        requests=len({id(r) for r, _, _ in live}),
+                        tokens=sum(lengths),
+                        padded_tokens=len(lengths) * max(lengths),
+                        queue_seconds=started - oldest,
+                        inference_seconds=loop.time() - started,
+                    )
+                )
+
+    @staticmethod
+    def _fail(requests: set[_Request], exc: Exception) -> None:
+        logger.error("scoring a batch failed", exc_info=exc)
+        error = exc if isinstance(exc, RewardServerError) else InferenceError(f"scoring failed: {exc}")
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(error)
+
+
+class TokenEngine(Protocol):
+    """What `BatchedModel` needs from an engine: render on any thread, score on its own worker thread."""
+
+    @property
+    def memory_bytes(self) -> int: ...
+
+    def render(
+        self, conversations: Sequence[Sequence[Message]], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[TokenIds]: ...
+
+    async def score_tokens(self, batch: Sequence[TokenIds]) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
+class BatchedModel:
+    """One loaded model behind its batcher: the registry's `Servable` for the torch engine."""
+
+    def __init__(
+        self,
+        engine: TokenEngine,
+        config: BatcherConfig | None = None,
+        *,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.batcher = Batcher(engine.score_tokens, config, on_batch=on_batch)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.engine.memory_bytes
+
+    @property
+    def queue_size(self) -> int:
+        return self.batcher.queue_size
+
+    async def score(
+        self, conversations: Sequence[Sequence[Message]], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> ScoreResult:
+        self.batcher.check_capacity()  # refuse before tokenizing, not after
+        # Tokenizing is CPU work: off the event loop, and off the worker thread that feeds the model.
+        ids = await asyncio.to_thread(self.engine.render, conversations, tools)
+        scores = await self.batcher.submit(ids)
+        return ScoreResult(tuple(scores), sum(len(x) for x in ids))
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
+        await asyncio.to_thread(self.engine.close)

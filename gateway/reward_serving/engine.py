@@ -1,0 +1,220 @@
+"""TorchRewardEngine: a reward-model directory (contract 2) loaded with transformers, scored on one thread.
+
+Owns loading (bf16 on CUDA, float32 on CPU, SDPA attention), rendering with `formats.render_responses`
+(a prompt shared by several conversations is rendered once), right padding, and scoring with
+`formats.pool_rewards` under `torch.inference_mode` on ONE dedicated worker thread, so the event loop never
+runs a forward pass. Must not import the web layer (server, starlette, httpx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gateway.formats import Message, parse_message, pool_rewards, render_responses
+
+from .batcher import BatchedModel, BatcherConfig, BatchStats, TokenIds, plan_batches
+from .errors import ModelLoadError
+from .registry import CARD_FILE, Loader, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+_FALLBACK_MAX_LENGTH = 2048  # only for directories whose rewardgate.json lacks max_length
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+class TorchRewardEngine:
+    """Scores token-id rows with a `*ForSequenceClassification` (num_labels=1) model.
+
+    `score_batch` is the blocking forward pass (one right-padded batch); `score_tokens` runs it on the
+    engine's own single worker thread; `score` renders and scores conversations in one blocking call, for
+    tests and for checking trainer/server identity.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_length: int,
+        pad_token_id: int | None = None,
+        name: str = "model",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        # Scoring never decodes: without this the backbone builds a KV cache on every forward pass, which
+        # holds every layer's keys/values alive and makes torch.compile recompile per layer.
+        if hasattr(model.config, "use_cache"):
+            model.config.use_cache = False
+        self.max_length = max_length
+        self.device: torch.device = next(model.parameters()).device
+        if pad_token_id is None:
+            pad_token_id = getattr(tokenizer, "pad_token_id", None)
+        if pad_token_id is None:
+            pad_token_id = getattr(model.config, "pad_token_id", None)
+        # Any id works: pool_rewards reads the attention mask, never the pad id (TRL #937).
+        self.pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
+        self.memory_bytes = sum(t.numel() * t.element_size() for t in chain(model.parameters(), model.buffers()))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rm-{name}")
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto", compile_blocks: bool = False) -> TorchRewardEngine:
+        """Load a reward-model directory written by the trainer (blocking: call it off the event loop)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = Path(path)
+        card_path = path / CARD_FILE
+        card: dict[str, Any] = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
+        target = resolve_device(device)
+        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        if model.config.num_labels != 1:
+            raise ModelLoadError(f"{path}: a reward model has num_labels=1, this one has {model.config.num_labels}")
+        model.to(target).eval()
+        max_length = _max_length(card, model.config, path)
+        if compile_blocks:
+            compile_repeated_blocks(model)
+        engine = cls(model, tokenizer, max_length=max_length, name=path.parent.name + "-" + path.name)
+        if compile_blocks:  # compile now, so a model that does not compile fails to load, not to score
+            engine.score_batch([[engine.pad_token_id] * 8, [engine.pad_token_id] * 5])
+        return engine
+
+    # ------------------------------------------------------------ render (any thread)
+
+    def render(
+        self, conversations: Sequence[Sequence[Message]], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[TokenIds]:
+        """Token ids per conversation, in order; the last message of each is the response scored."""
+        groups: dict[str, list[int]] = {}
+        for i, conversation in enumerate(conversations):
+            if not conversation:
+                raise ValueError(f"conversation {i} is empty")
+            groups.setdefault(_prompt_key(conversation[:-1]), []).append(i)
+        out: list[TokenIds] = [()] * len(conversations)
+        for indices in groups.values():
+            prompt = conversations[indices[0]][:-1]
+            responses = [conversations[i][-1] for i in indices]
+            rendered = render_responses(self.tokenizer, prompt, responses, self.max_length, tools)
+            for i, item in zip(indices, rendered, strict=True):
+                out[i] = item.input_ids
+        return out
+
+    # ------------------------------------------------------------ score (the worker thread)
+
+    def score_batch(self, batch: Sequence[Sequence[int]]) -> list[float]:
+        """One forward pass over right-padded rows; raw scores in row order. Blocking."""
+        if not batch:
+            return []
+        lengths = torch.tensor([len(row) for row in batch])
+        width = int(lengths.max())
+        ids = torch.tensor([[*row, *([self.pad_token_id] * (width - len(row)))] for row in batch])
+        mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()
+        if self.device.type == "cuda":
+            ids, mask = ids.pin_memory(), mask.pin_memory()
+        with torch.inference_mode():
+            scores = pool_rewards(
+                self.model, ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+            )
+            return [float(s) for s in scores.float().cpu().tolist()]
+
+    async def score_tokens(self, batch: Sequence[TokenIds]) -> list[float]:
+        """`score_batch` on this engine's dedicated worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.score_batch, batch)
+
+    def score(
+        self,
+        conversations: Sequence[Sequence[Message | Mapping[str, Any]]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        max_batch_tokens: int = 16384,
+    ) -> list[float]:
+        """Render and score conversations (Message objects or OpenAI message dicts). Blocking."""
+        parsed = [
+            [
+                m if isinstance(m, Message) else parse_message(dict(m), f"conversations[{i}][{j}]")
+                for j, m in enumerate(conv)
+            ]
+            for i, conv in enumerate(conversations)
+        ]
+        ids = self.render(parsed, tools)
+        scores = [0.0] * len(ids)
+        for batch in plan_batches([len(row) for row in ids], max_batch_tokens, max_batch_size=1024):
+            for i, score in zip(batch, self.score_batch([ids[i] for i in batch]), strict=True):
+                scores[i] = score
+        return scores
+
+    def close(self) -> None:
+        """Stop the worker thread and release the weights."""
+        self._executor.shutdown(wait=True)
+        on_cuda = self.device.type == "cuda"
+        self.model = None
+        if on_cuda:
+            torch.cuda.empty_cache()
+
+
+def compile_repeated_blocks(model: Any) -> None:
+    """torch.compile each block of the model's largest stack of identical layers (regional compilation).
+
+    The blocks share one compiled graph, so compiling costs about one layer, not the whole model; dynamic
+    shapes avoid a recompile per batch shape. Fuses the norms, rotary and activation kernels.
+    """
+    stacks = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m) > 1 and len({type(block) for block in m}) == 1
+    ]
+    if not stacks:
+        raise ModelLoadError("compile_blocks: found no stack of repeated layers to compile")
+    for block in max(stacks, key=len):
+        block.compile(dynamic=True)
+
+
+def torch_loader(
+    *,
+    device: str = "auto",
+    batcher: BatcherConfig | None = None,
+    on_batch: Callable[[BatchStats], None] | None = None,
+    compile_blocks: bool = False,
+) -> Loader:
+    """The registry's loader for the torch engine: a model directory -> engine behind its own batcher."""
+
+    def load(version: ModelVersion) -> BatchedModel:
+        engine = TorchRewardEngine.load(version.path, device=device, compile_blocks=compile_blocks)
+        return BatchedModel(engine, batcher, on_batch=on_batch)
+
+    return load
+
+
+def _prompt_key(prompt: Sequence[Message]) -> str:
+    return json.dumps([m.to_dict() for m in prompt], sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _max_length(card: Mapping[str, Any], config: Any, path: Path) -> int:
+    value = card.get("max_length")
+    if value is None:
+        logger.warning("%s: %s has no max_length; using %d", path, CARD_FILE, _FALLBACK_MAX_LENGTH)
+        value = _FALLBACK_MAX_LENGTH
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ModelLoadError(f"{path}: {CARD_FILE} max_length must be an integer >= 2, got {value!r}")
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and value > limit:
+        logger.warning("%s: max_length %d exceeds the model's %d positions; using %d", path, value, limit, limit)
+        value = limit
+    return value

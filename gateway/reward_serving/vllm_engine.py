@@ -1,0 +1,133 @@
+"""VllmRewardEngine: scoring through vLLM's pooling runner (optional extra `vllm`, imported lazily).
+
+Written against vLLM 0.11's offline API: `LLM(model=dir, runner="pooling", convert="classify")` and
+`LLM.classify(prompts, pooling_params=PoolingParams(...))` with the activation off, so scores are the raw
+logits the torch engine returns (`use_activation` from 0.12 on, `activation` before). UNTESTED here: no
+vLLM in this environment; tests/reward_serving/test_vllm_engine.py (marker `vllm`) runs where it is.
+We render (formats.render_responses) and pass token ids, so the model reads what the trainer rendered;
+vLLM pools at the last token (decoders) or [CLS] (BERT), as formats.pool_rewards does. vLLM batches and
+schedules itself, so our batcher is bypassed. Must not import the web layer (server, starlette).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gateway.formats import Message, render_responses
+
+from .errors import ModelLoadError, OverloadedError
+from .registry import CARD_FILE, Loader, ModelVersion, ScoreResult
+
+VLLM_API_VERSION = "0.11"  # the vLLM release whose offline pooling API this module follows
+
+
+class VllmRewardEngine:
+    def __init__(self, llm: Any, tokenizer: Any, *, max_length: int, memory_bytes: int) -> None:
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.memory_bytes = memory_bytes
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rm-vllm")  # LLM is not thread-safe
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        gpu_memory_utilization: float = 0.4,
+    ) -> VllmRewardEngine:
+        try:
+            from vllm import LLM  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise ModelLoadError("the vllm engine needs the optional extra: pip install 'rewardgate[vllm]'") from exc
+        path = Path(path)
+        card = json.loads((path / CARD_FILE).read_text(encoding="utf-8"))
+        max_length = int(card["max_length"])
+        options: dict[str, Any] = {
+            "model": str(path),
+            "runner": "pooling",
+            "convert": "classify",
+            "max_model_len": max_length,
+            "gpu_memory_utilization": gpu_memory_utilization,
+        }
+        if device == "cpu":
+            options["device"] = "cpu"
+        llm = LLM(**options)
+        weights = sum(f.stat().st_size for f in path.iterdir() if f.suffix in {".safetensors", ".bin"})
+        return cls(llm, llm.get_tokenizer(), max_length=max_length, memory_bytes=weights)
+
+    def render(
+        self, conversations: Sequence[Sequence[Message]], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[tuple[int, ...]]:
+        return [
+            render_responses(self.tokenizer, c[:-1], [c[-1]], self.max_length, tools)[0].input_ids
+            for c in conversations
+        ]
+
+    def score_batch(self, batch: Sequence[Sequence[int]]) -> list[float]:
+        """Raw scores for token-id rows; vLLM schedules the rows itself. Blocking."""
+        from vllm import PoolingParams  # type: ignore[import-not-found,unused-ignore]
+        from vllm.inputs import TokensPrompt  # type: ignore[import-not-found,unused-ignore]
+
+        try:
+            params = PoolingParams(use_activation=False)  # vLLM >= 0.12
+        except TypeError:
+            params = PoolingParams(activation=False)  # vLLM 0.10 - 0.11
+        prompts = [TokensPrompt(prompt_token_ids=list(row)) for row in batch]
+        outputs = self.llm.classify(prompts, pooling_params=params, use_tqdm=False)
+        return [float(out.outputs.probs[0]) for out in outputs]
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.llm = None
+
+
+class VllmServable:
+    """A vLLM engine as the registry's `Servable`: a bounded number of admitted requests, no batcher."""
+
+    def __init__(self, engine: VllmRewardEngine, *, max_queue_requests: int = 512, retry_after_s: int = 1) -> None:
+        self.engine = engine
+        self._limit = max_queue_requests
+        self._retry_after = retry_after_s
+        self._admitted = 0
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.engine.memory_bytes
+
+    @property
+    def queue_size(self) -> int:
+        return self._admitted
+
+    async def score(
+        self, conversations: Sequence[Sequence[Message]], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> ScoreResult:
+        if self._admitted >= self._limit:
+            raise OverloadedError(
+                f"reward server overloaded: {self._admitted} requests queued", retry_after=self._retry_after
+            )
+        self._admitted += 1
+        try:
+            ids = await asyncio.to_thread(self.engine.render, conversations, tools)
+            loop = asyncio.get_running_loop()
+            scores = await loop.run_in_executor(self.engine.executor, self.engine.score_batch, ids)
+            return ScoreResult(tuple(scores), sum(len(row) for row in ids))
+        finally:
+            self._admitted -= 1
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.engine.close)
+
+
+def vllm_loader(*, device: str = "auto", max_queue_requests: int = 512, retry_after_s: int = 1) -> Loader:
+    def load(version: ModelVersion) -> VllmServable:
+        engine = VllmRewardEngine.load(version.path, device=device)
+        return VllmServable(engine, max_queue_requests=max_queue_requests, retry_after_s=retry_after_s)
+
+    return load

@@ -1,0 +1,174 @@
+"""The dynamic batcher with a fake scorer: merging, budget, sorting, max wait, bounded queue, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.reward_serving.batcher import Batcher, BatcherConfig, BatchStats, plan_batches
+from gateway.reward_serving.errors import InferenceError, OverloadedError, UnavailableError, error_reply
+
+from .fakes import FakeScorer, until
+
+pytestmark = pytest.mark.anyio
+
+
+def rows(*lengths: int, start: int = 1) -> list[tuple[int, ...]]:
+    """Rows of the given lengths whose ids are unique across calls with different `start`s."""
+    return [tuple(range(start + 1000 * i, start + 1000 * i + n)) for i, n in enumerate(lengths)]
+
+
+def expected(items: list[tuple[int, ...]]) -> list[float]:
+    return [float(sum(r)) for r in items]
+
+
+def test_plan_batches_sorts_by_length_and_respects_the_padded_budget() -> None:
+    lengths = [5, 1, 9, 3, 3, 8, 2]
+    plan = plan_batches(lengths, max_batch_tokens=12, max_batch_size=3)
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in plan for i in b]
+    assert flat == sorted(lengths)
+    for batch in plan:
+        assert len(batch) <= 3
+        assert len(batch) * max(lengths[i] for i in batch) <= 12
+    assert plan_batches([50, 2], max_batch_tokens=10, max_batch_size=8) == [[1], [0]]  # too long: alone
+
+
+async def test_concurrent_requests_are_merged_into_one_batch() -> None:
+    scorer = FakeScorer()
+    # The budget is exactly the three requests' tokens, so the batch leaves as soon as all three are queued.
+    batcher = Batcher(scorer, BatcherConfig(max_batch_tokens=24, max_wait_s=30.0))
+    a, b, c = rows(4, 4), rows(4, 4, start=2), rows(4, 4, start=3)
+    results = await asyncio.wait_for(asyncio.gather(batcher.submit(a), batcher.submit(b), batcher.submit(c)), 5)
+    assert results == [expected(a), expected(b), expected(c)]
+    assert len(scorer.batches) == 1 and len(scorer.batches[0]) == 6
+    await batcher.aclose()
+
+
+async def test_token_budget_and_batch_size_are_respected() -> None:
+    scorer = FakeScorer()
+    stats: list[BatchStats] = []
+    batcher = Batcher(
+        scorer, BatcherConfig(max_batch_tokens=32, max_batch_size=3, max_wait_s=0.0), on_batch=stats.append
+    )
+    requests = [rows(1, 7, 3, start=1), rows(8, 2, start=2), rows(5, 5, 6, 4, start=3), rows(40, start=4)]
+    results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+    assert results == [expected(r) for r in requests]
+    for batch in scorer.batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * max(map(len, batch)) <= 32
+    assert sum(s.size for s in stats) == 10 and all(s.padded_tokens >= s.tokens for s in stats)
+    await batcher.aclose()
+
+
+async def test_rows_are_sorted_by_length_within_a_dispatch() -> None:
+    scorer = FakeScorer()
+    batcher = Batcher(scorer, BatcherConfig(max_batch_tokens=10_000, max_wait_s=0.0))
+    items = rows(5, 1, 3, 2, 4)
+    assert await batcher.submit(items) == expected(items)  # results come back in the caller's order
+    assert [len(r) for r in scorer.batches[0]] == [1, 2, 3, 4, 5]
+    await batcher.aclose()
+
+
+async def test_a_lone_request_waits_at_most_max_wait() -> None:
+    scorer = FakeScorer()
+    batcher = Batcher(scorer, BatcherConfig(max_batch_tokens=10_000, max_wait_s=0.05))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(batcher.submit(rows(3)), 5)
+    assert 0.045 <= loop.time() - started < 2.0
+    await batcher.aclose()
+
+
+async def test_a_full_budget_does_not_wait_for_max_wait() -> None:
+    scorer = FakeScorer()
+    batcher = Batcher(scorer, BatcherConfig(max_batch_tokens=8, max_wait_s=60.0))
+    first = asyncio.ensure_future(batcher.submit(rows(4)))
+    await until(lambda: batcher.queue_size == 1)
+    assert not scorer.batches  # below the budget: it waits for company
+    second = await asyncio.wait_for(batcher.submit(rows(4, start=2)), 5)  # fills the budget: both go now
+    assert (await first, second) == (expected(rows(4)), expected(rows(4, start=2)))
+    assert len(scorer.batches) == 1
+    await batcher.aclose()
+
+
+async def test_one_request_at_a_time_mode_never_merges() -> None:
+    scorer = FakeScorer()
+    batcher = Batcher(scorer, BatcherConfig(max_batch_tokens=10_000, max_wait_s=0.0, max_batch_requests=1))
+    await asyncio.gather(*(batcher.submit(rows(2, 3, start=s)) for s in range(1, 5)))
+    assert [len(b) for b in scorer.batches] == [2, 2, 2, 2]
+    await batcher.aclose()
+
+
+async def test_a_full_queue_rejects_with_429_and_retry_after() -> None:
+    scorer = FakeScorer(gated=True)
+    batcher = Batcher(scorer, BatcherConfig(max_queue_requests=2, max_wait_s=0.0, retry_after_s=3))
+    running = asyncio.ensure_future(batcher.submit(rows(2)))
+    await asyncio.wait_for(scorer.entered.wait(), 5)
+    queued = asyncio.ensure_future(batcher.submit(rows(2, start=2)))
+    await until(lambda: batcher.queue_size == 2)
+    with pytest.raises(OverloadedError) as caught:
+        await batcher.submit(rows(2, start=3))
+    status, body, headers = error_reply(caught.value)
+    assert status == 429 and headers == {"Retry-After": "3"} and body["error"]["type"] == "overloaded"
+    scorer.gate.set()
+    assert await running == expected(rows(2)) and await queued == expected(rows(2, start=2))
+    assert batcher.queue_size == 0
+    await batcher.aclose()
+
+
+async def test_a_cancelled_request_is_dropped_from_the_queue() -> None:
+    scorer = FakeScorer(gated=True)
+    batcher = Batcher(scorer, BatcherConfig(max_wait_s=0.0))
+    running = asyncio.ensure_future(batcher.submit(rows(2)))
+    await asyncio.wait_for(scorer.entered.wait(), 5)  # the worker is busy: the next two stay queued
+    doomed_rows, kept_rows = rows(3, 3, start=7), rows(3, start=9)
+    doomed = asyncio.ensure_future(batcher.submit(doomed_rows))
+    kept = asyncio.ensure_future(batcher.submit(kept_rows))
+    await until(lambda: batcher.queue_size == 3)
+    doomed.cancel()
+    await until(lambda: batcher.queue_size == 2)
+    scorer.gate.set()
+    assert await running == expected(rows(2)) and await kept == expected(kept_rows)
+    assert doomed.cancelled()
+    assert not set(doomed_rows) & set(scorer.rows())
+    await batcher.aclose()
+
+
+async def test_a_cancelled_request_loses_its_batches_not_yet_started() -> None:
+    scorer = FakeScorer(gated=True)
+    # A budget of one row per batch: the request's three rows become three forward passes.
+    batcher = Batcher(scorer, BatcherConfig(max_batch_tokens=4, max_wait_s=0.0))
+    task = asyncio.ensure_future(batcher.submit(rows(4, 4, 4)))
+    await asyncio.wait_for(scorer.entered.wait(), 5)
+    task.cancel()
+    scorer.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await batcher.aclose()
+    assert len(scorer.batches) == 1  # the first pass had started; the other two were dropped
+
+
+async def test_a_failing_batch_fails_its_requests_only() -> None:
+    scorer = FakeScorer(fail_on=-1)
+    batcher = Batcher(scorer, BatcherConfig(max_batch_tokens=4, max_wait_s=0.0))
+    bad, good = batcher.submit([(-1, 0, 0, 0)]), batcher.submit(rows(4, start=5))
+    results = await asyncio.gather(bad, good, return_exceptions=True)
+    assert isinstance(results[0], InferenceError) and "boom" in str(results[0])
+    assert results[1] == expected(rows(4, start=5))
+    await batcher.aclose()
+
+
+async def test_close_finishes_admitted_work_then_refuses() -> None:
+    scorer = FakeScorer(gated=True)
+    batcher = Batcher(scorer, BatcherConfig(max_wait_s=0.0))
+    pending = asyncio.ensure_future(batcher.submit(rows(2)))
+    await asyncio.wait_for(scorer.entered.wait(), 5)
+    closing = asyncio.ensure_future(batcher.aclose())
+    await until(lambda: batcher.closing)
+    with pytest.raises(UnavailableError):
+        await batcher.submit(rows(2))
+    scorer.gate.set()
+    await closing
+    assert await pending == expected(rows(2))

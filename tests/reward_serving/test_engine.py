@@ -1,0 +1,90 @@
+"""TorchRewardEngine on tiny llama and bert models: batched scores equal pool_rewards on each conversation alone."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gateway.formats import Message, parse_message, pool_rewards, render_conversation
+from gateway.reward_serving.engine import TorchRewardEngine
+
+CONVERSATIONS = [
+    [
+        {"role": "user", "content": "How do I reset my password?"},
+        {"role": "assistant", "content": "Open settings, choose security, then reset."},
+    ],
+    [
+        {"role": "user", "content": "How do I reset my password?"},
+        {"role": "assistant", "content": "I cannot help with that."},
+    ],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Where is my order?"},
+        {"role": "assistant", "content": "Your order ships tomorrow and arrives in two days, thanks for waiting!"},
+    ],
+    [
+        {"role": "user", "content": "How do I reset my password?"},
+        {"role": "assistant", "content": "Thanks for reaching out! Open settings."},
+    ],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+]
+
+
+def parsed(conversation: list[dict[str, Any]]) -> list[Message]:
+    return [parse_message(m, "m") for m in conversation]
+
+
+@pytest.fixture(scope="module", params=["tiny-rm/v1", "bert-rm/v1"], ids=["llama", "bert"])
+def engine(request: pytest.FixtureRequest, store: Path) -> Any:
+    engine = TorchRewardEngine.load(store / request.param, device="cpu")
+    yield engine
+    engine.close()
+
+
+def alone(engine: TorchRewardEngine, conversation: list[dict[str, Any]]) -> float:
+    """The reference: the conversation rendered by itself, unpadded, through pool_rewards."""
+    ids = torch.tensor([render_conversation(engine.tokenizer, parsed(conversation), engine.max_length).input_ids])
+    with torch.inference_mode():
+        return float(pool_rewards(engine.model, ids, torch.ones_like(ids))[0])
+
+
+def test_loads_float32_on_cpu_with_the_card_max_length(engine: TorchRewardEngine) -> None:
+    assert engine.device.type == "cpu" and next(engine.model.parameters()).dtype == torch.float32
+    assert engine.max_length == 256 and engine.memory_bytes > 0
+    assert engine.model.config.use_cache is False
+
+
+def test_batched_scores_equal_each_conversation_scored_alone(engine: TorchRewardEngine) -> None:
+    scores = engine.score(CONVERSATIONS)
+    assert scores == pytest.approx([alone(engine, c) for c in CONVERSATIONS], abs=1e-5)
+
+
+def test_padding_does_not_change_a_score(engine: TorchRewardEngine) -> None:
+    short, long = engine.render([parsed(CONVERSATIONS[4]), parsed(CONVERSATIONS[2])])
+    assert len(short) < len(long)
+    together = engine.score_batch([short, long])
+    assert together == pytest.approx([engine.score_batch([short])[0], engine.score_batch([long])[0]], abs=1e-5)
+
+
+def test_a_shared_prompt_renders_as_each_conversation_would_alone(engine: TorchRewardEngine) -> None:
+    rendered = engine.render([parsed(c) for c in CONVERSATIONS])
+    assert rendered == [
+        render_conversation(engine.tokenizer, parsed(c), engine.max_length).input_ids for c in CONVERSATIONS
+    ]
+
+
+@pytest.mark.anyio
+async def test_score_tokens_runs_on_the_dedicated_worker_thread(engine: TorchRewardEngine, anyio_backend: str) -> None:
+    threads: list[str] = []
+    backbone = getattr(engine.model, engine.model.base_model_prefix)  # runs under both pooling paths
+    hook = backbone.register_forward_hook(lambda *_: threads.append(threading.current_thread().name))
+    try:
+        ids = engine.render([parsed(c) for c in CONVERSATIONS[:2]])
+        assert await engine.score_tokens(ids) == pytest.approx(engine.score_batch(ids), abs=1e-6)
+    finally:
+        hook.remove()
+    assert threads and threads[0].startswith("rm-") and threads[0] != threading.main_thread().name
