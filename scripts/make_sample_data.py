@@ -753,9 +753,7 @@ def rejected_candidates(kind: str, intent: Intent, slots: dict[str, str], rng: r
     if kind == "wrong_facts":
         return wrong_facts(intent, slots, rng)
     if kind == "rude":
-        return [t.format(**slots) for t in intent.rude] + [
-            t.format(topic=topic) for t in rng.sample(RUDE_ANY, k=2)
-        ]
+        return [t.format(**slots) for t in intent.rude] + [t.format(topic=topic) for t in rng.sample(RUDE_ANY, k=2)]
     if kind == "off_topic":
         others = [i for i in INTENTS if i.category != intent.category]
         out: list[str] = []

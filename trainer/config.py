@@ -56,6 +56,7 @@ class TrainConfig:
     lora_alpha: int = _opt(32, "LoRA alpha")
     lora_dropout: float = _opt(0.05, "LoRA dropout")
     gradient_checkpointing: bool = _opt(False, "recompute activations to save memory (slower)")
+    dropout: bool = _opt(False, "keep the base model's dropout on (off by default, as in TRL: steadier rewards, faster)")
     eval_every_epoch: bool = _opt(False, "also evaluate on TEST after each epoch")
     save_steps: int = _opt(200, "checkpoint every N optimizer steps (and at each epoch end)")
     resume: bool = _opt(False, "continue from the newest checkpoint in the output directory")

@@ -48,10 +48,12 @@ def tokenize_pairs(
     counted and reported, never silent."""
     out: list[TokenizedPair] = []
     trimmed = dropped = 0
-    for pair in pairs:
+    for index, pair in enumerate(pairs):
         chosen, rejected = render_responses(
             tokenizer, pair.prompt, [pair.chosen, pair.rejected], max_length, pair.tools
         )
+        if not chosen.input_ids or not rejected.input_ids:
+            raise ValueError(f"the tokenizer produced no tokens for TRAIN pair {index}")
         if chosen.response_tokens_truncated or rejected.response_tokens_truncated:
             dropped += 1
             continue
