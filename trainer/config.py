@@ -14,6 +14,7 @@ from typing import Any
 SAMPLE_DATA = str(Path(__file__).parent / "samples" / "support_pairs.jsonl")
 PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
 SCHEDULES = ("cosine", "linear", "constant")
+ATTENTIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -55,8 +56,15 @@ class TrainConfig:
     lora_r: int = _opt(16, "LoRA rank")
     lora_alpha: int = _opt(32, "LoRA alpha")
     lora_dropout: float = _opt(0.05, "LoRA dropout")
+    attention: str = _opt(
+        "auto",
+        "attention kernels: auto = eager on CPU (its bf16 SDPA backward is slow), sdpa on CUDA",
+        choices=ATTENTIONS,
+    )
     gradient_checkpointing: bool = _opt(False, "recompute activations to save memory (slower)")
-    dropout: bool = _opt(False, "keep the base model's dropout on (off by default, as in TRL: steadier rewards, faster)")
+    dropout: bool = _opt(
+        False, "keep the base model's dropout on (off by default, as in TRL: steadier rewards, faster)"
+    )
     eval_every_epoch: bool = _opt(False, "also evaluate on TEST after each epoch")
     save_steps: int = _opt(200, "checkpoint every N optimizer steps (and at each epoch end)")
     resume: bool = _opt(False, "continue from the newest checkpoint in the output directory")
@@ -76,6 +84,8 @@ class TrainConfig:
             raise ValueError("warmup_ratio: must be in [0, 1)")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate: must be positive")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention: expected one of {ATTENTIONS}")
         if self.precision not in PRECISIONS or self.schedule not in SCHEDULES:
             raise ValueError(f"precision/schedule: expected one of {PRECISIONS} / {SCHEDULES}")
 

@@ -75,7 +75,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
 
     # ---------------------------------------------------------------- model
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    # On CPU, torch's bf16 flash-attention backward took half of each step; matmul attention is 1.6x
+    # faster there (docs/BENCHMARKS.md). SDPA keeps its flash kernels on CUDA.
+    attention = cfg.attention if cfg.attention != "auto" else ("sdpa" if device.type == "cuda" else "eager")
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, attn_implementation=attention)
     model.config.pad_token_id = tokenizer.pad_token_id
     _freeze(model, cfg.freeze_embeddings, cfg.freeze_layers)
     if not cfg.dropout:  # p=0 also lets attention take its fused kernel instead of a dropout-capable one
@@ -224,7 +227,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         "architecture": type(model).__name__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "max_length": cfg.max_length,
-        "config": cfg.to_dict() | {"resolved_batch_size": batch_size, "precision": precision, "device": str(device)},
+        "config": cfg.to_dict()
+        | {"resolved_batch_size": batch_size, "precision": precision, "attention": attention, "device": str(device)},
         "data": {
             "path": str(cfg.data),
             "sha256": _sha256(cfg.data),
