@@ -450,7 +450,7 @@ def pool_rewards(model: Any, input_ids: Any, attention_mask: Any) -> Any:
     if head is None:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids).last_hidden_state
+    hidden = backbone(input_ids=input_ids, use_cache=False).last_hidden_state  # no KV cache: one pass only
     last = attention_mask.sum(dim=1) - 1
     index = last.view(-1, 1, 1).expand(-1, 1, hidden.size(-1))
     return head(hidden.gather(1, index).squeeze(1))[:, 0]
