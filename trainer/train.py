@@ -192,7 +192,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                         "next_batch": next_batch,
                     },
                 )
-            if cfg.time_budget_s and (time.perf_counter() - t0 > cfg.time_budget_s or step >= total_steps):
+            out_of_time = time.perf_counter() - t0 > cfg.time_budget_s or step >= total_steps
+            if cfg.time_budget_s and out_of_time and step < planned_steps:
                 print(f"time budget of {cfg.time_budget_s}s reached at step {step}; stopping early", flush=True)
                 stop = True
                 break

@@ -1,0 +1,356 @@
+"""SQLite implementation of gateway.store.LogStore: WAL mode, ordered schema migrations, one worker thread.
+
+SQLite runs on ONE worker thread that owns the connection, so the event loop never blocks; every write
+is one transaction. Imports only the stdlib and gateway.store (no starlette, httpx, torch or litellm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.store import (
+    _TIME_FORMAT,
+    MAX_PAGE,
+    CandidateRecord,
+    InvalidInputError,
+    Latencies,
+    LogNotFoundError,
+    LogPage,
+    LogQuery,
+    LogRecord,
+    MetadataError,
+    StoreBusyError,
+    StoreClosedError,
+    StoreError,
+    T,
+    _format_time,
+    _utc,
+    _utcnow,
+    new_log_id,
+    preference_pair,
+    validate_metadata,
+)
+
+_EXPORT_BATCH = 200  # logs read per worker call while an export streams
+
+# Ordered schema steps: step i brings a database to PRAGMA user_version i + 1. Append; never edit one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: logs and their candidates
+        """CREATE TABLE logs (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, model TEXT NOT NULL,
+            request TEXT NOT NULL, upstream_ms REAL, scoring_ms REAL, total_ms REAL,
+            metadata TEXT NOT NULL DEFAULT '{}', criteria_versions TEXT NOT NULL DEFAULT '{}')""",
+        "CREATE INDEX logs_created ON logs (created_at, id)",
+        """CREATE TABLE candidates (log_id TEXT NOT NULL REFERENCES logs (id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL, message TEXT, status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+            finish_reason TEXT, error TEXT, score REAL, rank INTEGER, criteria_results TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (log_id, idx))""",
+    ),
+    (  # 2: metadata also as indexed rows, so a metadata filter needs no JSON scan; a model filter index
+        """CREATE TABLE log_metadata (log_id TEXT NOT NULL REFERENCES logs (id) ON DELETE CASCADE,
+            key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (log_id, key))""",
+        "CREATE INDEX log_metadata_key_value ON log_metadata (key, value)",
+        "INSERT INTO log_metadata SELECT logs.id, j.key, j.value FROM logs, json_each(logs.metadata) AS j",
+        "CREATE INDEX logs_model_created ON logs (model, created_at, id)",
+    ),
+)
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:  # binascii.Error, Unicode errors, a bad split and a bad time are all ValueErrors
+        created_at, log_id = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii").split("|")
+        _parse_time(created_at)
+    except ValueError:
+        raise InvalidInputError(f"invalid cursor {cursor!r}") from None
+    return created_at, log_id
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what}: not storable as JSON ({exc})") from None
+
+
+# ---------------------------------------------------------------- SQL, run on the worker thread only
+
+
+@contextmanager
+def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """Committed when the block ends, rolled back if it raises: nothing is ever half-stored. It takes the
+    write lock up front (IMMEDIATE), so waiting for it is the busy handler's job, never a deadlock.
+    Reads need no transaction: a log and its candidates are written once, together, and later only the
+    metadata changes, which lives in the log's own row."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise StoreError(f"database schema v{version} is newer than this code knows (v{len(MIGRATIONS)})")
+    return version
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Apply the pending MIGRATIONS, each in one transaction with its user_version bump: idempotent, and
+    safe when another process migrates at the same time (the version is re-read under the write lock)."""
+    while _schema_version(db) < len(MIGRATIONS):
+        with _write_transaction(db):
+            version = _schema_version(db)
+            if version < len(MIGRATIONS):
+                for statement in MIGRATIONS[version]:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+
+
+def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
+    # timeout= is SQLite's busy_timeout; isolation_level=None: _write_transaction issues BEGIN/COMMIT itself.
+    db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
+        db.execute("PRAGMA synchronous = NORMAL")  # with WAL: never corrupt; a power cut may lose the last commits
+        db.execute("PRAGMA foreign_keys = ON")
+        _migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+_LOG_COLUMNS = "id, created_at, model, request, upstream_ms, scoring_ms, total_ms, metadata, criteria_versions"
+_CANDIDATE_ORDER = "rank IS NULL, rank, idx"
+
+
+def _write_metadata(db: sqlite3.Connection, log_id: str, metadata: Mapping[str, str]) -> None:
+    db.execute("UPDATE logs SET metadata = ? WHERE id = ?", (_dumps(metadata, "metadata"), log_id))
+    db.execute("DELETE FROM log_metadata WHERE log_id = ?", (log_id,))
+    db.executemany("INSERT INTO log_metadata VALUES (?, ?, ?)", [(log_id, k, v) for k, v in metadata.items()])
+
+
+def _insert(db: sqlite3.Connection, log: LogRecord) -> None:
+    with _write_transaction(db):
+        lat = log.latencies
+        db.execute(
+            f"INSERT INTO logs ({_LOG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, '{{}}', ?)",
+            (log.id, _format_time(log.created_at), log.model, _dumps(log.request, "request"),
+             lat.upstream_ms, lat.scoring_ms, lat.total_ms, _dumps(log.criteria_versions, "criteria_versions")),
+        )  # fmt: skip
+        _write_metadata(db, log.id, log.metadata)
+        for c in log.candidates:
+            db.execute(
+                "INSERT INTO candidates (log_id, idx, message, status, finish_reason, error, score, rank,"
+                " criteria_results) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (log.id, c.index, None if c.message is None else _dumps(c.message, f"candidates[{c.index}].message"),
+                 c.status, c.finish_reason, c.error, c.score, c.rank,
+                 _dumps(c.criteria_results, f"candidates[{c.index}].criteria_results")),
+            )  # fmt: skip
+
+
+def _load(db: sqlite3.Connection, rows: list[Any]) -> list[LogRecord]:
+    """LogRecords for rows of _LOG_COLUMNS, with their candidates fetched in one query."""
+    candidates: dict[str, list[CandidateRecord]] = {row[0]: [] for row in rows}
+    if rows:
+        marks = ", ".join("?" * len(rows))
+        sql = (
+            "SELECT log_id, idx, message, status, finish_reason, error, score, rank, criteria_results"
+            f" FROM candidates WHERE log_id IN ({marks}) ORDER BY {_CANDIDATE_ORDER}"
+        )
+        for r in db.execute(sql, list(candidates)):
+            message = None if r[2] is None else json.loads(r[2])
+            candidates[r[0]].append(CandidateRecord(r[1], message, r[3], r[4], r[5], r[6], r[7], json.loads(r[8])))
+    return [
+        LogRecord(
+            r[0],
+            _parse_time(r[1]),
+            r[2],
+            json.loads(r[3]),
+            Latencies(r[4], r[5], r[6]),
+            json.loads(r[7]),
+            json.loads(r[8]),
+            tuple(candidates[r[0]]),
+        )
+        for r in rows
+    ]
+
+
+def _fetch(db: sqlite3.Connection, log_id: str) -> LogRecord:
+    rows = db.execute(f"SELECT {_LOG_COLUMNS} FROM logs WHERE id = ?", (log_id,)).fetchall()
+    if not rows:
+        raise LogNotFoundError(log_id)
+    return _load(db, rows)[0]
+
+
+def _update_metadata(db: sqlite3.Connection, log_id: str, patch: Mapping[str, str | None]) -> LogRecord:
+    with _write_transaction(db):
+        row = db.execute("SELECT metadata FROM logs WHERE id = ?", (log_id,)).fetchone()
+        if row is None:
+            raise LogNotFoundError(log_id)
+        merged: dict[str, object] = json.loads(row[0])
+        for key, value in patch.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        _write_metadata(db, log_id, validate_metadata(merged))
+        return _fetch(db, log_id)
+
+
+def _list(db: sqlite3.Connection, query: LogQuery, limit: int, after: tuple[str, str] | None) -> LogPage:
+    clauses: list[str] = []
+    params: list[object] = []
+    for key, value in query.metadata.items():
+        clauses.append("EXISTS (SELECT 1 FROM log_metadata m WHERE m.log_id = logs.id AND m.key = ? AND m.value = ?)")
+        params += [key, value]
+    since, before = (None if t is None else _format_time(t, "query") for t in (query.since, query.before))
+    filters = {"model = ?": query.model, "created_at >= ?": since, "created_at < ?": before}
+    for clause, arg in filters.items():
+        if arg is not None:
+            clauses.append(clause)
+            params.append(arg)
+    if after is not None:  # keyset pagination: logs stored after the first page never shift later pages
+        clauses.append("(created_at, id) < (?, ?)")
+        params += after
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = f"SELECT {_LOG_COLUMNS} FROM logs {where} ORDER BY created_at DESC, id DESC LIMIT ?"
+    rows = db.execute(sql, [*params, limit + 1]).fetchall()
+    logs = _load(db, rows[:limit])
+    if len(rows) <= limit:
+        return LogPage(tuple(logs), None)
+    last = f"{rows[limit - 1][1]}|{rows[limit - 1][0]}"  # (created_at, id) of the page's last log
+    return LogPage(tuple(logs), base64.urlsafe_b64encode(last.encode()).decode("ascii"))
+
+
+class SqliteLogStore:
+    """LogStore on one SQLite file (WAL). One worker thread owns the connection; every call queues to it.
+
+    A call cancelled while it waits still runs to completion on the worker (a create may still commit).
+    """
+
+    def __init__(self, path: str, *, busy_timeout_s: float = 5.0, clock: Callable[[], datetime] = _utcnow) -> None:
+        self._path = path
+        self._busy_timeout_s = busy_timeout_s
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardgate-store")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreClosedError("the log store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._on_worker, fn)
+
+    def _on_worker(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """On the worker thread: open the connection on first use, map sqlite3 errors onto the tree."""
+        try:
+            if self._conn is None:
+                self._conn = _connect(self._path, self._busy_timeout_s)
+            return fn(self._conn)
+        except sqlite3.IntegrityError as exc:
+            raise InvalidInputError(f"the database rejected the log: {exc}") from exc
+        except sqlite3.Error as exc:
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise StoreBusyError(
+                    f"{self._path}: the database stayed locked longer than {self._busy_timeout_s}s"
+                ) from exc
+            raise StoreError(f"{self._path}: {exc}") from exc
+
+    async def create_log(
+        self,
+        *,
+        model: str,
+        request: Mapping[str, Any],
+        candidates: Sequence[CandidateRecord],
+        latencies: Latencies,
+        metadata: Mapping[str, str] | None = None,
+        criteria_versions: Mapping[str, str] | None = None,
+        created_at: datetime | None = None,
+    ) -> LogRecord:
+        """Store one log with all its candidates in one transaction; the record carries the new id."""
+        when = _utc(created_at if created_at is not None else self._clock(), "created_at")
+        for c in candidates:
+            if c.score is not None and not math.isfinite(c.score):
+                raise InvalidInputError(f"candidates[{c.index}].score: must be a finite number, got {c.score}")
+        log = LogRecord(
+            id=new_log_id(when),
+            created_at=when,
+            model=model,
+            request=dict(request),
+            latencies=latencies,
+            metadata=validate_metadata(metadata or {}),
+            criteria_versions=dict(criteria_versions or {}),
+            candidates=tuple(sorted(candidates, key=lambda c: (c.rank is None, c.rank or 0, c.index))),
+        )
+        await self._run(lambda db: _insert(db, log))
+        return log
+
+    async def get_log(self, log_id: str) -> LogRecord:
+        return await self._run(lambda db: _fetch(db, log_id))
+
+    async def list_logs(self, query: LogQuery | None = None, *, limit: int = 50, cursor: str | None = None) -> LogPage:
+        """One page of the logs matching `query`, newest first; `cursor` is the previous page's next_cursor."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        after = _decode_cursor(cursor) if cursor is not None else None
+        q = query or LogQuery()
+        return await self._run(lambda db: _list(db, q, limit, after))
+
+    async def update_metadata(self, log_id: str, patch: Mapping[str, str | None]) -> LogRecord:
+        """Merge `patch` into the log's metadata (a None value removes that key); validated like create_log."""
+        if not isinstance(patch, Mapping):
+            raise MetadataError(None, f"must be an object of strings, got {type(patch).__name__}")
+        frozen = dict(patch)
+        return await self._run(lambda db: _update_metadata(db, log_id, frozen))
+
+    async def _iter_logs(self, query: LogQuery | None) -> AsyncIterator[LogRecord]:
+        cursor = None
+        while True:
+            page = await self.list_logs(query, limit=_EXPORT_BATCH, cursor=cursor)
+            for log in page.logs:
+                yield log
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def export_jsonl(self, query: LogQuery | None = None) -> AsyncIterator[str]:
+        """The matching logs, newest first, one JSON object per "\\n"-terminated line, read in batches."""
+        async for log in self._iter_logs(query):
+            yield _dumps(log.to_json(), "log") + "\n"
+
+    async def export_pairs(self, query: LogQuery | None = None) -> AsyncIterator[str]:
+        """The matching logs as seed-format preference pairs (see preference_pair); logs with none are skipped."""
+        async for log in self._iter_logs(query):
+            pair = preference_pair(log)
+            if pair is not None:
+                yield _dumps(pair, "pair") + "\n"
+
+    async def aclose(self) -> None:
+        """Close the connection and stop the worker thread; calls already queued finish first."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_on_worker)
+        self._executor.shutdown(wait=True)
+
+    def _close_on_worker(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

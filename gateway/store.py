@@ -1,0 +1,233 @@
+"""Log persistence: best-of-N logs (request, candidates, scores, latencies, criteria versions, metadata).
+
+Owns the `LogStore` interface (Postgres comes later behind it), the records and errors, the metadata
+rules, and the log -> preference pair rule (DESIGN contract 1); the SQLite implementation with its
+schema migrations is gateway/sqlite_store.py.
+Imports only the stdlib and gateway.formats: no starlette, httpx, torch or litellm.
+
+SQLite runs in WAL mode on ONE worker thread that owns the connection, so the event loop never
+blocks; every write is one transaction. The errors (gateway/errors.py maps them to responses)::
+
+    StoreError                  every error raised here
+    ├── StoreBusyError          the database stayed locked longer than busy_timeout_s
+    ├── StoreClosedError        the store was used after aclose()
+    ├── LogNotFoundError        no log with that id
+    └── InvalidInputError       (also a ValueError) a bad cursor, limit, datetime, or a log the schema rejects
+        └── MetadataError       metadata breaks OpenAI's string-map rules; `.key` names the key
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, TypeVar
+
+from gateway.formats import PairError, parse_pair
+
+T = TypeVar("T")
+
+METADATA_MAX_KEYS, METADATA_MAX_KEY_CHARS, METADATA_MAX_VALUE_CHARS = 16, 64, 512  # OpenAI's limits
+MAX_PAGE = 1000
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, fixed width: sorts as text, in SQLite and in cursors
+
+
+class StoreError(Exception):
+    """Base of every error this module raises."""
+
+
+class StoreBusyError(StoreError):
+    """Another connection held the database locked longer than the busy timeout."""
+
+
+class StoreClosedError(StoreError):
+    """The store was used after aclose()."""
+
+
+class LogNotFoundError(StoreError):
+    def __init__(self, log_id: str) -> None:
+        self.log_id = log_id
+        super().__init__(f"no log with id {log_id!r}")
+
+
+class InvalidInputError(StoreError, ValueError):
+    """The caller passed something the store cannot take; the message says what."""
+
+
+class MetadataError(InvalidInputError):
+    def __init__(self, key: str | None, reason: str) -> None:
+        self.key = key
+        super().__init__(f"metadata[{key!r}]: {reason}" if key is not None else f"metadata: {reason}")
+
+
+@dataclass(frozen=True)
+class Latencies:
+    upstream_ms: float | None = None
+    scoring_ms: float | None = None
+    total_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    """One of the N candidates of a log, as the gateway passes it in and as it comes back."""
+
+    index: int  # the provider's choice index
+    message: dict[str, Any] | None  # the OpenAI assistant message; None when the provider failed
+    status: Literal["ok", "error"] = "ok"
+    finish_reason: str | None = None
+    error: str | None = None  # why the provider failed (status "error")
+    score: float | None = None  # the combined score over all criteria
+    rank: int | None = None  # 0 = best
+    # {slug: {"status":"success","score":..,"explanation":..,"version":..} | {"status":"error",...}}
+    criteria_results: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    id: str
+    created_at: datetime  # UTC
+    model: str
+    request: dict[str, Any]  # the chat completion request as received
+    latencies: Latencies
+    metadata: dict[str, str]
+    criteria_versions: dict[str, str]  # {slug: version} of every criterion that scored
+    candidates: tuple[CandidateRecord, ...]  # rank order, best first; unranked ones last, by index
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)  # a deep copy, nested dataclasses as dicts
+        return {**out, "created_at": _format_time(self.created_at), "candidates": list(out["candidates"])}
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """Filters for listing and exports; every condition given must hold."""
+
+    metadata: Mapping[str, str] = field(default_factory=dict)  # every key=value pair must match
+    model: str | None = None
+    since: datetime | None = None  # created_at >= since
+    before: datetime | None = None  # created_at < before
+
+
+@dataclass(frozen=True)
+class LogPage:
+    logs: tuple[LogRecord, ...]  # newest first
+    next_cursor: str | None  # pass to list_logs for the next page; None on the last page
+
+
+class LogStore(Protocol):
+    """What the gateway needs from log persistence: SqliteLogStore now, Postgres later."""
+
+    async def create_log(
+        self,
+        *,
+        model: str,
+        request: Mapping[str, Any],
+        candidates: Sequence[CandidateRecord],
+        latencies: Latencies,
+        metadata: Mapping[str, str] | None = None,
+        criteria_versions: Mapping[str, str] | None = None,
+        created_at: datetime | None = None,
+    ) -> LogRecord: ...
+
+    async def get_log(self, log_id: str) -> LogRecord: ...
+
+    async def list_logs(
+        self, query: LogQuery | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> LogPage: ...
+
+    async def update_metadata(self, log_id: str, patch: Mapping[str, str | None]) -> LogRecord: ...
+
+    def export_jsonl(self, query: LogQuery | None = None) -> AsyncIterator[str]: ...
+
+    def export_pairs(self, query: LogQuery | None = None) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def new_log_id(created_at: datetime) -> str:
+    """ "log_" + a ULID: 26 Crockford base32 chars of 48-bit milliseconds and 80 random bits; sorts by time."""
+    value = (int(created_at.timestamp() * 1000) << 80) | secrets.randbits(80)
+    return "log_" + "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def validate_metadata(metadata: object) -> dict[str, str]:
+    """OpenAI's metadata rules: at most 16 string keys of <= 64 characters, string values of <= 512."""
+    if not isinstance(metadata, Mapping):
+        raise MetadataError(None, f"must be an object of strings, got {type(metadata).__name__}")
+    out: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise MetadataError(str(key), "keys must be strings")
+        if len(key) > METADATA_MAX_KEY_CHARS:
+            raise MetadataError(key, f"key is {len(key)} characters (limit {METADATA_MAX_KEY_CHARS})")
+        if not isinstance(value, str):
+            raise MetadataError(key, f"value must be a string, got {type(value).__name__}")
+        if len(value) > METADATA_MAX_VALUE_CHARS:
+            raise MetadataError(key, f"value is {len(value)} characters (limit {METADATA_MAX_VALUE_CHARS})")
+        out[key] = value
+        if len(out) > METADATA_MAX_KEYS:
+            raise MetadataError(key, f"one key too many (limit {METADATA_MAX_KEYS} keys)")
+    return out
+
+
+def preference_pair(log: LogRecord) -> dict[str, Any] | None:
+    """The log as one seed-format preference pair: the best vs the worst successful candidate by combined score.
+
+    None when fewer than two candidates succeeded, best and worst tie, or the messages make no valid pair.
+    `split` is left out, so the reader's prompt-hash split applies; `metadata` carries the log id.
+    """
+    scored = [(c.score, c) for c in log.candidates if c.status == "ok" and c.score is not None and c.message]
+    messages = log.request.get("messages")
+    if len(scored) < 2 or not isinstance(messages, list):
+        return None
+    (best_score, best), (worst_score, worst) = max(scored, key=lambda p: p[0]), min(scored, key=lambda p: p[0])
+    if best_score == worst_score:
+        return None
+    record: dict[str, Any] = {
+        "messages": [*messages, best.message],
+        "rejected_message": worst.message,
+        "metadata": {"log_id": log.id, "chosen_score": best_score, "rejected_score": worst_score},
+    }
+    record.update({key: log.request[key] for key in ("tools", "tool_choice") if log.request.get(key) is not None})
+    try:
+        out = parse_pair(record).to_json()  # normalised by the format's own writer
+    except PairError:
+        return None
+    del out["split"]
+    return out
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None:
+        raise InvalidInputError(f"{what}: the datetime must be timezone-aware")
+    return value.astimezone(UTC)
+
+
+def _format_time(value: datetime, what: str = "created_at") -> str:
+    return _utc(value, what).strftime(_TIME_FORMAT)
+
+
+async def open_store(url: str, *, busy_timeout_s: float = 5.0, clock: Callable[[], datetime] = _utcnow) -> LogStore:
+    """Open the store at `url`, creating and migrating it as needed: "sqlite:///relative.db" or
+    "sqlite:////abs/path.db" (SQLAlchemy's spelling), a bare path, or ":memory:"."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+    elif "://" in url:
+        raise StoreError(f"unsupported store url {url!r}: only sqlite:/// urls and file paths so far")
+    else:
+        path = url
+    from gateway.sqlite_store import SqliteLogStore  # the implementation imports this interface module
+
+    store = SqliteLogStore(path, busy_timeout_s=busy_timeout_s, clock=clock)
+    try:
+        await store._run(lambda db: None)  # connect and migrate now, so a bad path fails here
+    except BaseException:
+        await store.aclose()
+        raise
+    return store
