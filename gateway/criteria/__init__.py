@@ -1,4 +1,271 @@
-"""Pluggable scorers for `op-criteria` (reward models, LLM judges, rules): built with the gateway issue.
+"""Pluggable scorers for the `op-criteria` header (DESIGN contract 4): parsing the header, the registry of
+criterion kinds, resolution, concurrent scoring and the combination rule.
 
-May import only criteria.base, formats, protocol and reward_serving.protocol (DESIGN.md).
+The header is a JSON array of at most 16 entries, each `"slug"` (the newest version), `"slug@vN"` (a pinned
+version) or an object `{"id": "slug@vN", "weight": 2.0}` (plain strings weigh 1; weights are finite and > 0).
+A slug appears at most once, because results are keyed by slug. Reward-model slugs and other kinds mix
+freely. A malformed header, or an id or version that no kind knows, fails the whole request with 400 naming it.
+
+Combination rule:
+
+1. Every criterion scores every candidate the provider produced, all criteria concurrently; the candidates
+   of one request go to the reward server as one batch per reward model.
+2. Each successful result is put on a 0..1 scale. LLM-judge and rule scores already are. A reward model's
+   raw reward r becomes sigmoid((r - mean) / std), where mean and std are that model version's raw rewards
+   on its TEST split (`reward_stats` in rewardgate.json, served by the reward server's /v1/models); without
+   usable stats, mean 0 and std 1. So 0.5 is an answer as good as the average test answer and 0.73 one
+   standard deviation better. `criteria_results` reports the raw reward as `score`, with z and the
+   normalized value in `explanation`, and the version of the criterion that scored it.
+3. A candidate's combined score is the weighted mean of its normalized results, sum(w * s) / sum(w), over
+   the criteria that succeeded on that candidate. A criterion that errored on it is left out (it does not
+   count as 0) and counted in the candidate's `criteria_errors`; if every criterion errored, the combined
+   score is null.
+4. Candidates are sorted best first by combined score; ties keep the provider's order (a stable sort by
+   (-score, index)). Candidates with a null combined score come after every scored one, and candidates the
+   provider failed to produce (never scored) come last, each group in the provider's order.
+5. A failing criterion (reward server down, 5xx, timeout, bad response, a bug) never fails the request: it
+   gives error results (`errorCode`, `errorMessage`) for the candidates it could not score.
+
+Kinds: `CRITERION_KINDS` maps a kind to its resolver class; a new scorer is one module, one line there and
+one test file. When several kinds know a slug, the first kind in the registry wins. When a kind's backend
+cannot be reached and no other kind knows the slug, the criterion is kept and errors on every candidate:
+an outage is reported per candidate, not turned into a 400.
+
+May import only its own modules, formats, protocol and reward_serving.protocol (DESIGN.md import rules).
 """
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+
+from gateway.formats import Message
+
+from .base import (
+    CriteriaError,
+    CriteriaHeaderError,
+    Criterion,
+    CriterionRef,
+    CriterionResolver,
+    CriterionResult,
+    CriterionUnavailableError,
+    FailedCriterion,
+    Scored,
+    UnknownCriterionError,
+    combine,
+    normalize_reward,
+    rank,
+)
+from .reward_model import RewardModelCatalog, RewardModelCriterion
+
+__all__ = [
+    "CRITERION_KINDS",
+    "MAX_CRITERIA",
+    "CriteriaError",
+    "CriteriaHeaderError",
+    "Criterion",
+    "CriterionRef",
+    "CriterionResolver",
+    "CriterionResult",
+    "CriterionUnavailableError",
+    "FailedCriterion",
+    "RewardModelCatalog",
+    "RewardModelCriterion",
+    "Scored",
+    "UnknownCriterionError",
+    "combine",
+    "normalize_reward",
+    "parse_criteria_header",
+    "rank",
+    "resolve_criteria",
+    "score_all",
+]
+
+logger = logging.getLogger(__name__)
+
+# The registry: kind -> resolver class, in precedence order. LLM judges and rules plug in as one line each.
+CRITERION_KINDS: Mapping[str, type[CriterionResolver]] = MappingProxyType(
+    {
+        "reward_model": RewardModelCatalog,
+    }
+)
+MAX_CRITERIA = 16
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the reward server's slug rule
+_VERSION = re.compile(r"v([0-9]{1,9})")
+_EXAMPLE = '["support-rm", "no-apologies@v2", {"id": "tone@v1", "weight": 2.0}]'
+
+
+# ---------------------------------------------------------------- the header
+
+
+def parse_criteria_header(value: str) -> list[CriterionRef]:
+    """The `op-criteria` header as references; CriteriaHeaderError names the problem and the entry."""
+    try:
+        raw = json.loads(value)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise CriteriaHeaderError(f"not valid JSON ({detail}); expected an array such as {_EXAMPLE}") from None
+    if not isinstance(raw, list):
+        raise CriteriaHeaderError(f"must be a JSON array of criterion ids, got {_json_type(raw)}; e.g. {_EXAMPLE}")
+    if not raw:
+        raise CriteriaHeaderError("the array is empty: name at least one criterion")
+    if len(raw) > MAX_CRITERIA:
+        raise CriteriaHeaderError(f"too many criteria: {len(raw)} (at most {MAX_CRITERIA})")
+    refs: list[CriterionRef] = []
+    seen: dict[str, int] = {}
+    for position, entry in enumerate(raw):
+        ref = _parse_entry(entry, position)
+        if ref.slug in seen:
+            raise CriteriaHeaderError(
+                f"duplicate criterion {ref.slug!r} (also entry {seen[ref.slug]}): each slug may appear once",
+                position=position,
+                entry=entry,
+            )
+        seen[ref.slug] = position
+        refs.append(ref)
+    return refs
+
+
+def _parse_entry(entry: object, position: int) -> CriterionRef:
+    def bad(problem: str) -> CriteriaHeaderError:
+        return CriteriaHeaderError(problem, position=position, entry=entry)
+
+    weight: object = 1.0
+    if isinstance(entry, dict):
+        unknown = sorted(set(entry) - {"id", "weight"})
+        if unknown:
+            raise bad(f"unknown key {unknown[0]!r} in a criterion object (allowed: 'id', 'weight')")
+        ident, weight = entry.get("id"), entry.get("weight", 1.0)
+        if not isinstance(ident, str):
+            raise bad(f"a criterion object needs a string 'id', got {_json_type(ident)}")
+    elif isinstance(entry, str):
+        ident = entry
+    else:
+        raise bad(f"an entry must be a string 'slug' or 'slug@vN' or an object with 'id', got {_json_type(entry)}")
+    slug, at, version = ident.partition("@")
+    if not _SLUG.fullmatch(slug):
+        raise bad(
+            f"bad criterion slug {slug!r}: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    match = _VERSION.fullmatch(version)
+    if at and match is None:
+        raise bad(f"bad version {version!r} in {ident!r}: expected 'slug@vN', e.g. '{slug}@v2'")
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise bad(f"weight must be a number, got {_json_type(weight)}")
+    try:
+        weight = float(weight)
+    except OverflowError:
+        raise bad("weight is out of range") from None
+    if not math.isfinite(weight) or weight <= 0:
+        raise bad(f"weight must be a finite number > 0, got {weight!r}")
+    return CriterionRef(slug, int(match.group(1)) if match else None, weight)
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+# ---------------------------------------------------------------- resolution
+
+
+async def resolve_criteria(
+    refs: Sequence[CriterionRef], resolvers: Sequence[CriterionResolver]
+) -> list[tuple[Criterion, float]]:
+    """(criterion, weight) per reference, in header order; raises UnknownCriterionError for the first
+    reference (in header order) that no kind knows. `resolvers` are asked in CRITERION_KINDS order."""
+    order = list(CRITERION_KINDS)
+    kinds = [r.kind for r in resolvers]
+    if len(set(kinds)) != len(kinds) or not set(kinds) <= set(order):
+        raise ValueError(f"resolvers must be of distinct registered kinds ({', '.join(order)}), got {kinds}")
+    ordered = sorted(resolvers, key=lambda r: order.index(r.kind))
+    answers = await asyncio.gather(*(_resolve_one(ref, ordered) for ref in refs))
+    resolved: list[tuple[Criterion, float]] = []
+    for answer, ref in zip(answers, refs, strict=True):
+        if isinstance(answer, UnknownCriterionError):
+            raise answer
+        resolved.append((answer, ref.weight))
+    return resolved
+
+
+async def _resolve_one(ref: CriterionRef, resolvers: Sequence[CriterionResolver]) -> Criterion | UnknownCriterionError:
+    async def ask(resolver: CriterionResolver) -> Criterion | UnknownCriterionError | CriterionUnavailableError | None:
+        try:
+            return await resolver.resolve(ref)
+        except (UnknownCriterionError, CriterionUnavailableError) as exc:
+            return exc
+
+    answers = await asyncio.gather(*(ask(r) for r in resolvers))
+    for answer in answers:
+        if answer is not None and not isinstance(answer, Exception):
+            return answer
+    for answer in answers:
+        if isinstance(answer, UnknownCriterionError):
+            return answer
+    for resolver, answer in zip(resolvers, answers, strict=True):
+        if isinstance(answer, CriterionUnavailableError):
+            version = None if ref.version is None else f"v{ref.version}"
+            return FailedCriterion(ref.slug, version, resolver.kind, answer.error_code, answer.message)
+    return UnknownCriterionError(ref.id)
+
+
+# ---------------------------------------------------------------- scoring
+
+
+async def score_all(
+    criteria: Sequence[tuple[Criterion, float]],
+    prompt: Sequence[Message],
+    candidates: Sequence[Message | None],
+    *,
+    timeout_s: float | None = None,
+) -> list[Scored]:
+    """Score every produced candidate (None: the provider failed it) with every criterion, concurrently, and
+    combine (see the module docstring). One Scored per candidate, in the provider's order; never raises for a
+    criterion's failure. Order them with `rank`."""
+    slugs = [criterion.slug for criterion, _ in criteria]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"criteria must have distinct slugs, got {slugs}")
+    live = [i for i, candidate in enumerate(candidates) if candidate is not None]
+    produced = [c for c in candidates if c is not None]
+    per_criterion = await asyncio.gather(*(_guarded(c, prompt, produced, timeout_s) for c, _ in criteria))
+    weights = {criterion.slug: weight for criterion, weight in criteria}
+    row = {index: j for j, index in enumerate(live)}
+    out: list[Scored] = []
+    for index, candidate in enumerate(candidates):
+        if candidate is None:
+            out.append(Scored(index, None, {}, failed=True))
+            continue
+        results = {slug: per_criterion[k][row[index]] for k, slug in enumerate(slugs)}
+        combined, errors = combine(results, weights)
+        out.append(Scored(index, combined, results, errors))
+    return out
+
+
+async def _guarded(
+    criterion: Criterion, prompt: Sequence[Message], candidates: Sequence[Message], timeout_s: float | None
+) -> list[CriterionResult]:
+    """The criterion's results, or one error result per candidate: a criterion never fails the request."""
+    if not candidates:
+        return []
+
+    def errors(code: str, message: str) -> list[CriterionResult]:
+        return [CriterionResult.error(code, message, version=criterion.version) for _ in candidates]
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            results = await criterion.score(prompt, candidates)
+    except TimeoutError:
+        return errors("timeout", f"criterion {criterion.slug!r} did not finish within {timeout_s:g} s")
+    except Exception as exc:  # a scorer's bug is logged and reported per candidate (DESIGN contract 4)
+        logger.exception("criterion %s@%s failed", criterion.slug, criterion.version)
+        return errors("criterion_error", f"criterion {criterion.slug!r} failed unexpectedly ({type(exc).__name__})")
+    if len(results) != len(candidates):
+        message = f"criterion {criterion.slug!r} returned {len(results)} results for {len(candidates)} candidates"
+        logger.error(message)
+        return errors("criterion_error", message)
+    return list(results)
