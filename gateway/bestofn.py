@@ -1,0 +1,290 @@
+"""The chat-completions service behind POST /v1/chat/completions: transparent pass-through, and best-of-N.
+
+Owns the request-scoped `ChatContext`, the order of the checks (everything the client got wrong fails with 400
+BEFORE any upstream call, so nothing is wasted or half-stored), candidate scoring, ranking into choices, usage
+sums and the one-transaction store write. Must not import starlette, torch, trainer or reward_serving internals.
+
+Decisions: without `op-criteria` the upstream's JSON (or its SSE bytes) goes back as it came; `store: true` then
+logs the one completion and adds `rewardgate.log_id`. `stream: true` with criteria is a 400: ranking needs every
+candidate whole. `store: true` with `stream: true` is a 400 too: streamed bytes are passed through, not parsed.
+If every candidate fails, the request fails with the first failure's status (router.AllCandidatesFailed).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import GatewaySettings
+from gateway.criteria import (
+    Criterion,
+    CriterionResult,
+    RewardModelCatalog,
+    Scored,
+    parse_criteria_header,
+    rank,
+    resolve_criteria,
+    score_all,
+)
+from gateway.errors import InvalidRequestError
+from gateway.formats import Message, PairError, parse_message
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceError,
+    ChoiceInfo,
+    CompletionInfo,
+    CriteriaUsage,
+    Usage,
+)
+from gateway.router import Candidate, CandidateError, Router
+from gateway.store import CandidateRecord, Latencies, LogStore, validate_metadata
+
+
+@dataclass(frozen=True)
+class ChatContext:
+    """One chat-completions request, parsed: what every step of the service reads."""
+
+    request: ChatCompletionRequest
+    raw: dict[str, Any]  # the body as received: what the log stores
+    criteria_header: str | None  # op-criteria
+    best_only: bool  # op-best-only: true
+    started: float  # perf_counter at arrival
+
+
+class _TimedCriterion:
+    """A criterion that reports its latency and error results to the metrics."""
+
+    def __init__(self, inner: Criterion, metrics: GatewayMetrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self.slug, self.version, self.kind = inner.slug, inner.version, inner.kind
+
+    async def score(self, prompt: Sequence[Message], candidates: Sequence[Message]) -> list[CriterionResult]:
+        started = time.perf_counter()
+        results = await self._inner.score(prompt, candidates)
+        codes = [r.error_code or "error" for r in results if not r.ok]
+        self._metrics.record_criterion(self.slug, time.perf_counter() - started, codes)
+        return results
+
+
+def _message(raw: object, where: str) -> Message:
+    """A domain message; one the format rejects is kept loosely, so its criteria report the problem per candidate."""
+    try:
+        return parse_message(raw, where)
+    except PairError:
+        role = raw.get("role") if isinstance(raw, dict) else None
+        content = raw.get("content") if isinstance(raw, dict) else None
+        return Message(role if isinstance(role, str) else "assistant", content if isinstance(content, str) else "")
+
+
+def _sum_usage(candidates: Sequence[Candidate | CandidateError]) -> Usage:
+    # Candidates of one native-n call share their response's usage object: count each response once.
+    responses = {id(c.usage): c.usage for c in candidates if isinstance(c, Candidate) and c.usage}
+
+    def total(key: str) -> int:
+        return sum(int(u.get(key) or 0) for u in responses.values())
+
+    return Usage(
+        prompt_tokens=total("prompt_tokens"),
+        completion_tokens=total("completion_tokens"),
+        total_tokens=total("total_tokens"),
+    )
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        router: Router,
+        store: LogStore,
+        catalog: RewardModelCatalog,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._settings = settings
+        self._router = router
+        self._store = store
+        self._catalog = catalog
+        self._metrics = metrics
+
+    def _provider(self, model: str) -> str:
+        return self._router.resolve(model)[0].name
+
+    # ------------------------------------------------------------ pass-through
+
+    async def passthrough(self, ctx: ChatContext) -> dict[str, Any]:
+        """One upstream completion, returned as the upstream sent it (+ `rewardgate.log_id` with store: true)."""
+        metadata = self._metadata(ctx)
+        provider = self._provider(ctx.request.model)
+        started = time.perf_counter()
+        response = await self._router.complete(ctx.request.upstream_body(), self._settings.upstream_timeout_s)
+        upstream_s = time.perf_counter() - started
+        self._metrics.record_upstream(provider, upstream_s)
+        if metadata is not None:
+            records = [
+                CandidateRecord(int(c.get("index", i)), c.get("message"), "ok", c.get("finish_reason"), rank=i)
+                for i, c in enumerate(response["choices"])
+                if isinstance(c, dict)
+            ]
+            log = await self._store.create_log(
+                model=ctx.request.model,
+                request=ctx.raw,
+                candidates=records,
+                latencies=self._latencies(ctx, upstream_s, None),
+                metadata=metadata,
+            )
+            response["rewardgate"] = CompletionInfo(log_id=log.id, metadata=log.metadata).model_dump()
+        self._metrics.record_overhead("passthrough", time.perf_counter() - ctx.started - upstream_s)
+        return response
+
+    async def stream(self, ctx: ChatContext) -> AsyncIterator[bytes]:
+        """The upstream's SSE bytes. The first chunk is awaited here, so upstream errors still get their status;
+        the returned generator closes the upstream in its `finally`, however the client leaves."""
+        if ctx.request.store:
+            raise InvalidRequestError("store: true is not supported with stream: true", param="store")
+        upstream = self._router.stream(ctx.request.upstream_body(), self._settings.upstream_timeout_s)
+        try:
+            first = await anext(upstream, b"")
+        except BaseException:
+            await _aclose(upstream)
+            raise
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                if first:
+                    yield first
+                async for chunk in upstream:
+                    yield chunk
+            finally:
+                await _aclose(upstream)
+
+        return relay()
+
+    # ------------------------------------------------------------ best-of-N
+
+    async def best_of_n(self, ctx: ChatContext) -> dict[str, Any]:
+        assert ctx.criteria_header is not None
+        # Every client error first: nothing reaches the upstream or the store before these pass.
+        refs = parse_criteria_header(ctx.criteria_header)
+        n = 1 if ctx.request.n is None else ctx.request.n
+        if not 1 <= n <= self._settings.max_n:
+            raise InvalidRequestError(
+                f"n must be between 1 and {self._settings.max_n} with op-criteria, got {n}", param="n"
+            )
+        if ctx.request.stream:
+            raise InvalidRequestError(
+                "stream: true is not supported with op-criteria: ranking needs every candidate whole", param="stream"
+            )
+        metadata = self._metadata(ctx)
+        prompt = [_message(m, f"messages[{i}]") for i, m in enumerate(ctx.request.messages)]
+        criteria = await resolve_criteria(refs, [self._catalog])
+
+        started = time.perf_counter()
+        candidates = await self._router.generate_candidates(
+            ctx.request.upstream_body(), n, self._settings.upstream_timeout_s
+        )
+        upstream_s = time.perf_counter() - started
+        self._record_candidates(candidates)
+
+        started = time.perf_counter()
+        timed: list[tuple[Criterion, float]] = [(_TimedCriterion(c, self._metrics), w) for c, w in criteria]
+        answers = [_message(c.choice.get("message"), "") if isinstance(c, Candidate) else None for c in candidates]
+        scored = await score_all(timed, prompt, answers, timeout_s=self._settings.criteria_timeout_s)
+        scoring_s = time.perf_counter() - started
+        self._metrics.scoring_duration.observe(scoring_s)
+
+        order = rank(scored)
+        versions = {c.slug: c.version for c, _ in criteria}
+        info = CompletionInfo(criteria=versions, n=n, best_only=ctx.best_only)
+        if metadata is not None:
+            log = await self._store.create_log(
+                model=ctx.request.model,
+                request=ctx.raw,
+                candidates=[_record(candidates[k], scored[k], pos) for pos, k in enumerate(order)],
+                latencies=self._latencies(ctx, upstream_s, scoring_s),
+                metadata=metadata,
+                criteria_versions={slug: v for slug, v in versions.items() if v is not None},
+            )
+            info = info.model_copy(update={"log_id": log.id, "metadata": log.metadata})
+        choices = [_choice(candidates[k], scored[k], pos) for pos, k in enumerate(order)]
+        usage = _sum_usage(candidates)
+        live = sum(1 for a in answers if a is not None)
+        usage.criteria = CriteriaUsage(
+            criteria=len(criteria), scored_candidates=live, criterion_calls=live * len(criteria)
+        )
+        completion = ChatCompletion(
+            id="chatcmpl-rg-" + secrets.token_hex(12),
+            created=int(time.time()),
+            model=ctx.request.model,
+            choices=choices[:1] if ctx.best_only else choices,
+            usage=usage,
+            rewardgate=info,
+        )
+        self._metrics.record_overhead("best_of_n", time.perf_counter() - ctx.started - upstream_s - scoring_s)
+        return completion.model_dump()
+
+    # ------------------------------------------------------------ helpers
+
+    def _metadata(self, ctx: ChatContext) -> dict[str, str] | None:
+        """The validated metadata to store, or None when the request is not stored. Checked before the upstream."""
+        metadata = validate_metadata(ctx.request.metadata or {})
+        return metadata if ctx.request.store else None
+
+    def _latencies(self, ctx: ChatContext, upstream_s: float, scoring_s: float | None) -> Latencies:
+        total_s = time.perf_counter() - ctx.started
+        return Latencies(upstream_s * 1000, None if scoring_s is None else scoring_s * 1000, total_s * 1000)
+
+    def _record_candidates(self, candidates: Sequence[Candidate | CandidateError]) -> None:
+        ok = [c for c in candidates if isinstance(c, Candidate)]
+        self._metrics.record_candidates(len(ok), len(candidates) - len(ok))
+        for response_latency in {(c.model, c.latency_s) for c in ok}:
+            self._metrics.record_upstream(self._provider(response_latency[0]), response_latency[1])
+
+
+async def _aclose(iterator: AsyncIterator[bytes]) -> None:
+    if isinstance(iterator, AsyncGenerator):
+        await iterator.aclose()
+
+
+def _choice(candidate: Candidate | CandidateError, scored: Scored, position: int) -> Choice:
+    info = ChoiceInfo(
+        candidate_index=candidate.index,
+        score=scored.score,
+        criteria_errors=scored.criteria_errors,
+        model=candidate.model,
+    )
+    if isinstance(candidate, CandidateError):
+        error = ChoiceError(message=candidate.message, code=candidate.code, status=candidate.status)
+        message = {"role": "assistant", "content": None}
+        return Choice(index=position, message=message, finish_reason="error", rewardgate=info, error=error)
+    extra = {k: v for k, v in candidate.choice.items() if k not in Choice.model_fields}
+    return Choice(
+        index=position,
+        message=candidate.choice.get("message") or {},
+        finish_reason=candidate.choice.get("finish_reason"),
+        criteria_results=scored.criteria_results(),
+        rewardgate=info,
+        **extra,
+    )
+
+
+def _record(candidate: Candidate | CandidateError, scored: Scored, position: int) -> CandidateRecord:
+    if isinstance(candidate, CandidateError):
+        return CandidateRecord(
+            candidate.index, None, "error", "error", f"{candidate.code}: {candidate.message}", rank=position
+        )
+    return CandidateRecord(
+        candidate.index,
+        candidate.choice.get("message"),
+        "ok",
+        candidate.choice.get("finish_reason"),
+        score=scored.score,
+        rank=position,
+        criteria_results=scored.criteria_results(),
+    )

@@ -1,0 +1,101 @@
+"""`rewardgate serve`: the composition root. Builds the router, the log store and the reward-server client, wires
+them into the gateway app, and runs it with uvicorn. Flags are generated from `GatewaySettings`.
+
+The one module (with __main__.py) that may import gateway.reward_serving.server: in embedded mode (no
+reward_server_url) the reward server runs in this process and the reward-model criterion talks to it through
+httpx.ASGITransport, the same wire contract as over the network. Its lifespan runs inside the gateway's, so models
+are closed at shutdown. Must not import torch (the reward engine imports it when a model loads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+
+from gateway.config import GatewaySettings
+from gateway.providers import providers_from_env
+from gateway.proxy import create_app
+from gateway.reward_serving.server import ServerSettings
+from gateway.reward_serving.server import create_app as create_reward_app
+from gateway.router import Router
+from gateway.store import open_store
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rewardgate", description="rewardgate: best-of-N gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible gateway")
+    serve.add_argument("--config", help="TOML or JSON settings file (then REWARDGATE_* env, then these flags)")
+    for spec in dataclasses.fields(GatewaySettings):
+        default = spec.default
+        listed = ", comma-separated" if isinstance(default, tuple) else ""
+        options: dict[str, Any] = {"help": f"{spec.metadata['help']} (default: {default!r}{listed})"}
+        if "choices" in spec.metadata:
+            options["choices"] = spec.metadata["choices"]
+        if spec.metadata.get("secret"):
+            options["help"] = f"{spec.metadata['help']} (prefer REWARDGATE_{spec.name.upper()}: flags show in ps)"
+        # SUPPRESS: only the flags given override the file and the environment
+        serve.add_argument("--" + spec.name.replace("_", "-"), default=argparse.SUPPRESS, **options)
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def resolve_settings(args: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> GatewaySettings:
+    """defaults < --config file < REWARDGATE_* environment < flags."""
+    flags = {k: v for k, v in args.items() if k not in ("command", "config", "log_level")}
+    config = args.get("config")
+    settings = GatewaySettings.from_file(config, environ) if config else GatewaySettings().with_env(environ)
+    return settings.replace(**flags)
+
+
+@asynccontextmanager
+async def gateway(settings: GatewaySettings, environ: Mapping[str, str] | None = None) -> AsyncIterator[Starlette]:
+    """The wired gateway app; the store and the reward-server client are closed on exit. Enter the app's own
+    lifespan (uvicorn does) to start the providers and, embedded, the reward server."""
+    async with AsyncExitStack() as stack:
+        store = await open_store(settings.store_url)
+        stack.push_async_callback(store.aclose)
+        router = Router.from_configs(providers_from_env(environ), default_provider="openai")
+        reward_lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None
+        if settings.reward_server_url:
+            client = httpx.AsyncClient(base_url=settings.reward_server_url, timeout=settings.criteria_timeout_s)
+        else:
+            reward_app = create_reward_app(ServerSettings(models_dir=settings.models_dir, device=settings.device))
+            transport = httpx.ASGITransport(app=reward_app)
+            client = httpx.AsyncClient(transport=transport, base_url="http://reward-server")
+            reward_lifespan = partial(reward_app.router.lifespan_context, reward_app)
+
+        await stack.enter_async_context(client)
+        yield create_app(settings, router=router, store=store, criteria_client=client, lifespan=reward_lifespan)
+
+
+async def serve(settings: GatewaySettings, log_level: str = "info") -> None:
+    import uvicorn
+
+    async with gateway(settings) as app:
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on")
+        await uvicorn.Server(config).serve()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    log_level = args.pop("log_level")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = resolve_settings(args)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    asyncio.run(serve(settings, log_level))
+    return 0

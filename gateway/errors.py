@@ -1,0 +1,119 @@
+"""The gateway's exception tree and the ONE mapping from any exception to (status, OpenAI error envelope, headers).
+
+Imports the other packages' errors only to map them; must not import starlette, torch, trainer or reward_serving.
+
+    GatewayError                      500 internal_error
+     ├── InvalidRequestError          400 invalid_request_error  (`param` names the field: n, stream, body...)
+     │    └── RequestTooLargeError    413 invalid_request_error
+     ├── AuthenticationError          401 authentication_error   (code invalid_api_key)
+     └── NotFoundError                404 not_found_error
+
+    Mapped from other packages (never re-wrapped at the raise site):
+    providers.ProviderError           its own `.status` and `.code` (UnknownModelError 404, ForbiddenFieldError 400,
+                                      UpstreamError: the upstream's status, timeouts 504, AllCandidatesFailed ...)
+    criteria.CriteriaError            400, param "op-criteria" (malformed header, unknown id or version)
+    store.MetadataError               400, param "metadata.KEY" (or "metadata")
+    store.InvalidInputError           400 (bad cursor, limit, datetime)
+    store.LogNotFoundError            404
+    store.StoreBusyError / Closed     503 + Retry-After: 1
+    store.StoreError                  500
+    anything else                     500, logged with its traceback, answered without internals
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from gateway.criteria import CriteriaError
+from gateway.providers import ProviderError, UpstreamError
+from gateway.store import (
+    InvalidInputError as StoreInputError,
+)
+from gateway.store import (
+    LogNotFoundError,
+    MetadataError,
+    StoreBusyError,
+    StoreClosedError,
+    StoreError,
+)
+
+logger = logging.getLogger(__name__)
+
+Reply = tuple[int, dict[str, Any], dict[str, str]]
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    status = 413
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    type = "authentication_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_api_key")
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    type = "not_found_error"
+
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
+
+
+def _type_for(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    return _TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+
+
+def _envelope(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_reply(exc: BaseException) -> Reply:
+    """(status, {"error": {message, type, param, code}}, extra headers) for any exception; the only decider."""
+    if isinstance(exc, GatewayError):
+        return exc.status, _envelope(exc.message, exc.type, exc.param, exc.code), {}
+    if isinstance(exc, ProviderError):
+        headers = {"Retry-After": exc.retry_after} if isinstance(exc, UpstreamError) and exc.retry_after else {}
+        param = "model" if exc.code == "model_not_found" else None
+        return exc.status, _envelope(str(exc), _type_for(exc.status), param, exc.code), headers
+    if isinstance(exc, CriteriaError):
+        return 400, _envelope(str(exc), "invalid_request_error", "op-criteria", "invalid_criteria"), {}
+    if isinstance(exc, MetadataError):
+        param = "metadata" if exc.key is None else f"metadata.{exc.key}"
+        return 400, _envelope(str(exc), "invalid_request_error", param, "invalid_metadata"), {}
+    if isinstance(exc, StoreInputError):
+        return 400, _envelope(str(exc), "invalid_request_error", None, "invalid_value"), {}
+    if isinstance(exc, LogNotFoundError):
+        return 404, _envelope(str(exc), "not_found_error", "id", "log_not_found"), {}
+    if isinstance(exc, StoreBusyError | StoreClosedError):
+        return (
+            503,
+            _envelope("the log store is busy; retry shortly", "api_error", None, "store_unavailable"),
+            {"Retry-After": "1"},
+        )
+    if isinstance(exc, StoreError):
+        logger.error("log store error", exc_info=exc)
+        return 500, _envelope("the log store failed", "api_error", None, "store_error"), {}
+    logger.error("unexpected error", exc_info=exc)
+    return 500, _envelope("internal server error", "api_error", None, "internal_error"), {}

@@ -1,0 +1,87 @@
+"""Every gateway Prometheus metric, prefix `rewardgate_`, in a CollectorRegistry owned by one app (no global one).
+
+Named in the style of vLLM's and TEI's. Labels stay low-cardinality: route templates, status codes, provider names,
+criterion slugs, candidate outcomes and criterion error codes. Must not import starlette, torch or reward_serving.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "rewardgate_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "rewardgate_request_duration_seconds",
+            "HTTP request latency (to the first byte of streams) by route and status.",
+            ["route", "status"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "rewardgate_overhead_seconds",
+            "Gateway overhead of a chat completion: total minus upstream minus scoring, by mode.",
+            ["mode"],
+            buckets=_OVERHEAD,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "rewardgate_upstream_duration_seconds",
+            "Upstream call latency by provider (retries included).",
+            ["provider"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.candidates = Counter(
+            "rewardgate_candidates", "Best-of-N candidates by outcome (generated, failed).", ["outcome"], registry=r
+        )
+        self.scoring_duration = Histogram(
+            "rewardgate_scoring_duration_seconds",
+            "Time to score all candidates of one request with all its criteria.",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.criterion_duration = Histogram(
+            "rewardgate_criterion_duration_seconds",
+            "Latency of one criterion scoring all candidates of a request, by criterion slug.",
+            ["criterion"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.criterion_errors = Counter(
+            "rewardgate_criterion_errors",
+            "Error results by criterion slug and error code.",
+            ["criterion", "code"],
+            registry=r,
+        )
+
+    def record_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.request_duration.labels(route, str(status)).observe(seconds)
+
+    def record_overhead(self, mode: str, seconds: float) -> None:
+        self.overhead.labels(mode).observe(max(0.0, seconds))
+
+    def record_upstream(self, provider: str, seconds: float) -> None:
+        self.upstream_duration.labels(provider).observe(seconds)
+
+    def record_candidates(self, generated: int, failed: int) -> None:
+        self.candidates.labels("generated").inc(generated)
+        self.candidates.labels("failed").inc(failed)
+
+    def record_criterion(self, slug: str, seconds: float, error_codes: list[str]) -> None:
+        self.criterion_duration.labels(slug).observe(seconds)
+        for code in error_codes:
+            self.criterion_errors.labels(slug, code).inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,241 @@
+"""The gateway app: create_app(settings, ...) -> Starlette, with thin routes and no scoring logic (DESIGN contract 4).
+
+Owns routing, authentication (gateway Bearer keys on /v1/*; /health and /metrics stay open), the body-size limit,
+request metrics and the one error path (gateway.errors.error_reply). The chat service is gateway/bestofn.py.
+The lifespan starts and closes the router's providers and enters the caller's `lifespan` (the composition root
+passes the embedded reward server's). Must not import torch, trainer or reward_serving internals.
+
+Headers: `op-criteria` (JSON array of criterion ids) turns on best-of-N; `op-best-only: true` returns only the
+best choice (all candidates are still scored and, with store: true, stored).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.bestofn import ChatContext, ChatService
+from gateway.config import GatewaySettings
+from gateway.criteria import CriterionUnavailableError, RewardModelCatalog
+from gateway.errors import AuthenticationError, InvalidRequestError, RequestTooLargeError, error_reply
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import ChatCompletionRequest, ModelEntry, ModelListing
+from gateway.router import Router
+from gateway.store import LogQuery, LogStore
+
+logger = logging.getLogger(__name__)
+Handler = Callable[[Request, "_App"], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class _App:
+    """What the handlers share: settings, the service, the store, the catalog and the metrics."""
+
+    settings: GatewaySettings
+    service: ChatService
+    store: LogStore
+    catalog: RewardModelCatalog
+    metrics: GatewayMetrics
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    router: Router,
+    store: LogStore,
+    criteria_client: httpx.AsyncClient,
+    metrics: GatewayMetrics | None = None,
+    lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+) -> Starlette:
+    """The gateway as an ASGI app. `criteria_client` talks to the reward server (over the network, or in-process
+    through httpx.ASGITransport); the caller owns it and the store, the app's lifespan owns the router."""
+    metrics = metrics or GatewayMetrics()
+    catalog = RewardModelCatalog(criteria_client, score_timeout_s=settings.criteria_timeout_s)
+    service = ChatService(settings, router=router, store=store, catalog=catalog, metrics=metrics)
+    app = _App(settings, service, store, catalog, metrics)
+
+    @asynccontextmanager
+    async def app_lifespan(_: Starlette) -> AsyncIterator[None]:
+        logger.info("gateway settings: %s", settings.public())
+        async with router:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan():
+                    yield
+
+    def route(path: str, handler: Handler, method: str) -> Route:
+        return Route(path, _endpoint(app, path, handler), methods=[method])
+
+    routes = [
+        route("/v1/chat/completions", _chat, "POST"),
+        route("/v1/models", _models, "GET"),
+        route("/v1/logs", _list_logs, "GET"),
+        route("/v1/logs/export", _export_logs, "GET"),
+        route("/v1/logs/export/pairs", _export_pairs, "GET"),
+        route("/v1/logs/{id}", _get_log, "GET"),
+        route("/v1/logs/{id}/metadata", _patch_metadata, "PATCH"),
+        route("/health", _health, "GET"),
+        route("/metrics", _metrics, "GET"),
+    ]
+    return Starlette(routes=routes, lifespan=app_lifespan)
+
+
+# ---------------------------------------------------------------- handlers
+
+
+async def _chat(request: Request, app: _App) -> Response:
+    raw = await _read_json(request, app.settings.max_body_bytes)
+    try:
+        parsed = ChatCompletionRequest.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        raise InvalidRequestError(f"{where}: {error['msg']}", param=where) from None
+    ctx = ChatContext(
+        request=parsed,
+        raw=raw,
+        criteria_header=request.headers.get("op-criteria"),
+        best_only=request.headers.get("op-best-only", "").strip().lower() == "true",
+        started=time.perf_counter(),
+    )
+    if ctx.criteria_header is not None:
+        return JSONResponse(await app.service.best_of_n(ctx))
+    if parsed.stream:
+        return StreamingResponse(await app.service.stream(ctx), media_type="text/event-stream")
+    return JSONResponse(await app.service.passthrough(ctx))
+
+
+async def _models(request: Request, app: _App) -> Response:
+    data = [
+        ModelEntry(id=m, owned_by=m.partition(":")[0] if ":" in m else "upstream") for m in app.settings.upstream_models
+    ]
+    try:
+        cards = await app.catalog.models()
+    except CriterionUnavailableError as exc:  # the listing still shows the upstream models
+        logger.warning("reward models not listed: %s", exc.message)
+        cards = []
+    for card in cards:
+        info = {"kind": "reward_model", "slug": card.slug, "version": card.version, "latest": card.latest}
+        data.append(ModelEntry(id=card.id, owned_by="rewardgate", rewardgate=info))
+    return JSONResponse(ModelListing(data=data).model_dump(exclude_none=True))
+
+
+async def _list_logs(request: Request, app: _App) -> Response:
+    limit = request.query_params.get("limit", "50")
+    if not limit.isdigit():
+        raise InvalidRequestError(f"limit must be a positive integer, got {limit!r}", param="limit")
+    page = await app.store.list_logs(_query(request), limit=int(limit), cursor=request.query_params.get("cursor"))
+    body = {
+        "object": "list",
+        "data": [log.to_json() for log in page.logs],
+        "next_cursor": page.next_cursor,
+        "has_more": page.next_cursor is not None,
+    }
+    return JSONResponse(body)
+
+
+async def _get_log(request: Request, app: _App) -> Response:
+    return JSONResponse((await app.store.get_log(request.path_params["id"])).to_json())
+
+
+async def _patch_metadata(request: Request, app: _App) -> Response:
+    body = await _read_json(request, app.settings.max_body_bytes)
+    patch = body.get("metadata")
+    if not isinstance(patch, dict):
+        raise InvalidRequestError('expected {"metadata": {key: string | null}}', param="metadata")
+    return JSONResponse((await app.store.update_metadata(request.path_params["id"], patch)).to_json())
+
+
+async def _export_logs(request: Request, app: _App) -> Response:
+    return StreamingResponse(app.store.export_jsonl(_query(request)), media_type="application/x-ndjson")
+
+
+async def _export_pairs(request: Request, app: _App) -> Response:
+    return StreamingResponse(app.store.export_pairs(_query(request)), media_type="application/x-ndjson")
+
+
+async def _health(request: Request, app: _App) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _metrics(request: Request, app: _App) -> Response:
+    payload, content_type = app.metrics.exposition()
+    return Response(payload, media_type=content_type)
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+def _endpoint(app: _App, route: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Authentication, the one error path and request metrics around a handler."""
+
+    async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            if route.startswith("/v1/"):
+                _authenticate(request, app.settings.api_keys)
+            response = await handler(request, app)
+        except Exception as exc:  # every error, ours or not, goes through error_reply
+            status, body, headers = error_reply(exc)
+            response = JSONResponse(body, status_code=status, headers=headers)
+        app.metrics.record_request(route, response.status_code, time.perf_counter() - started)
+        return response
+
+    return endpoint
+
+
+def _authenticate(request: Request, keys: tuple[str, ...]) -> None:
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # compare_digest against every key: the time taken does not tell which prefix matched
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), key) for key in keys):
+        raise AuthenticationError("missing or invalid API key: send 'Authorization: Bearer <gateway key>'")
+
+
+async def _read_json(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLargeError(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRequestError(f"malformed JSON body: {exc}", param="body") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the request body must be a JSON object", param="body")
+    return body
+
+
+def _query(request: Request) -> LogQuery:
+    """metadata.KEY=VALUE, model, since, before (ISO 8601 with a timezone) from the query string."""
+    params = request.query_params
+    metadata = {k.removeprefix("metadata."): v for k, v in params.items() if k.startswith("metadata.")}
+    times: dict[str, datetime | None] = {}
+    for name in ("since", "before"):
+        value = params.get(name)
+        try:
+            times[name] = datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+        except ValueError:
+            raise InvalidRequestError(f"{name}: not an ISO 8601 datetime: {value!r}", param=name) from None
+    return LogQuery(metadata=metadata, model=params.get("model"), since=times["since"], before=times["before"])

@@ -1,0 +1,210 @@
+"""Shared fakes for the gateway app's tests: a fake OpenAI-compatible upstream (aiohttp.web on 127.0.0.1) and a
+harness that wires the REAL router, SQLite store and embedded reward server (tiny models) into the gateway app.
+No internals are replaced: the fakes sit at the network edges. Nothing waits by sleeping: `until` polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiohttp import web
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.config import GatewaySettings
+from gateway.metrics import GatewayMetrics
+from gateway.providers import ProviderConfig
+from gateway.proxy import create_app
+from gateway.reward_serving.server import ServerSettings
+from gateway.reward_serving.server import create_app as create_reward_app
+from gateway.router import RetryPolicy, Router
+from gateway.store import LogStore, open_store
+
+KEY = "sk-provider-key-0123456789abcdef"  # the provider's key: must never reach a client or a log
+ANSWERS = [
+    "Open settings, choose security, then reset your password.",
+    "I cannot help with that. Please ask someone else.",
+    "Thanks for reaching out! Your order ships tomorrow and arrives in two days.",
+    "The quick brown fox jumps over the lazy dog 0123456789.",
+    "Go to the login page and click 'forgot password'.",
+]
+STREAM_TEXT = ["Hel", "lo", "!"]
+MESSAGES = [{"role": "system", "content": "You are a support agent."}, {"role": "user", "content": "How do I reset?"}]
+
+
+class FakeUpstream:
+    """POST /v1/chat/completions; the request's `model` picks the behaviour:
+    ok: answers honouring `n`, each choice a different ANSWERS entry | fail-second: the 2nd request answers 400
+    always-500: always 500 | stream: SSE chunks then [DONE] (`stream: true`) | hold-stream: one chunk, then waits
+    """
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.bodies: list[dict[str, Any]] = []
+        self.responses: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
+        self.produced = 0
+        self.cancelled = 0
+        self.release = asyncio.Event()
+        self.sent: list[bytes] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        model = body["model"]
+        self.counts[model] += 1
+        try:
+            return await self.answer(request, body, model)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def answer(self, request: web.Request, body: dict[str, Any], model: str) -> web.StreamResponse:
+        if model == "always-500" or (model == "fail-second" and self.counts[model] == 2):
+            status = 500 if model == "always-500" else 400
+            return web.json_response({"error": {"message": f"upstream says no ({KEY})"}}, status=status)
+        if body.get("stream"):
+            return await self.stream(request, model)
+        choices = []
+        for i in range(body.get("n", 1)):
+            text = ANSWERS[self.produced % len(ANSWERS)]
+            self.produced += 1
+            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+        n = len(choices)
+        usage = {"prompt_tokens": 3, "completion_tokens": 4 * n, "total_tokens": 3 + 4 * n}
+        response = {
+            "id": f"chatcmpl-{len(self.bodies)}",
+            "object": "chat.completion",
+            "created": 1,
+            "model": model,
+            "choices": choices,
+            "usage": usage,
+            "system_fingerprint": "fp_fake",
+        }
+        self.responses.append(response)
+        return web.json_response(response)
+
+    async def stream(self, request: web.Request, model: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i, text in enumerate([*STREAM_TEXT, None]):
+            delta = {"role": "assistant", "content": text} if i == 0 else {"content": text} if text else {}
+            choice = {"index": 0, "delta": delta, "finish_reason": None if text else "stop"}
+            chunk = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1, "model": model}
+            data = b"data: " + json.dumps({**chunk, "choices": [choice]}).encode() + b"\n\n"
+            self.sent.append(data)
+            await response.write(data)
+            if model == "hold-stream":
+                await self.release.wait()
+        self.sent.append(b"data: [DONE]\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+@asynccontextmanager
+async def fake_upstream() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.handle)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    try:
+        yield fake
+    finally:
+        fake.release.set()
+        await runner.cleanup()
+
+
+def failing_scores(app: ASGIApp) -> ASGIApp:
+    """The real reward server, except that POST /v1/score answers 500 (a reward server failing mid-request)."""
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/score":
+            body = json.dumps({"error": {"message": "CUDA out of memory", "type": "inference_error"}}).encode()
+            await send(
+                {"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return asgi
+
+
+@dataclass
+class Gateway:
+    app: Starlette
+    client: httpx.AsyncClient  # to the gateway, over ASGI
+    store: LogStore
+    reward: httpx.AsyncClient  # to the embedded reward server, over ASGI
+    metrics: GatewayMetrics
+
+
+def make_router(upstream: FakeUpstream) -> Router:
+    """`fake` honours n natively; `solo` (same upstream) gets N parallel calls. No retries: failures stay failures."""
+    configs = [
+        ProviderConfig("fake", "openai", upstream.url, KEY),
+        ProviderConfig("solo", "openai", upstream.url, KEY, native_n=False),
+    ]
+    return Router.from_configs(configs, default_provider="fake", retry=RetryPolicy(attempts=1))
+
+
+@asynccontextmanager
+async def running_gateway(
+    tmp_path: Path,
+    upstream: FakeUpstream,
+    models_dir: Path,
+    *,
+    settings: GatewaySettings | None = None,
+    wrap_reward: Callable[[ASGIApp], ASGIApp] | None = None,
+    reward_url: str | None = None,
+) -> AsyncIterator[Gateway]:
+    """The gateway app with its lifespan entered (providers started, embedded reward server running)."""
+    settings = settings or GatewaySettings(upstream_models=("fake:ok", "gpt-4o-mini"))
+    reward_app = create_reward_app(ServerSettings(models_dir=str(models_dir), device="cpu"))
+    reward_asgi = wrap_reward(reward_app) if wrap_reward else reward_app
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    store = await open_store(str(tmp_path / "logs.db"))
+    metrics = GatewayMetrics()
+    if reward_url is not None:
+        criteria_client = httpx.AsyncClient(base_url=reward_url)
+    else:
+        criteria_client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=reward_asgi), base_url="http://reward-server"
+        )
+    reward = httpx.AsyncClient(transport=httpx.ASGITransport(app=reward_app), base_url="http://reward-server")
+    app = create_app(
+        settings,
+        router=make_router(upstream),
+        store=store,
+        criteria_client=criteria_client,
+        metrics=metrics,
+        lifespan=lambda: reward_app.router.lifespan_context(reward_app),
+    )
+    try:
+        async with app.router.lifespan_context(app), criteria_client, reward:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                yield Gateway(app, client, store, reward, metrics)
+    finally:
+        await store.aclose()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.005)

@@ -1,0 +1,71 @@
+"""GatewaySettings (file < environment < flags) and the composition root: `rewardgate serve`'s wiring, run for real
+against the fake upstream with the reward server embedded (no uvicorn: the app is driven over ASGI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.cli import build_parser, gateway, main, resolve_settings
+from gateway.config import GatewaySettings
+from tests.gateway.fakes import KEY, MESSAGES, fake_upstream
+from tests.tiny import save_reward_model
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def test_settings_precedence_file_env_flags(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('port = 9000\nmax_n = 4\napi_keys = ["gw-secret-1", "gw-secret-2"]\nupstream_models = "x,y"\n')
+    args = vars(build_parser().parse_args(["serve", "--config", str(config), "--max-n", "8"]))
+    settings = resolve_settings(args, environ={"REWARDGATE_PORT": "9100", "REWARDGATE_CRITERIA_TIMEOUT_S": "2.5"})
+    assert (settings.port, settings.max_n, settings.criteria_timeout_s) == (9100, 8, 2.5)
+    assert settings.api_keys == ("gw-secret-1", "gw-secret-2") and settings.upstream_models == ("x", "y")
+    assert "gw-secret" not in repr(settings) and settings.public()["api_keys"] == "<2 set>"
+    json_config = tmp_path / "gateway.json"
+    json_config.write_text('{"device": "cpu"}')
+    assert GatewaySettings.from_file(json_config, environ={}).device == "cpu"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"nope": 1}, {"port": "eighty"}, {"device": "tpu"}, {"max_n": [1]}],
+    ids=["unknown", "type", "choice", "list"],
+)
+def test_bad_settings_are_refused(changes: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        GatewaySettings().replace(**changes)
+
+
+def test_serve_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--models-dir", "--store-url", "--reward-server-url", "--api-keys", "--max-n", "--max-body-bytes"):
+        assert flag in out
+
+
+async def test_composition_root_wires_an_embedded_reward_server(tmp_path: Path) -> None:
+    save_reward_model(tmp_path / "models" / "tiny-rm" / "v1", "tiny-rm", "v1")
+    settings = GatewaySettings(models_dir=str(tmp_path / "models"), store_url=f"sqlite:///{tmp_path / 'logs.db'}")
+    async with fake_upstream() as upstream:
+        environ = {"OPENAI_BASE_URL": upstream.url, "OPENAI_API_KEY": KEY}
+        async with gateway(settings, environ) as app, app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                body = {"model": "openai:ok", "messages": MESSAGES, "n": 2, "store": True}
+                response = await client.post("/v1/chat/completions", json=body, headers={"op-criteria": '["tiny-rm"]'})
+                assert response.status_code == 200, response.text
+                info = response.json()["rewardgate"]
+                assert info["criteria"] == {"tiny-rm": "v1"}
+                log = (await client.get(f"/v1/logs/{info['log_id']}")).json()
+                assert [c["status"] for c in log["candidates"]] == ["ok", "ok"]
+    assert (tmp_path / "logs.db").is_file()
