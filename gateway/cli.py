@@ -4,7 +4,9 @@ them into the gateway app, and runs it with uvicorn. Flags are generated from `G
 The one module (with __main__.py) that may import gateway.reward_serving.server: in embedded mode (no
 reward_server_url) the reward server runs in this process and the reward-model criterion talks to it through
 httpx.ASGITransport, the same wire contract as over the network. Its lifespan runs inside the gateway's, so models
-are closed at shutdown. Must not import torch (the reward engine imports it when a model loads).
+are closed at shutdown. With `local_model` set, it also loads reward_serving.generator's LocalGenerator (imported
+only then: it needs torch) and registers it as LiteLLM's custom provider `local`, so `local:<name>` needs no key and
+no network. Must not import torch at module level (the reward engine and the generator import it when used).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 from starlette.applications import Starlette
 
 from gateway.config import GatewaySettings
-from gateway.providers import providers_from_env
+from gateway.providers import LOCAL_PROVIDER, local_provider_config, providers_from_env, register_local_models
 from gateway.proxy import create_app
 from gateway.reward_serving.server import ServerSettings
 from gateway.reward_serving.server import create_app as create_reward_app
@@ -66,18 +69,39 @@ async def gateway(settings: GatewaySettings, environ: Mapping[str, str] | None =
     async with AsyncExitStack() as stack:
         store = await open_store(settings.store_url)
         stack.push_async_callback(store.aclose)
-        router = Router.from_configs(providers_from_env(environ), default_provider="openai")
-        reward_lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None
+        configs = providers_from_env(environ)
+        lifespans: list[Callable[[], AbstractAsyncContextManager[Any]]] = []
+        if settings.local_model:
+            from gateway.reward_serving.generator import LocalGenerator
+
+            name = settings.local_model_name or Path(settings.local_model).name
+            generator = LocalGenerator(settings.local_model, device=settings.device)
+            stack.callback(await asyncio.to_thread(register_local_models, {name: generator.complete}))
+            configs.append(local_provider_config())
+            lifespans.append(lambda: generator)  # loads the model at start-up, stops its worker thread at shutdown
+            if f"{LOCAL_PROVIDER}:{name}" not in settings.upstream_models:
+                settings = settings.replace(upstream_models=(*settings.upstream_models, f"{LOCAL_PROVIDER}:{name}"))
+        router = Router.from_configs(configs, default_provider="openai")
         if settings.reward_server_url:
             client = httpx.AsyncClient(base_url=settings.reward_server_url, timeout=settings.criteria_timeout_s)
         else:
             reward_app = create_reward_app(ServerSettings(models_dir=settings.models_dir, device=settings.device))
             transport = httpx.ASGITransport(app=reward_app)
             client = httpx.AsyncClient(transport=transport, base_url="http://reward-server")
-            reward_lifespan = partial(reward_app.router.lifespan_context, reward_app)
+            lifespans.append(partial(reward_app.router.lifespan_context, reward_app))
 
         await stack.enter_async_context(client)
-        yield create_app(settings, router=router, store=store, criteria_client=client, lifespan=reward_lifespan)
+        lifespan = partial(_all_of, lifespans) if lifespans else None
+        yield create_app(settings, router=router, store=store, criteria_client=client, lifespan=lifespan)
+
+
+@asynccontextmanager
+async def _all_of(lifespans: Sequence[Callable[[], AbstractAsyncContextManager[Any]]]) -> AsyncIterator[None]:
+    """Enter each lifespan in order; exit them in reverse."""
+    async with AsyncExitStack() as stack:
+        for lifespan in lifespans:
+            await stack.enter_async_context(lifespan())
+        yield
 
 
 async def serve(settings: GatewaySettings, log_level: str = "info") -> None:

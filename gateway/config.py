@@ -44,7 +44,17 @@ class GatewaySettings:
     criteria_timeout_s: float = field(default=30.0, metadata={"help": "timeout of one criterion over all candidates"})
     device: Literal["auto", "cpu", "cuda"] = field(
         default="auto",
-        metadata={"help": "where embedded reward models run", "choices": ("auto", "cpu", "cuda")},
+        metadata={"help": "where embedded reward models and the local model run", "choices": ("auto", "cpu", "cuda")},
+    )
+    local_model: str = field(
+        default="",
+        metadata={
+            "help": "causal-LM directory served in process as model local:<name> (SmolLM2, once converted: "
+            "~/.cache/rewardgate/smollm2-135m-instruct); empty: none"
+        },
+    )
+    local_model_name: str = field(
+        default="", metadata={"help": "the <name> of local:<name>; empty: local_model's directory name"}
     )
 
     @classmethod

@@ -104,6 +104,30 @@ def bert_reward_model(tokenizer: Any, seed: int = 0) -> Any:
     return BertForSequenceClassification(cfg).eval()
 
 
+def save_causal_lm(directory: Path, seed: int = 0) -> Path:
+    """A tiny random Llama causal LM + the chat tokenizer, saved: a directory LocalGenerator serves."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = chat_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    LlamaForCausalLM(cfg).eval().save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
 def save_base(directory: Path, kind: str = "llama", seed: int = 0) -> Path:
     """Write a tiny base model + tokenizer with save_pretrained; usable as --base-model."""
     tok = chat_tokenizer() if kind == "llama" else plain_tokenizer()

@@ -11,7 +11,7 @@ import pytest
 from gateway.cli import build_parser, gateway, main, resolve_settings
 from gateway.config import GatewaySettings
 from tests.gateway.fakes import KEY, MESSAGES, fake_upstream
-from tests.tiny import save_reward_model
+from tests.tiny import save_causal_lm, save_reward_model
 
 pytestmark = pytest.mark.anyio
 
@@ -69,3 +69,33 @@ async def test_composition_root_wires_an_embedded_reward_server(tmp_path: Path) 
                 log = (await client.get(f"/v1/logs/{info['log_id']}")).json()
                 assert [c["status"] for c in log["candidates"]] == ["ok", "ok"]
     assert (tmp_path / "logs.db").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:Item .* is using the `ReadOnly` qualifier:UserWarning")  # LiteLLM's types
+async def test_composition_root_serves_a_local_model_with_no_key(tmp_path: Path) -> None:
+    import litellm
+
+    save_reward_model(tmp_path / "models" / "tiny-rm" / "v1", "tiny-rm", "v1")
+    settings = GatewaySettings(
+        models_dir=str(tmp_path / "models"),
+        store_url=f"sqlite:///{tmp_path / 'logs.db'}",
+        local_model=str(save_causal_lm(tmp_path / "tiny-lm")),
+        local_model_name="tiny",
+        device="cpu",
+    )
+    async with gateway(settings, environ={}) as app, app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            models = (await client.get("/v1/models")).json()
+            assert "local:tiny" in [m["id"] for m in models["data"]]
+            body = {"model": "local:tiny", "messages": MESSAGES, "n": 3, "max_tokens": 5, "seed": 0, "store": True}
+            response = await client.post("/v1/chat/completions", json=body, headers={"op-criteria": '["tiny-rm"]'})
+            assert response.status_code == 200, response.text
+            data = response.json()
+            assert [c["index"] for c in data["choices"]] == [0, 1, 2]
+            assert all(c["criteria_results"]["tiny-rm"]["status"] == "success" for c in data["choices"])
+            scores = [c["rewardgate"]["score"] for c in data["choices"]]
+            assert scores == sorted(scores, reverse=True)
+            log = (await client.get(f"/v1/logs/{data['rewardgate']['log_id']}")).json()
+            assert [c["status"] for c in log["candidates"]] == ["ok", "ok", "ok"]
+    assert all(item["provider"] != "local" for item in litellm.custom_provider_map)  # unregistered on exit
