@@ -2,7 +2,7 @@
 # Every GPU benchmark in one go (one device session is short): results and logs under $OUT.
 #   OUT=/tmp/gpu bash bench/run_gpu.sh
 # The GPU machine has torch + transformers but no network: TRL and its few missing dependencies
-# travel as wheels in .whl/ (see docs/BENCHMARKS.md for the list).
+# travel as wheels in .whl/: bash bench/fetch_gpu_wheels.sh here first, then carry .whl.
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-.bench/gpu}
