@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from trainer.config import TrainConfig
 from trainer.train import train
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_base_trains_offline_when_base_model_is_omitted(tmp_path: Path) -> None:
@@ -32,7 +36,20 @@ def test_smollm2_gguf_becomes_a_plain_reloadable_directory(tmp_path: Path, monke
     monkeypatch.setenv("REWARDGATE_CACHE", str(tmp_path))
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    directory = Path(resolve_base("smollm2"))
+    # The one-time conversion runs in a fresh process, as it does from the CLI: after the rest of this
+    # suite, transformers in this process leaves SmolLM2's tied lm_head on the meta device (cause unknown).
+    code = "from trainer.bases import resolve_base; print(resolve_base('smollm2'))"
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    directory = Path(run.stdout.strip().splitlines()[-1])
     assert directory.parent == tmp_path and (directory / "config.json").exists()
     config = json.loads((directory / "config.json").read_text())
     assert "quantization_config" not in config
