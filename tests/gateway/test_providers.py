@@ -11,7 +11,7 @@ import logging
 import socket
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -40,6 +40,7 @@ from gateway.router import (
     parse_retry_after,
     split_model_name,
 )
+from tests.gateway.fakes import until
 
 pytestmark = [
     pytest.mark.anyio,
@@ -158,15 +159,6 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
     yield fake
     fake.release.set()
     await runner.cleanup()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.005)
 
 
 class Sleeps:
