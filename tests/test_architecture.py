@@ -42,9 +42,9 @@ RULES = (
         must_not=(*WEB, "torch", "transformers"),
     ),
     Rule(
-        "criteria import only base, formats, protocol, reward_serving.protocol",
+        "criteria import only base, definitions, formats, protocol, reward_serving.protocol",
         "gateway/criteria/*",
-        may=("gateway.criteria.base", "gateway.formats", "gateway.protocol", "gateway.reward_serving.protocol"),
+        may=("gateway.criteria.base", "gateway.criteria.definitions", "gateway.formats", "gateway.protocol", "gateway.reward_serving.protocol"),
         must_not=("gateway.proxy", "gateway.store", "starlette", "torch", "trainer"),
         exclude=("gateway/criteria/__init__.py",),
     ),

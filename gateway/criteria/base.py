@@ -87,6 +87,7 @@ class CriterionResult:
     explanation: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    usage: Mapping[str, int] | None = None  # tokens a judge spent: {"prompt_tokens": p, "completion_tokens": c}
 
     def __post_init__(self) -> None:
         if self.status == "success":
@@ -99,14 +100,22 @@ class CriterionResult:
 
     @classmethod
     def success(
-        cls, score: float, *, version: str | None, explanation: str | None = None, normalized: float | None = None
+        cls,
+        score: float,
+        *,
+        version: str | None,
+        explanation: str | None = None,
+        normalized: float | None = None,
+        usage: Mapping[str, int] | None = None,
     ) -> CriterionResult:
         """`normalized` defaults to `score`: judge and rule scores are already on the 0..1 scale."""
-        return cls("success", version, score, score if normalized is None else normalized, explanation)
+        return cls("success", version, score, score if normalized is None else normalized, explanation, usage=usage)
 
     @classmethod
-    def error(cls, code: str, message: str, *, version: str | None) -> CriterionResult:
-        return cls("error", version, error_code=code, error_message=message)
+    def error(
+        cls, code: str, message: str, *, version: str | None, usage: Mapping[str, int] | None = None
+    ) -> CriterionResult:
+        return cls("error", version, error_code=code, error_message=message, usage=usage)
 
     @property
     def ok(self) -> bool:

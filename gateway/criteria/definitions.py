@@ -1,0 +1,105 @@
+"""Stored criterion definitions: the versioned records behind LLM-judge and rule criteria, the source the
+resolvers read them from, and the selection of `slug` / `slug@vN` among a slug's versions. Pure: no I/O.
+
+A definition is (slug, version, kind, spec): `spec` is a JSON object whose shape belongs to the kind (each
+kind's module validates it with its own `validate_spec`). Versions are immutable and numbered from 1 per
+slug; `slug` means the newest. A slug belongs to one kind for all its versions. Where definitions live (the
+store, the config file, memory in tests) is the `DefinitionSource`'s business; `InMemoryDefinitions` is the
+simplest one.
+
+May import only criteria.base and formats (DESIGN.md import rules).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .base import CriterionRef, UnknownCriterionError
+
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the reward server's slug rule, shared by every kind
+
+
+class CriterionSpecError(ValueError):
+    """A definition's spec is invalid; the message names the field (e.g. `spec.pattern`)."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class CriterionDefinition:
+    """One immutable version of a criterion. `alignment` is the latest alignment report of this version."""
+
+    slug: str
+    version: int
+    kind: str
+    spec: Mapping[str, Any]
+    description: str = ""
+    created_at: str = ""  # ISO 8601, UTC
+    alignment: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.slug}@v{self.version}"
+
+    @property
+    def version_name(self) -> str:
+        return f"v{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "slug": self.slug,
+            "version": self.version_name,
+            "kind": self.kind,
+            "description": self.description,
+            "spec": dict(self.spec),
+            "created_at": self.created_at,
+            "alignment": None if self.alignment is None else dict(self.alignment),
+        }
+
+
+class DefinitionSource(Protocol):
+    """Where resolvers read definitions from (the store implements it)."""
+
+    async def criterion_versions(self, slug: str) -> Sequence[CriterionDefinition]:
+        """Every version of `slug`, oldest first; empty when no definition has that slug."""
+        ...
+
+
+def select_version(
+    ref: CriterionRef, versions: Sequence[CriterionDefinition], kind: str
+) -> CriterionDefinition | None:
+    """The definition `ref` names among one slug's versions, if they are of `kind`: None when the slug has no
+    versions of this kind (another kind may know it); UnknownCriterionError for a version the slug lacks."""
+    mine = [d for d in versions if d.kind == kind]
+    if not mine:
+        return None
+    if ref.version is None:
+        return max(mine, key=lambda d: d.version)
+    for definition in mine:
+        if definition.version == ref.version:
+            return definition
+    raise UnknownCriterionError(ref.id, available=[d.id for d in sorted(mine, key=lambda d: d.version)])
+
+
+class InMemoryDefinitions:
+    """A DefinitionSource over a list (tests, and the config file's definitions before they reach a store)."""
+
+    def __init__(self, definitions: Sequence[CriterionDefinition] = ()) -> None:
+        self._by_slug: dict[str, list[CriterionDefinition]] = {}
+        for definition in definitions:
+            self.add(definition)
+
+    def add(self, definition: CriterionDefinition) -> None:
+        versions = self._by_slug.setdefault(definition.slug, [])
+        versions.append(definition)
+        versions.sort(key=lambda d: d.version)
+
+    async def criterion_versions(self, slug: str) -> Sequence[CriterionDefinition]:
+        return tuple(self._by_slug.get(slug, ()))
