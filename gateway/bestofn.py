@@ -5,18 +5,23 @@ BEFORE any upstream call, so nothing is wasted or half-stored), candidate scorin
 sums and the one-transaction store write. Must not import starlette, torch, trainer or reward_serving internals.
 
 Decisions: without `op-criteria` the upstream's JSON (or its SSE bytes) goes back as it came; `store: true` then
-logs the one completion and adds `rewardgate.log_id`. `stream: true` with criteria is a 400: ranking needs every
-candidate whole. `store: true` with `stream: true` is a 400 too: streamed bytes are passed through, not parsed.
+logs the one completion and adds `rewardgate.log_id`. Streamed, the bytes still pass through unchanged (regrouped
+at event boundaries) while a copy is parsed to store the completion when the stream ends; there is then no log id
+in the response (the upstream's chunks carry none), and a stream the client abandons is not stored. An upstream
+failure after the first event ends the stream with an error event (gateway/sse.py). With criteria, `stream: true`
+gets the ranked completion as `chat.completion.chunk` events once every candidate is scored (ranking needs them
+whole): each choice's message in one delta, its `criteria_results` on its finishing chunk.
 If every candidate fails, the request fails with the first failure's status (router.AllCandidatesFailed).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from gateway.config import GatewaySettings
 from gateway.criteria import (
@@ -29,7 +34,7 @@ from gateway.criteria import (
     resolve_criteria,
     score_all,
 )
-from gateway.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError, error_reply
 from gateway.formats import Message, PairError, parse_message
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
@@ -43,7 +48,11 @@ from gateway.protocol import (
     Usage,
 )
 from gateway.router import Candidate, CandidateError, Router
+from gateway.sse import StreamAccumulator, error_event, whole_events
 from gateway.store import CandidateRecord, Latencies, LogStore, validate_metadata
+
+logger = logging.getLogger(__name__)
+_STREAM_FIELDS = frozenset({"stream", "stream_options"})  # best-of-N candidates are fetched whole
 
 
 @dataclass(frozen=True)
@@ -144,27 +153,57 @@ class ChatService:
         return response
 
     async def stream(self, ctx: ChatContext) -> AsyncIterator[bytes]:
-        """The upstream's SSE bytes. The first chunk is awaited here, so upstream errors still get their status;
+        """The upstream's SSE bytes. The first event is awaited here, so upstream errors still get their status;
         the returned generator closes the upstream in its `finally`, however the client leaves."""
-        if ctx.request.store:
-            raise InvalidRequestError("store: true is not supported with stream: true", param="store")
-        upstream = self._router.stream(ctx.request.upstream_body(), self._settings.upstream_timeout_s)
+        metadata = self._metadata(ctx)
+        started = time.perf_counter()
+        upstream = whole_events(self._router.stream(ctx.request.upstream_body(), self._settings.upstream_timeout_s))
         try:
             first = await anext(upstream, b"")
         except BaseException:
             await _aclose(upstream)
             raise
+        copy = StreamAccumulator() if metadata is not None else None
 
         async def relay() -> AsyncIterator[bytes]:
+            failure: str | None = None
             try:
-                if first:
-                    yield first
-                async for chunk in upstream:
+                chunk = first
+                while chunk:
+                    if copy is not None:
+                        copy.feed(chunk)
                     yield chunk
+                    chunk = await anext(upstream, b"")
+            except Exception as exc:  # the status line is gone: end the stream with an error event instead
+                _, body, _ = error_reply(exc)
+                failure = f"{body['error']['code']}: {body['error']['message']}"
+                logger.warning("upstream stream failed after the first event: %s", failure)
+                yield error_event(body)
             finally:
                 await _aclose(upstream)
+            if copy is not None and metadata is not None:
+                await self._store_stream(ctx, copy, metadata, time.perf_counter() - started, failure)
 
         return relay()
+
+    async def _store_stream(
+        self, ctx: ChatContext, copy: StreamAccumulator, meta: dict[str, str], upstream_s: float, failure: str | None
+    ) -> None:
+        records = []
+        for rank_, choice in enumerate(copy.choices()):
+            finished = choice["finish_reason"] is not None and failure is None
+            error = None if finished else failure or "the stream ended before this choice finished"
+            status: Literal["ok", "error"] = "ok" if finished else "error"
+            records.append(
+                CandidateRecord(choice["index"], choice["message"], status, choice["finish_reason"], error, rank=rank_)
+            )
+        await self._store.create_log(
+            model=ctx.request.model,
+            request=ctx.raw,
+            candidates=records,
+            latencies=self._latencies(ctx, upstream_s, None),
+            metadata=meta,
+        )
 
     # ------------------------------------------------------------ best-of-N
 
@@ -177,18 +216,13 @@ class ChatService:
             raise InvalidRequestError(
                 f"n must be between 1 and {self._settings.max_n} with op-criteria, got {n}", param="n"
             )
-        if ctx.request.stream:
-            raise InvalidRequestError(
-                "stream: true is not supported with op-criteria: ranking needs every candidate whole", param="stream"
-            )
         metadata = self._metadata(ctx)
         prompt = [_message(m, f"messages[{i}]") for i, m in enumerate(ctx.request.messages)]
         criteria = await resolve_criteria(refs, [self._catalog])
 
         started = time.perf_counter()
-        candidates = await self._router.generate_candidates(
-            ctx.request.upstream_body(), n, self._settings.upstream_timeout_s
-        )
+        body = {k: v for k, v in ctx.request.upstream_body().items() if k not in _STREAM_FIELDS}
+        candidates = await self._router.generate_candidates(body, n, self._settings.upstream_timeout_s)
         upstream_s = time.perf_counter() - started
         self._record_candidates(candidates)
 

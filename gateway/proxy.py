@@ -35,6 +35,7 @@ from gateway.errors import AuthenticationError, InvalidRequestError, RequestTooL
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, ModelEntry, ModelListing
 from gateway.router import Router
+from gateway.sse import completion_events
 from gateway.store import LogQuery, LogStore
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,13 @@ async def _chat(request: Request, app: _App) -> Response:
         started=time.perf_counter(),
     )
     if ctx.criteria_header is not None:
-        return JSONResponse(await app.service.best_of_n(ctx))
+        completion = await app.service.best_of_n(ctx)
+        if not parsed.stream:
+            return JSONResponse(completion)
+        include_usage = isinstance(raw.get("stream_options"), dict) and raw["stream_options"].get("include_usage")
+        # Every event is ready at once: one body holds them all (still a valid event stream).
+        events = completion_events(completion, include_usage=include_usage is True)
+        return Response(b"".join(events), media_type="text/event-stream")
     if parsed.stream:
         return StreamingResponse(await app.service.stream(ctx), media_type="text/event-stream")
     return JSONResponse(await app.service.passthrough(ctx))

@@ -44,7 +44,13 @@ RULES = (
     Rule(
         "criteria import only base, definitions, formats, protocol, reward_serving.protocol",
         "gateway/criteria/*",
-        may=("gateway.criteria.base", "gateway.criteria.definitions", "gateway.formats", "gateway.protocol", "gateway.reward_serving.protocol"),
+        may=(
+            "gateway.criteria.base",
+            "gateway.criteria.definitions",
+            "gateway.formats",
+            "gateway.protocol",
+            "gateway.reward_serving.protocol",
+        ),
         must_not=("gateway.proxy", "gateway.store", "starlette", "torch", "trainer"),
         exclude=("gateway/criteria/__init__.py",),
     ),

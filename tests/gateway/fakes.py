@@ -44,6 +44,7 @@ class FakeUpstream:
     """POST /v1/chat/completions; the request's `model` picks the behaviour:
     ok: answers honouring `n`, each choice a different ANSWERS entry | fail-second: the 2nd request answers 400
     always-500: always 500 | stream: SSE chunks then [DONE] (`stream: true`) | hold-stream: one chunk, then waits
+    break-stream: one chunk, then the connection drops mid-body
     """
 
     def __init__(self) -> None:
@@ -104,6 +105,10 @@ class FakeUpstream:
             await response.write(data)
             if model == "hold-stream":
                 await self.release.wait()
+            if model == "break-stream":
+                assert request.transport is not None
+                request.transport.close()  # the chunked body never ends: the client sees a payload error
+                return response
         self.sent.append(b"data: [DONE]\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
