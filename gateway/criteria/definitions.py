@@ -72,9 +72,7 @@ class DefinitionSource(Protocol):
         ...
 
 
-def select_version(
-    ref: CriterionRef, versions: Sequence[CriterionDefinition], kind: str
-) -> CriterionDefinition | None:
+def select_version(ref: CriterionRef, versions: Sequence[CriterionDefinition], kind: str) -> CriterionDefinition | None:
     """The definition `ref` names among one slug's versions, if they are of `kind`: None when the slug has no
     versions of this kind (another kind may know it); UnknownCriterionError for a version the slug lacks."""
     mine = [d for d in versions if d.kind == kind]
