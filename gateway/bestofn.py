@@ -27,13 +27,12 @@ from gateway.config import GatewaySettings
 from gateway.criteria import (
     Criterion,
     CriterionResult,
-    RewardModelCatalog,
     Scored,
     parse_criteria_header,
     rank,
-    resolve_criteria,
     score_all,
 )
+from gateway.criteria_service import CriteriaService
 from gateway.errors import InvalidRequestError, error_reply
 from gateway.formats import Message, PairError, parse_message
 from gateway.metrics import GatewayMetrics
@@ -113,13 +112,13 @@ class ChatService:
         *,
         router: Router,
         store: LogStore,
-        catalog: RewardModelCatalog,
+        criteria: CriteriaService,
         metrics: GatewayMetrics,
     ) -> None:
         self._settings = settings
         self._router = router
         self._store = store
-        self._catalog = catalog
+        self._criteria = criteria
         self._metrics = metrics
 
     def _provider(self, model: str) -> str:
@@ -218,7 +217,7 @@ class ChatService:
             )
         metadata = self._metadata(ctx)
         prompt = [_message(m, f"messages[{i}]") for i, m in enumerate(ctx.request.messages)]
-        criteria = await resolve_criteria(refs, [self._catalog])
+        criteria = await self._criteria.resolve(refs)
 
         started = time.perf_counter()
         body = {k: v for k, v in ctx.request.upstream_body().items() if k not in _STREAM_FIELDS}
@@ -249,8 +248,13 @@ class ChatService:
         choices = [_choice(candidates[k], scored[k], pos) for pos, k in enumerate(order)]
         usage = _sum_usage(candidates)
         live = sum(1 for a in answers if a is not None)
+        spent = [r.usage for s in scored for r in s.results.values() if r.usage]
         usage.criteria = CriteriaUsage(
-            criteria=len(criteria), scored_candidates=live, criterion_calls=live * len(criteria)
+            criteria=len(criteria),
+            scored_candidates=live,
+            criterion_calls=live * len(criteria),
+            prompt_tokens=sum(int(u.get("prompt_tokens", 0)) for u in spent),
+            completion_tokens=sum(int(u.get("completion_tokens", 0)) for u in spent),
         )
         completion = ChatCompletion(
             id="chatcmpl-rg-" + secrets.token_hex(12),

@@ -38,6 +38,10 @@ class GatewaySettings:
     upstream_models: tuple[str, ...] = field(
         default=(), metadata={"help": "upstream model names listed by GET /v1/models, comma-separated"}
     )
+    criteria_file: str = field(
+        default="",
+        metadata={"help": "LLM-judge and rule definitions (JSON list or TOML [[criteria]]), synced at start-up"},
+    )
     max_n: int = field(default=16, metadata={"help": "largest n accepted with op-criteria"})
     max_body_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "largest request body (413 above)"})
     upstream_timeout_s: float = field(default=120.0, metadata={"help": "per-attempt timeout of an upstream call"})

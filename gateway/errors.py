@@ -12,9 +12,12 @@ Imports the other packages' errors only to map them; must not import starlette, 
     providers.ProviderError           its own `.status` and `.code` (UnknownModelError 404, ForbiddenFieldError 400,
                                       UpstreamError: the upstream's status, timeouts 504, AllCandidatesFailed ...)
     criteria.CriteriaError            400, param "op-criteria" (malformed header, unknown id or version)
+    criteria.CriterionSpecError       400, param "spec.FIELD" (a definition's spec is invalid)
     store.MetadataError               400, param "metadata.KEY" (or "metadata")
+    store.CriterionExistsError        409 (the slug is taken, or a new version would change its kind)
     store.InvalidInputError           400 (bad cursor, limit, datetime)
     store.LogNotFoundError            404
+    store.CriterionNotFoundError      404
     store.StoreBusyError / Closed     503 + Retry-After: 1
     store.StoreError                  500
     anything else                     500, logged with its traceback, answered without internals
@@ -26,16 +29,19 @@ import logging
 from typing import Any, ClassVar
 
 from gateway.criteria import CriteriaError
+from gateway.criteria.definitions import CriterionSpecError
 from gateway.providers import ProviderError, UpstreamError
 from gateway.store import (
-    InvalidInputError as StoreInputError,
-)
-from gateway.store import (
+    CriterionExistsError,
+    CriterionNotFoundError,
     LogNotFoundError,
     MetadataError,
     StoreBusyError,
     StoreClosedError,
     StoreError,
+)
+from gateway.store import (
+    InvalidInputError as StoreInputError,
 )
 
 logger = logging.getLogger(__name__)
@@ -99,6 +105,12 @@ def error_reply(exc: BaseException) -> Reply:
         return exc.status, _envelope(str(exc), _type_for(exc.status), param, exc.code), headers
     if isinstance(exc, CriteriaError):
         return 400, _envelope(str(exc), "invalid_request_error", "op-criteria", "invalid_criteria"), {}
+    if isinstance(exc, CriterionSpecError):
+        return 400, _envelope(str(exc), "invalid_request_error", exc.field, "invalid_criterion_spec"), {}
+    if isinstance(exc, CriterionExistsError):
+        return 409, _envelope(str(exc), "invalid_request_error", "slug", "criterion_exists"), {}
+    if isinstance(exc, CriterionNotFoundError):
+        return 404, _envelope(str(exc), "not_found_error", "id", "criterion_not_found"), {}
     if isinstance(exc, MetadataError):
         param = "metadata" if exc.key is None else f"metadata.{exc.key}"
         return 400, _envelope(str(exc), "invalid_request_error", param, "invalid_metadata"), {}

@@ -62,6 +62,8 @@ class CriteriaUsage(BaseModel):
     criteria: int  # criteria in the header
     scored_candidates: int
     criterion_calls: int  # criteria x scored candidates
+    prompt_tokens: int = 0  # what LLM judges spent judging (reward models and rules spend none)
+    completion_tokens: int = 0
 
 
 class Usage(BaseModel):

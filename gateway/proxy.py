@@ -12,11 +12,10 @@ best choice (all candidates are still scored and, with store: true, stored).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,9 +28,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.bestofn import ChatContext, ChatService
+from gateway.bodies import read_json
 from gateway.config import GatewaySettings
-from gateway.criteria import CriterionUnavailableError, RewardModelCatalog
-from gateway.errors import AuthenticationError, InvalidRequestError, RequestTooLargeError, error_reply
+from gateway.criteria import CriterionUnavailableError, JudgeModel, RewardModelCatalog
+from gateway.criteria_routes import ROUTES as CRITERIA_ROUTES
+from gateway.criteria_service import CriteriaService, load_criteria_file, router_judge
+from gateway.errors import AuthenticationError, InvalidRequestError, error_reply
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, ModelEntry, ModelListing
 from gateway.router import Router
@@ -44,10 +46,11 @@ Handler = Callable[[Request, "_App"], Awaitable[Response]]
 
 @dataclass(frozen=True)
 class _App:
-    """What the handlers share: settings, the service, the store, the catalog and the metrics."""
+    """What the handlers share: settings, the services, the store, the catalog and the metrics."""
 
     settings: GatewaySettings
     service: ChatService
+    criteria: CriteriaService
     store: LogStore
     catalog: RewardModelCatalog
     metrics: GatewayMetrics
@@ -61,23 +64,28 @@ def create_app(
     criteria_client: httpx.AsyncClient,
     metrics: GatewayMetrics | None = None,
     lifespan: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    judge: JudgeModel | None = None,
 ) -> Starlette:
     """The gateway as an ASGI app. `criteria_client` talks to the reward server (over the network, or in-process
-    through httpx.ASGITransport); the caller owns it and the store, the app's lifespan owns the router."""
+    through httpx.ASGITransport); the caller owns it and the store, the app's lifespan owns the router. LLM-judge
+    criteria call `judge` (default: the router itself). The lifespan syncs `settings.criteria_file`."""
     metrics = metrics or GatewayMetrics()
     catalog = RewardModelCatalog(criteria_client, score_timeout_s=settings.criteria_timeout_s)
-    service = ChatService(settings, router=router, store=store, catalog=catalog, metrics=metrics)
-    app = _App(settings, service, store, catalog, metrics)
+    criteria = CriteriaService(store=store, catalog=catalog, judge=judge or router_judge(router))
+    service = ChatService(settings, router=router, store=store, criteria=criteria, metrics=metrics)
+    app = _App(settings, service, criteria, store, catalog, metrics)
 
     @asynccontextmanager
     async def app_lifespan(_: Starlette) -> AsyncIterator[None]:
         logger.info("gateway settings: %s", settings.public())
-        async with router:
-            if lifespan is None:
-                yield
-            else:
-                async with lifespan():
-                    yield
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(router)
+            if lifespan is not None:
+                await stack.enter_async_context(lifespan())
+            if settings.criteria_file:  # once the reward server is up: a slug may not shadow a reward model's
+                added = await criteria.sync(load_criteria_file(settings.criteria_file))
+                logger.info("criteria file %s: %d new version(s)", settings.criteria_file, len(added))
+            yield
 
     def route(path: str, handler: Handler, method: str) -> Route:
         return Route(path, _endpoint(app, path, handler), methods=[method])
@@ -85,6 +93,7 @@ def create_app(
     routes = [
         route("/v1/chat/completions", _chat, "POST"),
         route("/v1/models", _models, "GET"),
+        *(route(path, handler, method) for path, handler, method in CRITERIA_ROUTES),
         route("/v1/logs", _list_logs, "GET"),
         route("/v1/logs/export", _export_logs, "GET"),
         route("/v1/logs/export/pairs", _export_pairs, "GET"),
@@ -100,7 +109,7 @@ def create_app(
 
 
 async def _chat(request: Request, app: _App) -> Response:
-    raw = await _read_json(request, app.settings.max_body_bytes)
+    raw = await read_json(request, app.settings.max_body_bytes)
     try:
         parsed = ChatCompletionRequest.model_validate(raw)
     except ValidationError as exc:
@@ -161,7 +170,7 @@ async def _get_log(request: Request, app: _App) -> Response:
 
 
 async def _patch_metadata(request: Request, app: _App) -> Response:
-    body = await _read_json(request, app.settings.max_body_bytes)
+    body = await read_json(request, app.settings.max_body_bytes)
     patch = body.get("metadata")
     if not isinstance(patch, dict):
         raise InvalidRequestError('expected {"metadata": {key: string | null}}', param="metadata")
@@ -213,25 +222,6 @@ def _authenticate(request: Request, keys: tuple[str, ...]) -> None:
     # compare_digest against every key: the time taken does not tell which prefix matched
     if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), key) for key in keys):
         raise AuthenticationError("missing or invalid API key: send 'Authorization: Bearer <gateway key>'")
-
-
-async def _read_json(request: Request, limit: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise RequestTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLargeError(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    try:
-        body = json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidRequestError(f"malformed JSON body: {exc}", param="body") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("the request body must be a JSON object", param="body")
-    return body
 
 
 def _query(request: Request) -> LogQuery:

@@ -17,10 +17,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.criteria.definitions import CriterionDefinition
 from gateway.store import (
     _TIME_FORMAT,
     MAX_PAGE,
     CandidateRecord,
+    CriterionExistsError,
+    CriterionNotFoundError,
     InvalidInputError,
     Latencies,
     LogNotFoundError,
@@ -60,6 +63,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX log_metadata_key_value ON log_metadata (key, value)",
         "INSERT INTO log_metadata SELECT logs.id, j.key, j.value FROM logs, json_each(logs.metadata) AS j",
         "CREATE INDEX logs_model_created ON logs (model, created_at, id)",
+    ),
+    (  # 3: criterion definitions, one immutable row per version
+        """CREATE TABLE criteria (slug TEXT NOT NULL, version INTEGER NOT NULL, kind TEXT NOT NULL,
+            spec TEXT NOT NULL, description TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL, alignment TEXT,
+            PRIMARY KEY (slug, version))""",
     ),
 )
 
@@ -239,6 +247,49 @@ def _list(db: sqlite3.Connection, query: LogQuery, limit: int, after: tuple[str,
     return LogPage(tuple(logs), base64.urlsafe_b64encode(last.encode()).decode("ascii"))
 
 
+_CRITERION_COLUMNS = "slug, version, kind, spec, description, created_at, alignment"
+
+
+def _definitions(rows: list[Any]) -> list[CriterionDefinition]:
+    return [
+        CriterionDefinition(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], None if r[6] is None else json.loads(r[6]))
+        for r in rows
+    ]
+
+
+def _criterion_versions(db: sqlite3.Connection, slug: str) -> list[CriterionDefinition]:
+    sql = f"SELECT {_CRITERION_COLUMNS} FROM criteria WHERE slug = ? ORDER BY version"
+    return _definitions(db.execute(sql, (slug,)).fetchall())
+
+
+def _insert_criterion(
+    db: sqlite3.Connection, slug: str, kind: str, spec: str, description: str, created_at: str, new_version: bool
+) -> CriterionDefinition:
+    with _write_transaction(db):  # the version number is read and taken under the write lock
+        existing = _criterion_versions(db, slug)
+        if existing and not new_version:
+            raise CriterionExistsError(f"criterion {slug!r} exists (v1..v{existing[-1].version}): add a version")
+        if not existing and new_version:
+            raise CriterionNotFoundError(slug)
+        if existing and existing[-1].kind != kind:
+            raise CriterionExistsError(f"criterion {slug!r} is a {existing[-1].kind} criterion, not {kind}")
+        version = existing[-1].version + 1 if existing else 1
+        db.execute(
+            f"INSERT INTO criteria ({_CRITERION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            (slug, version, kind, spec, description, created_at),
+        )
+    return _criterion_versions(db, slug)[-1]
+
+
+def _set_alignment(db: sqlite3.Connection, slug: str, version: int, report: str) -> CriterionDefinition:
+    with _write_transaction(db):
+        sql = "UPDATE criteria SET alignment = ? WHERE slug = ? AND version = ?"
+        updated = db.execute(sql, (report, slug, version))
+        if updated.rowcount == 0:
+            raise CriterionNotFoundError(f"{slug}@v{version}")
+    return next(d for d in _criterion_versions(db, slug) if d.version == version)
+
+
 class SqliteLogStore:
     """LogStore on one SQLite file (WAL). One worker thread owns the connection; every call queues to it.
 
@@ -341,6 +392,26 @@ class SqliteLogStore:
             pair = preference_pair(log)
             if pair is not None:
                 yield _dumps(pair, "pair") + "\n"
+
+    async def create_criterion(
+        self, *, slug: str, kind: str, spec: Mapping[str, Any], description: str = "", new_version: bool = False
+    ) -> CriterionDefinition:
+        """The next version of `slug`; see LogStore.create_criterion."""
+        text = _dumps(dict(spec), "spec")
+        when = _format_time(self._clock())
+        return await self._run(lambda db: _insert_criterion(db, slug, kind, text, description, when, new_version))
+
+    async def criterion_versions(self, slug: str) -> Sequence[CriterionDefinition]:
+        return await self._run(lambda db: _criterion_versions(db, slug))
+
+    async def list_criteria(self) -> Sequence[CriterionDefinition]:
+        sql = f"SELECT {_CRITERION_COLUMNS} FROM criteria ORDER BY slug, version"
+        return await self._run(lambda db: _definitions(db.execute(sql).fetchall()))
+
+    async def set_alignment(self, slug: str, version: int, report: Mapping[str, Any]) -> CriterionDefinition:
+        """Attach an alignment report to one version (the latest report replaces an earlier one)."""
+        text = _dumps(dict(report), "alignment")
+        return await self._run(lambda db: _set_alignment(db, slug, version, text))
 
     async def aclose(self) -> None:
         """Close the connection and stop the worker thread; calls already queued finish first."""

@@ -1,9 +1,10 @@
-"""Log persistence: best-of-N logs (request, candidates, scores, latencies, criteria versions, metadata).
+"""Persistence: best-of-N logs (request, candidates, scores, latencies, criteria versions, metadata) and the
+versioned criterion definitions (LLM judges, rules) with their alignment reports.
 
 Owns the `LogStore` interface (Postgres comes later behind it), the records and errors, the metadata
 rules, and the log -> preference pair rule (DESIGN contract 1); the SQLite implementation with its
 schema migrations is gateway/sqlite_store.py.
-Imports only the stdlib and gateway.formats: no starlette, httpx, torch or litellm.
+Imports only the stdlib, gateway.formats and gateway.criteria.definitions: no starlette, httpx, torch or litellm.
 
 SQLite runs in WAL mode on ONE worker thread that owns the connection, so the event loop never
 blocks; every write is one transaction. The errors (gateway/errors.py maps them to responses)::
@@ -12,8 +13,10 @@ blocks; every write is one transaction. The errors (gateway/errors.py maps them 
     ├── StoreBusyError          the database stayed locked longer than busy_timeout_s
     ├── StoreClosedError        the store was used after aclose()
     ├── LogNotFoundError        no log with that id
+    ├── CriterionNotFoundError  no criterion definition with that slug (or version)
     └── InvalidInputError       (also a ValueError) a bad cursor, limit, datetime, or a log the schema rejects
-        └── MetadataError       metadata breaks OpenAI's string-map rules; `.key` names the key
+        ├── MetadataError       metadata breaks OpenAI's string-map rules; `.key` names the key
+        └── CriterionExistsError  a new criterion's slug is taken, or a new version changes the slug's kind
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeVar
 
+from gateway.criteria.definitions import CriterionDefinition
 from gateway.formats import PairError, parse_pair
 
 T = TypeVar("T")
@@ -60,6 +64,16 @@ class MetadataError(InvalidInputError):
     def __init__(self, key: str | None, reason: str) -> None:
         self.key = key
         super().__init__(f"metadata[{key!r}]: {reason}" if key is not None else f"metadata: {reason}")
+
+
+class CriterionNotFoundError(StoreError):
+    def __init__(self, criterion_id: str) -> None:
+        super().__init__(f"no criterion {criterion_id!r}")
+        self.criterion_id = criterion_id
+
+
+class CriterionExistsError(InvalidInputError):
+    """A create names a slug that exists, or a new version would change the slug's kind."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +156,23 @@ class LogStore(Protocol):
     def export_jsonl(self, query: LogQuery | None = None) -> AsyncIterator[str]: ...
 
     def export_pairs(self, query: LogQuery | None = None) -> AsyncIterator[str]: ...
+
+    # criterion definitions (also a gateway.criteria.definitions.DefinitionSource)
+
+    async def create_criterion(
+        self, *, slug: str, kind: str, spec: Mapping[str, Any], description: str = "", new_version: bool = False
+    ) -> CriterionDefinition:
+        """Store the next version of `slug` (v1 for a new slug). new_version=False: the slug must be new;
+        True: the slug must exist, with the same kind. Raises CriterionExistsError / CriterionNotFoundError."""
+        ...
+
+    async def criterion_versions(self, slug: str) -> Sequence[CriterionDefinition]: ...
+
+    async def list_criteria(self) -> Sequence[CriterionDefinition]:
+        """Every version of every criterion, by slug then version."""
+        ...
+
+    async def set_alignment(self, slug: str, version: int, report: Mapping[str, Any]) -> CriterionDefinition: ...
 
     async def aclose(self) -> None: ...
 

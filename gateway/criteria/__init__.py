@@ -41,8 +41,9 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 from gateway.formats import Message
 
@@ -61,21 +62,36 @@ from .base import (
     normalize_reward,
     rank,
 )
+from .definitions import SLUG, CriterionDefinition, CriterionSpecError, DefinitionSource, InMemoryDefinitions
+from .llm_judge import JudgeCatalog, JudgeModel, JudgeReply
+from .llm_judge import validate_spec as validate_judge_spec
 from .reward_model import RewardModelCatalog, RewardModelCriterion
+from .rules import RuleCatalog
+from .rules import validate_spec as validate_rule_spec
 
 __all__ = [
     "CRITERION_KINDS",
     "MAX_CRITERIA",
+    "SLUG",
+    "SPEC_VALIDATORS",
     "CriteriaError",
     "CriteriaHeaderError",
     "Criterion",
+    "CriterionDefinition",
     "CriterionRef",
     "CriterionResolver",
     "CriterionResult",
+    "CriterionSpecError",
     "CriterionUnavailableError",
+    "DefinitionSource",
     "FailedCriterion",
+    "InMemoryDefinitions",
+    "JudgeCatalog",
+    "JudgeModel",
+    "JudgeReply",
     "RewardModelCatalog",
     "RewardModelCriterion",
+    "RuleCatalog",
     "Scored",
     "UnknownCriterionError",
     "combine",
@@ -88,14 +104,23 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The registry: kind -> resolver class, in precedence order. LLM judges and rules plug in as one line each.
+# The registry: kind -> resolver class, in precedence order (a kind is one module and one line here).
 CRITERION_KINDS: Mapping[str, type[CriterionResolver]] = MappingProxyType(
     {
         "reward_model": RewardModelCatalog,
+        "rule": RuleCatalog,
+        "llm_judge": JudgeCatalog,
+    }
+)
+# The kinds defined by stored definitions, and the check of each one's spec (reward models come from the
+# reward server's model store instead).
+SPEC_VALIDATORS: Mapping[str, Callable[[object], dict[str, Any]]] = MappingProxyType(
+    {
+        "rule": validate_rule_spec,
+        "llm_judge": validate_judge_spec,
     }
 )
 MAX_CRITERIA = 16
-_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the reward server's slug rule
 _VERSION = re.compile(r"v([0-9]{1,9})")
 _EXAMPLE = '["support-rm", "no-apologies@v2", {"id": "tone@v1", "weight": 2.0}]'
 
@@ -148,7 +173,7 @@ def _parse_entry(entry: object, position: int) -> CriterionRef:
     else:
         raise bad(f"an entry must be a string 'slug' or 'slug@vN' or an object with 'id', got {_json_type(entry)}")
     slug, at, version = ident.partition("@")
-    if not _SLUG.fullmatch(slug):
+    if not SLUG.fullmatch(slug):
         raise bad(
             f"bad criterion slug {slug!r}: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )

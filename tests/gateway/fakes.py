@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -45,6 +46,8 @@ class FakeUpstream:
     ok: answers honouring `n`, each choice a different ANSWERS entry | fail-second: the 2nd request answers 400
     always-500: always 500 | stream: SSE chunks then [DONE] (`stream: true`) | hold-stream: one chunk, then waits
     break-stream: one chunk, then the connection drops mid-body
+    judge: an LLM judge (gateway/criteria/llm_judge.py's format): PASS (0.9) when the judged output mentions a
+    password, else FAIL (0.8) | judge-garbage: a judge that answers no verdict
     """
 
     def __init__(self) -> None:
@@ -74,6 +77,8 @@ class FakeUpstream:
             return web.json_response({"error": {"message": f"upstream says no ({KEY})"}}, status=status)
         if body.get("stream"):
             return await self.stream(request, model)
+        if model in ("judge", "judge-garbage"):
+            return web.json_response(self.judge(body, model))
         choices = []
         for i in range(body.get("n", 1)):
             text = ANSWERS[self.produced % len(ANSWERS)]
@@ -92,6 +97,18 @@ class FakeUpstream:
         }
         self.responses.append(response)
         return web.json_response(response)
+
+    def judge(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        section = re.search(r"<<<OUTPUT (\w+)>>>\n(.*)\n<<<END OUTPUT \1>>>", body["messages"][-1]["content"], re.S)
+        assert section is not None, "the judge prompt has no OUTPUT section"
+        passed = "password" in section.group(2).lower()
+        verdict = {"explanation": "checked for a password", "verdict": "PASS" if passed else "FAIL"}
+        verdict["confidence"] = 0.9 if passed else 0.8
+        text = "The weather is nice today." if model == "judge-garbage" else json.dumps(verdict)
+        message = {"role": "assistant", "content": text}
+        usage = {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
+        return {"id": "chatcmpl-judge", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}  # fmt: skip
 
     async def stream(self, request: web.Request, model: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -198,7 +215,7 @@ async def running_gateway(
         lifespan=lambda: reward_app.router.lifespan_context(reward_app),
     )
     try:
-        async with app.router.lifespan_context(app), criteria_client, reward:
+        async with criteria_client, reward, app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
                 yield Gateway(app, client, store, reward, metrics)

@@ -151,7 +151,13 @@ async def test_best_of_n_ranks_by_the_reward_servers_scores(gw: Gateway, upstrea
         "prompt_tokens": 3,
         "completion_tokens": 16,
         "total_tokens": 19,
-        "criteria": {"criteria": 1, "scored_candidates": 4, "criterion_calls": 4},
+        "criteria": {
+            "criteria": 1,
+            "scored_candidates": 4,
+            "criterion_calls": 4,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+        },
     }
 
 

@@ -8,7 +8,6 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import pytest
 
@@ -323,15 +322,12 @@ async def test_an_unreachable_backend_becomes_a_criterion_that_errors_not_a_400(
 
 @pytest.mark.anyio
 async def test_the_registry_orders_kinds_and_rejects_unregistered_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert list(criteria.CRITERION_KINDS) == ["reward_model"]
+    assert list(criteria.CRITERION_KINDS) == ["reward_model", "rule", "llm_judge"]
     with pytest.raises(ValueError, match="registered kinds"):
-        await resolve_criteria([CriterionRef("a")], [FakeResolver("llm_judge")])
+        await resolve_criteria([CriterionRef("a")], [FakeResolver("no_such_kind")])
     with pytest.raises(ValueError, match="distinct"):
         await resolve_criteria([CriterionRef("a")], [FakeResolver("reward_model"), FakeResolver("reward_model")])
-    # With a second kind registered (as LLM judges will be), the first kind in the registry wins a shared slug,
-    # and a kind that knows the slug beats one that is down.
-    kinds = MappingProxyType({"reward_model": criteria.RewardModelCatalog, "llm_judge": criteria.RewardModelCatalog})
-    monkeypatch.setattr(criteria, "CRITERION_KINDS", kinds)
+    # The first kind in the registry wins a shared slug, and a kind that knows the slug beats one that is down.
     rm, judge = Fake("a", kind="reward_model"), Fake("a", kind="llm_judge")
     resolvers = [FakeResolver("llm_judge", {"a": judge}), FakeResolver("reward_model", {"a": rm})]
     assert await resolve_criteria([CriterionRef("a")], resolvers) == [(rm, 1.0)]

@@ -1,0 +1,206 @@
+"""The criteria service: every criterion kind wired to its backend (reward server, stored definitions, the judge
+model through the provider router), the definitions' lifecycle (create, new version, read, list, sync from the
+criteria file), one-off judging (OpenPipe's POST /v1/criteria/judge) and alignment against labelled sets.
+
+Used by the best-of-N service, the criteria routes and `rewardgate eval`. Must not import starlette, torch,
+trainer or reward_serving internals.
+
+Definitions file (`criteria_file` setting; JSON list or TOML `[[criteria]]` tables), each entry
+`{slug, kind: "rule" | "llm_judge", spec, description?}`: at start-up an entry whose kind, spec or description
+differs from the newest stored version of its slug becomes that slug's next version; an unchanged entry adds
+nothing. So editing the file never rewrites a version: `slug@vN` keeps meaning what it meant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.criteria import (
+    SLUG,
+    SPEC_VALIDATORS,
+    Criterion,
+    CriterionDefinition,
+    CriterionRef,
+    CriterionResolver,
+    CriterionResult,
+    CriterionUnavailableError,
+    JudgeCatalog,
+    JudgeModel,
+    JudgeReply,
+    RewardModelCatalog,
+    RuleCatalog,
+    parse_criteria_header,
+    resolve_criteria,
+)
+from gateway.criteria.alignment import LabelledRow, alignment_report, score_rows
+from gateway.errors import InvalidRequestError
+from gateway.formats import Message
+from gateway.router import Router
+from gateway.store import CriterionExistsError, CriterionNotFoundError, LogStore
+
+logger = logging.getLogger(__name__)
+
+
+def router_judge(router: Router) -> JudgeModel:
+    """The judge model of LLM-judge criteria: one non-streamed completion through the gateway's own router (so
+    its providers, keys, retries and fallbacks apply)."""
+
+    async def judge(
+        model: str, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float, timeout_s: float
+    ) -> JudgeReply:
+        body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+        response = await router.complete(body, timeout_s)
+        message = (response.get("choices") or [{}])[0].get("message") or {}
+        usage = response.get("usage") or {}
+        content = message.get("content")
+        return JudgeReply(
+            content if isinstance(content, str) else "",
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+        )
+
+    return judge
+
+
+def load_criteria_file(path: str | Path) -> list[dict[str, Any]]:
+    """The entries of a definitions file (see the module docstring); ValueError names the file and entry."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data: Any = tomllib.loads(text).get("criteria", []) if str(path).endswith(".toml") else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot parse ({exc})") from None
+    if isinstance(data, dict):
+        data = data.get("criteria", [])
+    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+        raise ValueError(f"{path}: expected a list of criterion objects")
+    for position, entry in enumerate(data):
+        unknown = sorted(set(entry) - {"slug", "kind", "spec", "description"})
+        if unknown:
+            raise ValueError(f"{path}: criteria[{position}]: unknown key {unknown[0]!r}")
+    return data
+
+
+class CriteriaService:
+    def __init__(
+        self, *, store: LogStore, catalog: RewardModelCatalog, judge: JudgeModel, judge_concurrency: int = 8
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self.resolvers: tuple[CriterionResolver, ...] = (
+            catalog,
+            RuleCatalog(store),
+            JudgeCatalog(store, judge, max_concurrency=judge_concurrency),
+        )
+
+    async def resolve(self, refs: Sequence[CriterionRef]) -> list[tuple[Criterion, float]]:
+        return await resolve_criteria(refs, self.resolvers)
+
+    async def resolve_id(self, criterion_id: str, *, param: str = "criterion_id") -> Criterion:
+        """One criterion of any kind by `slug` or `slug@vN`; unknown ids raise UnknownCriterionError (400)."""
+        if not isinstance(criterion_id, str) or not criterion_id:
+            raise InvalidRequestError("a criterion id ('slug' or 'slug@vN') is required", param=param)
+        ((criterion, _),) = await self.resolve(parse_criteria_header(json.dumps([criterion_id])))
+        return criterion
+
+    # ------------------------------------------------------------ definitions
+
+    async def create(
+        self, *, slug: object, kind: object, spec: object, description: object = "", new_version: bool = False
+    ) -> CriterionDefinition:
+        """Validate and store v1 of a new slug, or (new_version) the next version of an existing one."""
+        if not isinstance(slug, str) or not SLUG.fullmatch(slug):
+            raise InvalidRequestError(
+                f"slug: {slug!r} is not 1 to 128 letters, digits, '.', '_' or '-' starting with a letter or digit",
+                param="slug",
+            )
+        if kind not in SPEC_VALIDATORS:
+            raise InvalidRequestError(f"kind: expected one of {sorted(SPEC_VALIDATORS)}, got {kind!r}", param="kind")
+        if not isinstance(description, str):
+            raise InvalidRequestError("description: must be a string", param="description")
+        assert isinstance(kind, str)
+        checked = SPEC_VALIDATORS[kind](spec)
+        if not new_version and await self._is_reward_model(slug):
+            raise CriterionExistsError(f"{slug!r} is a reward model's slug: choose another")
+        return await self._store.create_criterion(
+            slug=slug, kind=kind, spec=checked, description=description, new_version=new_version
+        )
+
+    async def _is_reward_model(self, slug: str) -> bool:
+        try:
+            return any(card.slug == slug for card in await self._catalog.models())
+        except CriterionUnavailableError as exc:  # the definition is still useful; the collision is only possible
+            logger.warning("could not check %r against the reward models: %s", slug, exc.message)
+            return False
+
+    async def get(self, criterion_id: str) -> CriterionDefinition:
+        """A stored definition by `slug` (newest) or `slug@vN`; CriterionNotFoundError (404) otherwise."""
+        slug, _, version = criterion_id.partition("@")
+        versions = await self._store.criterion_versions(slug)
+        if not versions:
+            raise CriterionNotFoundError(criterion_id)
+        if not version:
+            return versions[-1]
+        for definition in versions:
+            if definition.version_name == version:
+                return definition
+        raise CriterionNotFoundError(criterion_id)
+
+    async def list_definitions(self) -> Sequence[CriterionDefinition]:
+        return await self._store.list_criteria()
+
+    async def sync(self, entries: Sequence[Mapping[str, Any]]) -> list[CriterionDefinition]:
+        """Store each file entry that differs from its slug's newest version; returns the versions added."""
+        added = []
+        for position, entry in enumerate(entries):
+            try:
+                slug, kind, description = entry.get("slug"), entry.get("kind"), entry.get("description", "")
+                versions = await self._store.criterion_versions(slug) if isinstance(slug, str) else ()
+                if versions and kind in SPEC_VALIDATORS:
+                    newest = versions[-1]
+                    spec = SPEC_VALIDATORS[str(kind)](entry.get("spec"))
+                    if (newest.kind, dict(newest.spec), newest.description) == (kind, spec, description):
+                        continue
+                added.append(
+                    await self.create(
+                        slug=slug,
+                        kind=kind,
+                        spec=entry.get("spec"),
+                        description=description,
+                        new_version=bool(versions),
+                    )
+                )
+            except (ValueError, InvalidRequestError) as exc:
+                message = exc.message if isinstance(exc, InvalidRequestError) else str(exc)
+                raise ValueError(f"criteria[{position}] ({entry.get('slug')!r}): {message}") from None
+        return added
+
+    # ------------------------------------------------------------ judging and alignment
+
+    async def judge(
+        self, criterion_id: str, prompt: Sequence[Message], output: Message
+    ) -> tuple[Criterion, CriterionResult]:
+        criterion = await self.resolve_id(criterion_id)
+        (result,) = await criterion.score(prompt, [output])
+        return criterion, result
+
+    async def align(
+        self, criterion_id: str, rows: Sequence[LabelledRow], *, threshold: float = 0.5, concurrency: int = 8
+    ) -> dict[str, Any]:
+        """The alignment report of one criterion version; stored with that version when it is a definition."""
+        criterion = await self.resolve_id(criterion_id)
+        results = await score_rows(criterion, rows, concurrency=concurrency)
+        report = {
+            "criterion": {"slug": criterion.slug, "version": criterion.version, "kind": criterion.kind},
+            **alignment_report(rows, results, threshold=threshold),
+        }
+        if criterion.kind in SPEC_VALIDATORS and criterion.version is not None:
+            await self._store.set_alignment(criterion.slug, int(criterion.version.removeprefix("v")), report)
+            report["stored"] = True
+        else:
+            report["stored"] = False  # reward models keep their metrics in rewardgate.json, written by the trainer
+        return report

@@ -1,0 +1,102 @@
+"""Criterion definitions in the SQLite store: version numbering (also under concurrent writers), immutability,
+kind conflicts, alignment reports, and the migration of a database written before definitions existed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.sqlite_store import MIGRATIONS
+from gateway.store import CriterionExistsError, CriterionNotFoundError, open_store
+
+pytestmark = pytest.mark.anyio
+SPEC = {"type": "json"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_versions_count_up_per_slug_and_never_change(tmp_path: Path) -> None:
+    store = await open_store(str(tmp_path / "s.db"))
+    try:
+        first = await store.create_criterion(slug="a", kind="rule", spec=SPEC, description="one")
+        second = await store.create_criterion(slug="a", kind="rule", spec={"type": "length", "max_chars": 9},
+                                              new_version=True)  # fmt: skip
+        other = await store.create_criterion(slug="b", kind="llm_judge", spec={"model": "x:y", "instructions": "i"})
+        assert (first.id, second.id, other.id) == ("a@v1", "a@v2", "b@v1")
+        versions = await store.criterion_versions("a")
+        assert [(d.version, dict(d.spec), d.description) for d in versions] == [
+            (1, SPEC, "one"),
+            (2, {"type": "length", "max_chars": 9}, ""),
+        ]
+        assert [d.id for d in await store.list_criteria()] == ["a@v1", "a@v2", "b@v1"]
+        assert list(await store.criterion_versions("nothing")) == []
+    finally:
+        await store.aclose()
+
+
+async def test_conflicts_and_missing_slugs(tmp_path: Path) -> None:
+    store = await open_store(str(tmp_path / "s.db"))
+    try:
+        await store.create_criterion(slug="a", kind="rule", spec=SPEC)
+        with pytest.raises(CriterionExistsError, match="add a version"):
+            await store.create_criterion(slug="a", kind="rule", spec=SPEC)
+        with pytest.raises(CriterionExistsError, match="is a rule criterion"):
+            await store.create_criterion(slug="a", kind="llm_judge", spec=SPEC, new_version=True)
+        with pytest.raises(CriterionNotFoundError):
+            await store.create_criterion(slug="zzz", kind="rule", spec=SPEC, new_version=True)
+        with pytest.raises(CriterionNotFoundError):
+            await store.set_alignment("a", 5, {"f1": 1.0})
+        assert [d.id for d in await store.list_criteria()] == ["a@v1"]
+    finally:
+        await store.aclose()
+
+
+async def test_concurrent_new_versions_from_two_stores_get_distinct_numbers(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    one, two = await open_store(path), await open_store(path)
+    try:
+        await one.create_criterion(slug="a", kind="rule", spec=SPEC)
+        made = await asyncio.gather(
+            *(s.create_criterion(slug="a", kind="rule", spec=SPEC, new_version=True) for s in (one, two, one, two))
+        )
+        assert sorted(d.version for d in made) == [2, 3, 4, 5]
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+async def test_alignment_is_attached_to_one_version(tmp_path: Path) -> None:
+    store = await open_store(str(tmp_path / "s.db"))
+    try:
+        await store.create_criterion(slug="a", kind="rule", spec=SPEC)
+        await store.create_criterion(slug="a", kind="rule", spec=SPEC, new_version=True)
+        updated = await store.set_alignment("a", 1, {"f1": 0.5, "confusion": {"tp": 1}})
+        assert updated.alignment == {"f1": 0.5, "confusion": {"tp": 1}}
+        first, second = await store.criterion_versions("a")
+        assert first.alignment == {"f1": 0.5, "confusion": {"tp": 1}} and second.alignment is None
+    finally:
+        await store.aclose()
+
+
+async def test_a_database_from_before_definitions_migrates_and_keeps_its_logs(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for statements in MIGRATIONS[:2]:
+        for statement in statements:
+            db.execute(statement)
+    db.execute("PRAGMA user_version = 2")
+    db.execute("INSERT INTO logs (id, created_at, model, request) VALUES ('log_1', '2026-01-01T00:00:00.000000Z',"
+               " 'm', '{}')")  # fmt: skip
+    db.close()
+    store = await open_store(str(path))
+    try:
+        assert (await store.get_log("log_1")).model == "m"
+        assert (await store.create_criterion(slug="a", kind="rule", spec=SPEC)).id == "a@v1"
+    finally:
+        await store.aclose()
