@@ -34,7 +34,7 @@ from gateway.criteria import (
 )
 from gateway.criteria_service import CriteriaService
 from gateway.errors import InvalidRequestError, error_reply
-from gateway.formats import Message, PairError, parse_message
+from gateway.formats import Message, loose_message
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
     ChatCompletion,
@@ -79,16 +79,6 @@ class _TimedCriterion:
         codes = [r.error_code or "error" for r in results if not r.ok]
         self._metrics.record_criterion(self.slug, time.perf_counter() - started, codes)
         return results
-
-
-def _message(raw: object, where: str) -> Message:
-    """A domain message; one the format rejects is kept loosely, so its criteria report the problem per candidate."""
-    try:
-        return parse_message(raw, where)
-    except PairError:
-        role = raw.get("role") if isinstance(raw, dict) else None
-        content = raw.get("content") if isinstance(raw, dict) else None
-        return Message(role if isinstance(role, str) else "assistant", content if isinstance(content, str) else "")
 
 
 def _sum_usage(candidates: Sequence[Candidate | CandidateError]) -> Usage:
@@ -216,7 +206,7 @@ class ChatService:
                 f"n must be between 1 and {self._settings.max_n} with op-criteria, got {n}", param="n"
             )
         metadata = self._metadata(ctx)
-        prompt = [_message(m, f"messages[{i}]") for i, m in enumerate(ctx.request.messages)]
+        prompt = [loose_message(m, f"messages[{i}]") for i, m in enumerate(ctx.request.messages)]
         criteria = await self._criteria.resolve(refs)
 
         started = time.perf_counter()
@@ -227,7 +217,7 @@ class ChatService:
 
         started = time.perf_counter()
         timed: list[tuple[Criterion, float]] = [(_TimedCriterion(c, self._metrics), w) for c, w in criteria]
-        answers = [_message(c.choice.get("message"), "") if isinstance(c, Candidate) else None for c in candidates]
+        answers = [loose_message(c.choice.get("message"), "") if isinstance(c, Candidate) else None for c in candidates]
         scored = await score_all(timed, prompt, answers, timeout_s=self._settings.criteria_timeout_s)
         scoring_s = time.perf_counter() - started
         self._metrics.scoring_duration.observe(scoring_s)

@@ -25,6 +25,9 @@ import httpx
 from starlette.applications import Starlette
 
 from gateway.config import GatewaySettings
+from gateway.criteria import RewardModelCatalog
+from gateway.criteria_service import CriteriaService, router_judge
+from gateway.eval_cli import add_eval_commands, run_eval
 from gateway.providers import LOCAL_PROVIDER, local_provider_config, providers_from_env, register_local_models
 from gateway.proxy import create_app
 from gateway.reward_serving.server import ServerSettings
@@ -39,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewardgate", description="rewardgate: best-of-N gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the OpenAI-compatible gateway")
+    _settings_flags(serve)
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_eval_commands(commands, _settings_flags)
+    return parser
+
+
+def _settings_flags(serve: argparse.ArgumentParser) -> None:
+    """--config and one flag per GatewaySettings field."""
     serve.add_argument("--config", help="TOML or JSON settings file (then REWARDGATE_* env, then these flags)")
     for spec in dataclasses.fields(GatewaySettings):
         default = spec.default
@@ -50,16 +61,37 @@ def build_parser() -> argparse.ArgumentParser:
             options["help"] = f"{spec.metadata['help']} (prefer REWARDGATE_{spec.name.upper()}: flags show in ps)"
         # SUPPRESS: only the flags given override the file and the environment
         serve.add_argument("--" + spec.name.replace("_", "-"), default=argparse.SUPPRESS, **options)
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    return parser
 
 
 def resolve_settings(args: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> GatewaySettings:
     """defaults < --config file < REWARDGATE_* environment < flags."""
-    flags = {k: v for k, v in args.items() if k not in ("command", "config", "log_level")}
+    names = {f.name for f in dataclasses.fields(GatewaySettings)}
+    flags = {k: v for k, v in args.items() if k in names}
     config = args.get("config")
     settings = GatewaySettings.from_file(config, environ) if config else GatewaySettings().with_env(environ)
     return settings.replace(**flags)
+
+
+@asynccontextmanager
+async def criteria_backend(
+    settings: GatewaySettings, environ: Mapping[str, str] | None = None
+) -> AsyncIterator[CriteriaService]:
+    """The criteria service with everything behind it started (store, providers, the reward server: embedded or
+    at reward_server_url), for `rewardgate eval`; all closed on exit."""
+    async with AsyncExitStack() as stack:
+        store = await open_store(settings.store_url)
+        stack.push_async_callback(store.aclose)
+        router = Router.from_configs(providers_from_env(environ), default_provider="openai")
+        await stack.enter_async_context(router)
+        if settings.reward_server_url:
+            client = httpx.AsyncClient(base_url=settings.reward_server_url, timeout=settings.criteria_timeout_s)
+        else:
+            reward_app = create_reward_app(ServerSettings(models_dir=settings.models_dir, device=settings.device))
+            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=reward_app), base_url="http://reward-server")
+            await stack.enter_async_context(reward_app.router.lifespan_context(reward_app))
+        await stack.enter_async_context(client)
+        catalog = RewardModelCatalog(client, score_timeout_s=settings.criteria_timeout_s)
+        yield CriteriaService(store=store, catalog=catalog, judge=router_judge(router))
 
 
 @asynccontextmanager
@@ -114,12 +146,14 @@ async def serve(settings: GatewaySettings, log_level: str = "info") -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    log_level = args.pop("log_level")
+    log_level = args.pop("log_level", "warning")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = resolve_settings(args)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
+    if args["command"] == "eval":
+        return asyncio.run(run_eval(args, partial(criteria_backend, settings)))
     asyncio.run(serve(settings, log_level))
     return 0

@@ -13,6 +13,7 @@ nothing. So editing the file never rewrites a version: `slug@vN` keeps meaning w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import tomllib
@@ -39,9 +40,9 @@ from gateway.criteria import (
 )
 from gateway.criteria.alignment import LabelledRow, alignment_report, score_rows
 from gateway.errors import InvalidRequestError
-from gateway.formats import Message
+from gateway.formats import Message, loose_message
 from gateway.router import Router
-from gateway.store import CriterionExistsError, CriterionNotFoundError, LogStore
+from gateway.store import MAX_PAGE, CriterionExistsError, CriterionNotFoundError, LogQuery, LogRecord, LogStore
 
 logger = logging.getLogger(__name__)
 
@@ -204,3 +205,32 @@ class CriteriaService:
         else:
             report["stored"] = False  # reward models keep their metrics in rewardgate.json, written by the trainer
         return report
+
+    async def score_logs(
+        self, criterion: Criterion, query: LogQuery, *, limit: int, concurrency: int = 8
+    ) -> dict[str, Any]:
+        """Score the produced candidates of up to `limit` stored logs (newest first) and write each result into
+        its candidate's criteria_results[slug] (with "offline": true); the request-time ranking is unchanged."""
+        page = await self._store.list_logs(query, limit=min(limit, MAX_PAGE))
+        logs = list(page.logs)
+        while page.next_cursor is not None and len(logs) < limit:
+            page = await self._store.list_logs(query, limit=min(limit - len(logs), MAX_PAGE), cursor=page.next_cursor)
+            logs.extend(page.logs)
+        gate = asyncio.Semaphore(concurrency)
+        counts = {"logs": len(logs), "candidates": 0, "errors": 0}
+
+        async def one(log: LogRecord) -> None:
+            messages = log.request.get("messages") or []
+            produced = [c for c in log.candidates if c.status == "ok" and c.message]
+            if not produced or not isinstance(messages, list):
+                return
+            prompt = [loose_message(m) for m in messages]
+            async with gate:
+                results = await criterion.score(prompt, [loose_message(c.message) for c in produced])
+            entries = {c.index: {**r.to_json(), "offline": True} for c, r in zip(produced, results, strict=True)}
+            await self._store.add_criterion_results(log.id, criterion.slug, entries)
+            counts["candidates"] += len(results)
+            counts["errors"] += sum(1 for r in results if not r.ok)
+
+        await asyncio.gather(*(one(log) for log in logs))
+        return counts

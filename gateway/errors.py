@@ -15,9 +15,13 @@ Imports the other packages' errors only to map them; must not import starlette, 
     criteria.CriterionSpecError       400, param "spec.FIELD" (a definition's spec is invalid)
     store.MetadataError               400, param "metadata.KEY" (or "metadata")
     store.CriterionExistsError        409 (the slug is taken, or a new version would change its kind)
+    store.DatasetExistsError          409, code dataset_exists (the name is taken)
+    store.InvalidEntriesError         400, code invalid_entries, + top-level "invalid": [{index, line, error}]
     store.InvalidInputError           400 (bad cursor, limit, datetime)
     store.LogNotFoundError            404
     store.CriterionNotFoundError      404
+    store.DatasetNotFoundError        404, code dataset_not_found
+    store.EntryNotFoundError          404, code entry_not_found
     store.StoreBusyError / Closed     503 + Retry-After: 1
     store.StoreError                  500
     anything else                     500, logged with its traceback, answered without internals
@@ -34,6 +38,10 @@ from gateway.providers import ProviderError, UpstreamError
 from gateway.store import (
     CriterionExistsError,
     CriterionNotFoundError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    EntryNotFoundError,
+    InvalidEntriesError,
     LogNotFoundError,
     MetadataError,
     StoreBusyError,
@@ -111,6 +119,15 @@ def error_reply(exc: BaseException) -> Reply:
         return 409, _envelope(str(exc), "invalid_request_error", "slug", "criterion_exists"), {}
     if isinstance(exc, CriterionNotFoundError):
         return 404, _envelope(str(exc), "not_found_error", "id", "criterion_not_found"), {}
+    if isinstance(exc, DatasetExistsError):
+        return 409, _envelope(str(exc), "invalid_request_error", "name", "dataset_exists"), {}
+    if isinstance(exc, InvalidEntriesError):
+        body = _envelope(str(exc), "invalid_request_error", "entries", "invalid_entries")
+        return 400, {**body, "invalid": [{"index": e.index, "line": e.line, "error": e.error} for e in exc.invalid]}, {}
+    if isinstance(exc, DatasetNotFoundError):
+        return 404, _envelope(str(exc), "not_found_error", "dataset", "dataset_not_found"), {}
+    if isinstance(exc, EntryNotFoundError):
+        return 404, _envelope(str(exc), "not_found_error", "entry_id", "entry_not_found"), {}
     if isinstance(exc, MetadataError):
         param = "metadata" if exc.key is None else f"metadata.{exc.key}"
         return 400, _envelope(str(exc), "invalid_request_error", param, "invalid_metadata"), {}

@@ -150,6 +150,17 @@ def parse_message(value: object, where: str) -> Message:
     return Message(role, content, tuple(raw_calls), name, call_id)
 
 
+def loose_message(value: object, where: str = "message") -> Message:
+    """`parse_message`, or for a message it rejects (e.g. empty content) the same message kept loosely, so that
+    whoever scores it reports the problem for that message instead of failing the whole request."""
+    try:
+        return parse_message(value, where)
+    except PairError:
+        role = value.get("role") if isinstance(value, dict) else None
+        content = value.get("content") if isinstance(value, dict) else None
+        return Message(role if isinstance(role, str) else "assistant", content if isinstance(content, str) else "")
+
+
 def _messages(value: object, where: str) -> list[Message]:
     if not isinstance(value, list) or not value:
         raise PairError(f"{where}: missing or empty message list")

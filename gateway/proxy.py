@@ -33,12 +33,15 @@ from gateway.config import GatewaySettings
 from gateway.criteria import CriterionUnavailableError, JudgeModel, RewardModelCatalog
 from gateway.criteria_routes import ROUTES as CRITERIA_ROUTES
 from gateway.criteria_service import CriteriaService, load_criteria_file, router_judge
+from gateway.dataset_routes import ROUTES as DATASET_ROUTES
+from gateway.datasets import DatasetService
 from gateway.errors import AuthenticationError, InvalidRequestError, error_reply
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, ModelEntry, ModelListing
 from gateway.router import Router
 from gateway.sse import completion_events
 from gateway.store import LogQuery, LogStore
+from gateway.ui_routes import ROUTES as UI_ROUTES
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[Request, "_App"], Awaitable[Response]]
@@ -54,6 +57,7 @@ class _App:
     store: LogStore
     catalog: RewardModelCatalog
     metrics: GatewayMetrics
+    datasets: DatasetService
 
 
 def create_app(
@@ -73,7 +77,7 @@ def create_app(
     catalog = RewardModelCatalog(criteria_client, score_timeout_s=settings.criteria_timeout_s)
     criteria = CriteriaService(store=store, catalog=catalog, judge=judge or router_judge(router))
     service = ChatService(settings, router=router, store=store, criteria=criteria, metrics=metrics)
-    app = _App(settings, service, criteria, store, catalog, metrics)
+    app = _App(settings, service, criteria, store, catalog, metrics, DatasetService(store))
 
     @asynccontextmanager
     async def app_lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -94,6 +98,8 @@ def create_app(
         route("/v1/chat/completions", _chat, "POST"),
         route("/v1/models", _models, "GET"),
         *(route(path, handler, method) for path, handler, method in CRITERIA_ROUTES),
+        *(route(path, handler, method) for path, handler, method in UI_ROUTES),
+        *(route(path, handler, method) for path, handler, method in DATASET_ROUTES),
         route("/v1/logs", _list_logs, "GET"),
         route("/v1/logs/export", _export_logs, "GET"),
         route("/v1/logs/export/pairs", _export_pairs, "GET"),

@@ -1,7 +1,8 @@
 """SQLite implementation of gateway.store.LogStore: WAL mode, ordered schema migrations, one worker thread.
 
 SQLite runs on ONE worker thread that owns the connection, so the event loop never blocks; every write
-is one transaction. Imports only the stdlib and gateway.store (no starlette, httpx, torch or litellm).
+is one transaction. The dataset SQL lives in gateway/sqlite_datasets.py. Imports only the stdlib, gateway.store
+and its sibling sqlite_* modules (no starlette, httpx, torch or litellm).
 """
 
 from __future__ import annotations
@@ -11,19 +12,23 @@ import base64
 import json
 import math
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from gateway import sqlite_datasets
 from gateway.criteria.definitions import CriterionDefinition
+from gateway.formats import SPLITS
+from gateway.sqlite_transaction import write_transaction
 from gateway.store import (
-    _TIME_FORMAT,
     MAX_PAGE,
+    AddedEntries,
     CandidateRecord,
     CriterionExistsError,
     CriterionNotFoundError,
+    DatasetRecord,
+    EntryPage,
     InvalidInputError,
     Latencies,
     LogNotFoundError,
@@ -31,13 +36,16 @@ from gateway.store import (
     LogQuery,
     LogRecord,
     MetadataError,
+    NewEntry,
     StoreBusyError,
     StoreClosedError,
     StoreError,
     T,
     _format_time,
+    _parse_time,
     _utc,
     _utcnow,
+    new_id,
     new_log_id,
     preference_pair,
     validate_metadata,
@@ -69,11 +77,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             spec TEXT NOT NULL, description TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL, alignment TEXT,
             PRIMARY KEY (slug, version))""",
     ),
+    (  # 4: datasets of preference pairs; entries keep insertion order by an AUTOINCREMENT seq (never reused)
+        """CREATE TABLE datasets (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL)""",
+        "CREATE INDEX datasets_created ON datasets (created_at)",
+        """CREATE TABLE dataset_entries (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+            dataset_id TEXT NOT NULL REFERENCES datasets (id) ON DELETE CASCADE, created_at TEXT NOT NULL,
+            split TEXT NOT NULL CHECK (split IN ('TRAIN', 'TEST')), source TEXT NOT NULL
+            CHECK (source IN ('upload', 'log', 'feedback')), source_ref TEXT, pair TEXT NOT NULL)""",
+        "CREATE INDEX dataset_entries_order ON dataset_entries (dataset_id, seq)",
+        "CREATE INDEX dataset_entries_split ON dataset_entries (dataset_id, split, seq)",  # counts and ?split=
+        # one pair per log and dataset from from-logs: running it again adds only the logs not yet in
+        "CREATE UNIQUE INDEX dataset_entries_log ON dataset_entries (dataset_id, source_ref) WHERE source = 'log'",
+    ),
 )
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
 
 
 def _decode_cursor(cursor: str) -> tuple[str, str]:
@@ -95,22 +112,6 @@ def _dumps(value: Any, what: str) -> str:
 # ---------------------------------------------------------------- SQL, run on the worker thread only
 
 
-@contextmanager
-def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """Committed when the block ends, rolled back if it raises: nothing is ever half-stored. It takes the
-    write lock up front (IMMEDIATE), so waiting for it is the busy handler's job, never a deadlock.
-    Reads need no transaction: a log and its candidates are written once, together, and later only the
-    metadata changes, which lives in the log's own row."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
 def _schema_version(db: sqlite3.Connection) -> int:
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > len(MIGRATIONS):
@@ -122,7 +123,7 @@ def _migrate(db: sqlite3.Connection) -> None:
     """Apply the pending MIGRATIONS, each in one transaction with its user_version bump: idempotent, and
     safe when another process migrates at the same time (the version is re-read under the write lock)."""
     while _schema_version(db) < len(MIGRATIONS):
-        with _write_transaction(db):
+        with write_transaction(db):
             version = _schema_version(db)
             if version < len(MIGRATIONS):
                 for statement in MIGRATIONS[version]:
@@ -131,7 +132,7 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
-    # timeout= is SQLite's busy_timeout; isolation_level=None: _write_transaction issues BEGIN/COMMIT itself.
+    # timeout= is SQLite's busy_timeout; isolation_level=None: write_transaction issues BEGIN/COMMIT itself.
     db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
@@ -155,7 +156,7 @@ def _write_metadata(db: sqlite3.Connection, log_id: str, metadata: Mapping[str, 
 
 
 def _insert(db: sqlite3.Connection, log: LogRecord) -> None:
-    with _write_transaction(db):
+    with write_transaction(db):
         lat = log.latencies
         db.execute(
             f"INSERT INTO logs ({_LOG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, '{{}}', ?)",
@@ -207,8 +208,20 @@ def _fetch(db: sqlite3.Connection, log_id: str) -> LogRecord:
     return _load(db, rows)[0]
 
 
+def _add_criterion_results(db: sqlite3.Connection, log_id: str, slug: str, results: Mapping[int, str]) -> None:
+    with write_transaction(db):
+        if db.execute("SELECT 1 FROM logs WHERE id = ?", (log_id,)).fetchone() is None:
+            raise LogNotFoundError(log_id)
+        for index, result in results.items():
+            db.execute(
+                "UPDATE candidates SET criteria_results = json_set(criteria_results, ?, json(?))"
+                " WHERE log_id = ? AND idx = ?",
+                (f'$."{slug}"', result, log_id, index),
+            )
+
+
 def _update_metadata(db: sqlite3.Connection, log_id: str, patch: Mapping[str, str | None]) -> LogRecord:
-    with _write_transaction(db):
+    with write_transaction(db):
         row = db.execute("SELECT metadata FROM logs WHERE id = ?", (log_id,)).fetchone()
         if row is None:
             raise LogNotFoundError(log_id)
@@ -265,7 +278,7 @@ def _criterion_versions(db: sqlite3.Connection, slug: str) -> list[CriterionDefi
 def _insert_criterion(
     db: sqlite3.Connection, slug: str, kind: str, spec: str, description: str, created_at: str, new_version: bool
 ) -> CriterionDefinition:
-    with _write_transaction(db):  # the version number is read and taken under the write lock
+    with write_transaction(db):  # the version number is read and taken under the write lock
         existing = _criterion_versions(db, slug)
         if existing and not new_version:
             raise CriterionExistsError(f"criterion {slug!r} exists (v1..v{existing[-1].version}): add a version")
@@ -282,7 +295,7 @@ def _insert_criterion(
 
 
 def _set_alignment(db: sqlite3.Connection, slug: str, version: int, report: str) -> CriterionDefinition:
-    with _write_transaction(db):
+    with write_transaction(db):
         sql = "UPDATE criteria SET alignment = ? WHERE slug = ? AND version = ?"
         updated = db.execute(sql, (report, slug, version))
         if updated.rowcount == 0:
@@ -364,6 +377,11 @@ class SqliteLogStore:
         q = query or LogQuery()
         return await self._run(lambda db: _list(db, q, limit, after))
 
+    async def add_criterion_results(self, log_id: str, slug: str, results: Mapping[int, Mapping[str, Any]]) -> None:
+        """See LogStore.add_criterion_results."""
+        texts = {index: _dumps(dict(result), f"criteria_results[{slug!r}]") for index, result in results.items()}
+        await self._run(lambda db: _add_criterion_results(db, log_id, slug, texts))
+
     async def update_metadata(self, log_id: str, patch: Mapping[str, str | None]) -> LogRecord:
         """Merge `patch` into the log's metadata (a None value removes that key); validated like create_log."""
         if not isinstance(patch, Mapping):
@@ -412,6 +430,49 @@ class SqliteLogStore:
         """Attach an alignment report to one version (the latest report replaces an earlier one)."""
         text = _dumps(dict(report), "alignment")
         return await self._run(lambda db: _set_alignment(db, slug, version, text))
+
+    async def create_dataset(self, *, name: str, description: str = "", exist_ok: bool = False) -> DatasetRecord:
+        when = self._clock()
+        dataset_id, created_at = new_id("ds", when), _format_time(when)
+        return await self._run(
+            lambda db: sqlite_datasets.create_dataset(db, dataset_id, name, description, created_at, exist_ok)
+        )
+
+    async def get_dataset(self, dataset: str) -> DatasetRecord:
+        return await self._run(lambda db: sqlite_datasets.get_dataset(db, dataset))
+
+    async def list_datasets(self) -> Sequence[DatasetRecord]:
+        return await self._run(sqlite_datasets.list_datasets)
+
+    async def delete_dataset(self, dataset: str) -> str:
+        return await self._run(lambda db: sqlite_datasets.delete_dataset(db, dataset))
+
+    async def add_entries(self, dataset: str, entries: Sequence[NewEntry]) -> AddedEntries:
+        """See LogStore.add_entries; every entry's pair must carry a TRAIN or TEST split."""
+        when = self._clock()
+        rows: list[sqlite_datasets.EntryRow] = []
+        for i, entry in enumerate(entries):
+            split = entry.pair.get("split")
+            if split not in SPLITS or entry.source not in ("upload", "log", "feedback"):
+                raise InvalidInputError(f"entries[{i}]: split {split!r} / source {entry.source!r} not allowed")
+            pair = _dumps(dict(entry.pair), f"entries[{i}].pair")
+            rows.append((new_id("dse", when), str(split), entry.source, entry.source_ref, pair))
+        created_at = _format_time(when)
+        return await self._run(lambda db: sqlite_datasets.add_entries(db, dataset, rows, created_at))
+
+    async def list_entries(
+        self, dataset: str, *, limit: int = 50, cursor: str | None = None, split: str | None = None
+    ) -> EntryPage:
+        """One page of the dataset's entries in insertion order, optionally of one split."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        if split is not None and split not in SPLITS:
+            raise InvalidInputError(f"split must be TRAIN or TEST, got {split!r}")
+        after = sqlite_datasets.decode_cursor(cursor) if cursor is not None else 0
+        return await self._run(lambda db: sqlite_datasets.list_entries(db, dataset, limit, after, split))
+
+    async def delete_entry(self, dataset: str, entry_id: str) -> None:
+        await self._run(lambda db: sqlite_datasets.delete_entry(db, dataset, entry_id))
 
     async def aclose(self) -> None:
         """Close the connection and stop the worker thread; calls already queued finish first."""

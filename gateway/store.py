@@ -1,5 +1,5 @@
-"""Persistence: best-of-N logs (request, candidates, scores, latencies, criteria versions, metadata) and the
-versioned criterion definitions (LLM judges, rules) with their alignment reports.
+"""Persistence: best-of-N logs (request, candidates, scores, latencies, criteria versions, metadata), the
+versioned criterion definitions (LLM judges, rules) with their alignment reports, and datasets of preference pairs.
 
 Owns the `LogStore` interface (Postgres comes later behind it), the records and errors, the metadata
 rules, and the log -> preference pair rule (DESIGN contract 1); the SQLite implementation with its
@@ -14,9 +14,14 @@ blocks; every write is one transaction. The errors (gateway/errors.py maps them 
     ├── StoreClosedError        the store was used after aclose()
     ├── LogNotFoundError        no log with that id
     ├── CriterionNotFoundError  no criterion definition with that slug (or version)
+    ├── DatasetNotFoundError    no dataset with that id or name
+    ├── EntryNotFoundError      no entry with that id in that dataset
     └── InvalidInputError       (also a ValueError) a bad cursor, limit, datetime, or a log the schema rejects
         ├── MetadataError       metadata breaks OpenAI's string-map rules; `.key` names the key
-        └── CriterionExistsError  a new criterion's slug is taken, or a new version changes the slug's kind
+        ├── CriterionExistsError  a new criterion's slug is taken, or a new version changes the slug's kind
+        ├── DatasetExistsError  a new dataset's name is taken
+        └── InvalidEntriesError an upload has bad entries (raised by gateway/datasets.py before anything is
+                                stored); `.invalid` lists every one as an EntryError
 """
 
 from __future__ import annotations
@@ -76,6 +81,41 @@ class CriterionExistsError(InvalidInputError):
     """A create names a slug that exists, or a new version would change the slug's kind."""
 
 
+class DatasetNotFoundError(StoreError):
+    def __init__(self, dataset: str) -> None:
+        self.dataset = dataset
+        super().__init__(f"no dataset {dataset!r} (by id or name)")
+
+
+class EntryNotFoundError(StoreError):
+    def __init__(self, entry_id: str) -> None:
+        self.entry_id = entry_id
+        super().__init__(f"no entry {entry_id!r} in that dataset")
+
+
+class DatasetExistsError(InvalidInputError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a dataset named {name!r} exists")
+
+
+@dataclass(frozen=True)
+class EntryError:
+    """One bad entry of an upload: its 0-based position among the entries, its 1-based line, and why."""
+
+    index: int
+    line: int
+    error: str
+
+
+class InvalidEntriesError(InvalidInputError):
+    def __init__(self, invalid: Sequence[EntryError]) -> None:
+        self.invalid = tuple(invalid)
+        shown = "; ".join(f"entry {e.index} (line {e.line}): {e.error}" for e in self.invalid[:5])
+        more = f"; and {len(self.invalid) - 5} more" if len(self.invalid) > 5 else ""
+        super().__init__(f"{len(self.invalid)} invalid entry(ies), nothing added: {shown}{more}")
+
+
 @dataclass(frozen=True)
 class Latencies:
     upstream_ms: float | None = None
@@ -130,6 +170,58 @@ class LogPage:
     next_cursor: str | None  # pass to list_logs for the next page; None on the last page
 
 
+EntrySource = Literal["upload", "log", "feedback"]
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    id: str  # "ds_" + ULID
+    name: str  # unique
+    description: str
+    created_at: datetime
+    train: int = 0  # entries per split
+    test: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "dataset", "name": self.name, "description": self.description,
+                "created_at": _format_time(self.created_at), "entries": self.train + self.test,
+                "counts": {"TRAIN": self.train, "TEST": self.test}}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    pair: Mapping[str, Any]  # a seed-format record WITH its split: gateway.formats.PreferencePair.to_json()
+    source: EntrySource = "upload"
+    source_ref: str | None = None  # the log id of "log" and "feedback" entries
+
+
+@dataclass(frozen=True)
+class EntryRecord:
+    id: str  # "dse_" + ULID
+    dataset_id: str
+    created_at: datetime
+    split: str
+    source: str
+    source_ref: str | None
+    pair: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "created_at": _format_time(self.created_at)}
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    entries: tuple[EntryRecord, ...]  # in insertion order
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class AddedEntries:
+    dataset: DatasetRecord  # its counts after the insert
+    added: int
+    duplicates: tuple[str, ...]  # source_refs of "log" entries already in the dataset, so not added again
+
+
 class LogStore(Protocol):
     """What the gateway needs from log persistence: SqliteLogStore now, Postgres later."""
 
@@ -153,6 +245,11 @@ class LogStore(Protocol):
 
     async def update_metadata(self, log_id: str, patch: Mapping[str, str | None]) -> LogRecord: ...
 
+    async def add_criterion_results(self, log_id: str, slug: str, results: Mapping[int, Mapping[str, Any]]) -> None:
+        """Set criteria_results[slug] of the log's candidates (by candidate index) in one transaction; the
+        combined score and rank stay those of the request (offline scoring, `rewardgate eval logs`)."""
+        ...
+
     def export_jsonl(self, query: LogQuery | None = None) -> AsyncIterator[str]: ...
 
     def export_pairs(self, query: LogQuery | None = None) -> AsyncIterator[str]: ...
@@ -174,13 +271,43 @@ class LogStore(Protocol):
 
     async def set_alignment(self, slug: str, version: int, report: Mapping[str, Any]) -> CriterionDefinition: ...
 
+    # datasets: wherever a method takes `dataset`, the id or the name works (DatasetNotFoundError otherwise)
+
+    async def create_dataset(self, *, name: str, description: str = "", exist_ok: bool = False) -> DatasetRecord:
+        """A new, empty dataset; DatasetExistsError when the name is taken, unless exist_ok (then that one)."""
+        ...
+
+    async def get_dataset(self, dataset: str) -> DatasetRecord: ...
+
+    async def list_datasets(self) -> Sequence[DatasetRecord]:
+        """Newest first."""
+        ...
+
+    async def delete_dataset(self, dataset: str) -> str:
+        """Delete it and its entries; returns its id."""
+        ...
+
+    async def add_entries(self, dataset: str, entries: Sequence[NewEntry]) -> AddedEntries:
+        """All in one transaction; a "log" entry whose log is already in the dataset is skipped, not added twice."""
+        ...
+
+    async def list_entries(
+        self, dataset: str, *, limit: int = 50, cursor: str | None = None, split: str | None = None
+    ) -> EntryPage: ...
+
+    async def delete_entry(self, dataset: str, entry_id: str) -> None: ...
+
     async def aclose(self) -> None: ...
 
 
-def new_log_id(created_at: datetime) -> str:
-    """ "log_" + a ULID: 26 Crockford base32 chars of 48-bit milliseconds and 80 random bits; sorts by time."""
+def new_id(prefix: str, created_at: datetime) -> str:
+    """prefix + "_" + a ULID: 26 Crockford base32 chars of 48-bit milliseconds and 80 random bits; sorts by time."""
     value = (int(created_at.timestamp() * 1000) << 80) | secrets.randbits(80)
-    return "log_" + "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+    return f"{prefix}_" + "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def new_log_id(created_at: datetime) -> str:
+    return new_id("log", created_at)
 
 
 def validate_metadata(metadata: object) -> dict[str, str]:
@@ -242,6 +369,10 @@ def _utc(value: datetime, what: str) -> datetime:
 
 def _format_time(value: datetime, what: str = "created_at") -> str:
     return _utc(value, what).strftime(_TIME_FORMAT)
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
 
 
 async def open_store(url: str, *, busy_timeout_s: float = 5.0, clock: Callable[[], datetime] = _utcnow) -> LogStore:

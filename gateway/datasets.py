@@ -1,0 +1,391 @@
+"""The datasets service (docs/LIFECYCLE.md, "Datasets" and "Feedback"): named lists of seed-format preference pairs
+(DESIGN contract 1) filled by uploads, by stored best-of-N logs and by user feedback, and exported as the JSONL the
+trainer reads. Used by gateway/dataset_routes.py. Must not import starlette, torch, trainer or reward_serving.
+
+Decisions where LIFECYCLE.md is silent:
+- Every pair is normalised by gateway.formats (any accepted shape is stored in the seed shape) and its split is
+  fixed when stored: the record's own, else the prompt-hash split. Uploads report bad entries by 0-based index and
+  1-based line (for a JSON `entries` list, line = index + 1); an empty upload is a 400.
+- Dataset names follow the slug rule and may not look like a dataset id (`ds_` + 26 ULID characters), so a
+  `{dataset}` reference is never ambiguous. Feedback creates its dataset only once it has a pair to add.
+- from-logs adds each log at most once per dataset (running it again adds only new logs; the rest are reported as
+  skipped "already in the dataset"); unknown log ids are skipped, not fatal.
+- A log's "choices" are its candidates in rank order (what the client got back, `index` = rank); a log's best
+  response is its best-ranked candidate the provider produced.
+- Feedback (a) reports choices whose pair the format refuses (e.g. the same text twice) under `skipped`; it is a
+  400 only when no pair at all can be made. Feedback (b) takes the prompt from the accepted log's request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.criteria.definitions import SLUG
+from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.formats import LineError, PairError, PreferencePair, iter_pairs, parse_pair
+from gateway.store import (
+    MAX_PAGE,
+    CandidateRecord,
+    DatasetNotFoundError,
+    DatasetRecord,
+    EntryError,
+    EntryPage,
+    InvalidEntriesError,
+    LogNotFoundError,
+    LogQuery,
+    LogRecord,
+    LogStore,
+    NewEntry,
+    preference_pair,
+)
+
+THREAD_KEY = "rg_thread"  # the metadata key that groups the regenerations of one answer into a thread
+_DATASET_ID = re.compile(r"ds_[0-9A-HJKMNP-TV-Z]{26}")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An upload, validated: the good pairs and every bad entry."""
+
+    pairs: tuple[PreferencePair, ...]
+    invalid: tuple[EntryError, ...]
+
+
+def _checked(pair: PreferencePair) -> PreferencePair:
+    # JSON readers accept NaN and Infinity (e.g. inside metadata); the store and the trainer's files do not.
+    try:
+        json.dumps(pair.to_json(), allow_nan=False)
+    except (ValueError, RecursionError) as exc:
+        raise PairError(f"not storable as JSON ({exc})") from None
+    return pair
+
+
+def read_jsonl(body: bytes) -> Upload:
+    """A JSONL body: one pair per non-blank line."""
+    pairs: list[PreferencePair] = []
+    invalid: list[EntryError] = []
+    for index, (line, item) in enumerate(iter_pairs(body.splitlines())):
+        try:
+            if isinstance(item, LineError):
+                raise PairError(item.reason)
+            pairs.append(_checked(item))
+        except PairError as exc:
+            invalid.append(EntryError(index, line, str(exc)))
+    return Upload(tuple(pairs), tuple(invalid))
+
+
+def read_entries(entries: object) -> Upload:
+    """The `entries` list of a JSON body."""
+    if not isinstance(entries, list):
+        raise InvalidRequestError('entries: expected {"entries": [pair, ...]} or a JSONL body', param="entries")
+    pairs: list[PreferencePair] = []
+    invalid: list[EntryError] = []
+    for index, raw in enumerate(entries):
+        try:
+            pairs.append(_checked(parse_pair(raw)))
+        except PairError as exc:
+            invalid.append(EntryError(index, index + 1, str(exc)))
+        except RecursionError:
+            invalid.append(EntryError(index, index + 1, "record nested too deeply"))
+    return Upload(tuple(pairs), tuple(invalid))
+
+
+@dataclass(frozen=True)
+class Added:
+    """What an upload, from-logs or feedback call added; `skipped` pairs a log id or choice with the reason."""
+
+    dataset: DatasetRecord
+    added: int
+    invalid: tuple[EntryError, ...] = ()
+    skipped: tuple[tuple[int | str, str], ...] = ()
+
+    def upload_json(self) -> dict[str, Any]:
+        invalid = [{"index": e.index, "line": e.line, "error": e.error} for e in self.invalid]
+        return {"added": self.added, "invalid": invalid, "dataset": self.dataset.to_json()}
+
+    def skipped_json(self, key: str) -> dict[str, Any]:
+        skipped = [{key: ref, "reason": reason} for ref, reason in self.skipped]
+        return {"added": self.added, "skipped": skipped, "dataset": self.dataset.to_json()}
+
+
+def _produced(log: LogRecord) -> list[CandidateRecord]:
+    """The candidates the provider produced, best-ranked first."""
+    return [c for c in log.candidates if c.status == "ok" and c.message is not None]
+
+
+def _feedback_entry(
+    log: LogRecord, chosen: CandidateRecord, rejected: CandidateRecord, meta: dict[str, Any]
+) -> NewEntry:
+    """The log's prompt (request messages, tools, tool_choice) with `chosen` over `rejected`; PairError if invalid."""
+    messages = log.request.get("messages")
+    if not isinstance(messages, list):
+        raise PairError("the logged request has no messages list")
+    record: dict[str, Any] = {
+        "messages": [*messages, chosen.message],
+        "rejected_message": rejected.message,
+        "metadata": meta,
+    }
+    record.update({key: log.request[key] for key in ("tools", "tool_choice") if log.request.get(key) is not None})
+    return NewEntry(_checked(parse_pair(record)).to_json(), "feedback", log.id)
+
+
+def _why_no_pair(log: LogRecord) -> str:
+    """Why gateway.store.preference_pair made nothing of this log."""
+    scored = [c for c in _produced(log) if c.score is not None]
+    if len(scored) < 2:
+        return f"fewer than two scored candidates ({len(scored)})"
+    best = max(scored, key=lambda c: c.score or 0.0)
+    worst = min(scored, key=lambda c: c.score or 0.0)
+    if best.score == worst.score:
+        return f"the best and worst candidates tie (score {best.score})"
+    try:
+        _feedback_entry(log, best, worst, {})
+    except PairError as exc:
+        return f"no valid pair: {exc}"
+    return "no valid pair"
+
+
+def _when(value: object, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequestError(f"{name}: expected an ISO 8601 datetime, got {value!r}", param=name) from None
+    if parsed.tzinfo is None:
+        raise InvalidRequestError(f"{name}: the datetime needs a timezone (e.g. Z)", param=name)
+    return parsed
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequestError(f"{name}: required, a non-empty string", param=name)
+    return value
+
+
+class DatasetService:
+    def __init__(self, store: LogStore) -> None:
+        self._store = store
+
+    # ------------------------------------------------------------ datasets and entries
+
+    async def create(self, *, name: object, description: object = "") -> DatasetRecord:
+        if not isinstance(name, str) or not SLUG.fullmatch(name) or _DATASET_ID.fullmatch(name):
+            raise InvalidRequestError(
+                f"name: {name!r} is not 1 to 128 letters, digits, '.', '_' or '-' starting with a letter or digit"
+                " (and not shaped like a dataset id)",
+                param="name",
+            )
+        if not isinstance(description, str):
+            raise InvalidRequestError("description: must be a string", param="description")
+        return await self._store.create_dataset(name=name, description=description)
+
+    async def get(self, dataset: str) -> DatasetRecord:
+        return await self._store.get_dataset(dataset)
+
+    async def list_datasets(self) -> Sequence[DatasetRecord]:
+        return await self._store.list_datasets()
+
+    async def delete(self, dataset: str) -> str:
+        return await self._store.delete_dataset(dataset)
+
+    async def upload(self, dataset: str, upload: Upload, *, skip_invalid: bool) -> Added:
+        """Store the good pairs; any bad one rejects the whole upload (InvalidEntriesError) unless skip_invalid."""
+        await self._store.get_dataset(dataset)  # an unknown dataset is a 404 before any report on the entries
+        if not upload.pairs and not upload.invalid:
+            raise InvalidRequestError("the upload has no entries", param="entries")
+        if upload.invalid and not skip_invalid:
+            raise InvalidEntriesError(upload.invalid)
+        result = await self._store.add_entries(dataset, [NewEntry(p.to_json()) for p in upload.pairs])
+        return Added(result.dataset, result.added, upload.invalid)
+
+    async def entries(self, dataset: str, *, limit: int, cursor: str | None, split: str | None) -> EntryPage:
+        return await self._store.list_entries(dataset, limit=limit, cursor=cursor, split=split)
+
+    async def delete_entry(self, dataset: str, entry_id: str) -> None:
+        await self._store.delete_entry(dataset, entry_id)
+
+    async def export(self, dataset_id: str, split: str | None = None) -> AsyncIterator[str]:
+        """The pairs as seed-format JSONL lines, `split` included, read from the store a page at a time."""
+        cursor = None
+        while True:
+            page = await self._store.list_entries(dataset_id, limit=MAX_PAGE, cursor=cursor, split=split)
+            for entry in page.entries:
+                yield json.dumps(entry.pair, ensure_ascii=False, separators=(",", ":")) + "\n"
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    # ------------------------------------------------------------ pairs from logs
+
+    async def from_logs(self, dataset: str, body: Mapping[str, Any]) -> Added:
+        """`{"log_ids": [...]}` or `{"metadata": {...}, "model"?, "since"?, "before"?}`: best vs worst candidate of
+        each log by combined score (gateway.store.preference_pair); the logs that make no pair are `skipped`."""
+        await self._store.get_dataset(dataset)
+        skipped: list[tuple[int | str, str]] = []
+        entries: list[NewEntry] = []
+        async for log_id, log in self._logs(body):
+            pair = None if log is None else preference_pair(log)
+            if pair is not None:
+                entries.append(NewEntry(parse_pair(pair).to_json(), "log", log_id))  # parsed again: the hash split
+            else:
+                skipped.append((log_id, "no log with that id" if log is None else _why_no_pair(log)))
+        result = await self._store.add_entries(dataset, entries)
+        skipped += [(log_id, "already in the dataset") for log_id in result.duplicates]
+        return Added(result.dataset, result.added, skipped=tuple(skipped))
+
+    async def _logs(self, body: Mapping[str, Any]) -> AsyncIterator[tuple[str, LogRecord | None]]:
+        log_ids = body.get("log_ids")
+        if log_ids is not None:
+            if set(body) != {"log_ids"}:
+                raise InvalidRequestError(
+                    "log_ids: give either log_ids or a metadata filter, not both", param="log_ids"
+                )
+            if not isinstance(log_ids, list) or not log_ids or not all(isinstance(i, str) for i in log_ids):
+                raise InvalidRequestError("log_ids: expected a non-empty list of log ids", param="log_ids")
+            for log_id in dict.fromkeys(log_ids):  # each log once, in the order given
+                try:
+                    yield log_id, await self._store.get_log(log_id)
+                except LogNotFoundError:
+                    yield log_id, None
+            return
+        metadata = body.get("metadata")
+        unknown = sorted(set(body) - {"metadata", "model", "since", "before"})
+        if unknown:
+            raise InvalidRequestError(f"unknown field {unknown[0]!r}", param=unknown[0])
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise InvalidRequestError(
+                'expected {"log_ids": [...]} or {"metadata": {key: string}, "model"?, "since"?, "before"?}',
+                param="metadata",
+            )
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise InvalidRequestError("model: must be a string", param="model")
+        query = LogQuery(metadata, model, _when(body.get("since"), "since"), _when(body.get("before"), "before"))
+        cursor = None
+        while True:
+            page = await self._store.list_logs(query, limit=MAX_PAGE, cursor=cursor)
+            for log in page.logs:
+                yield log.id, log
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    # ------------------------------------------------------------ feedback
+
+    async def feedback(self, body: Mapping[str, Any]) -> Added:
+        """(a) `{"log_id", "choice_index", "dataset"}`: the chosen choice over every other produced candidate;
+        (b) `{"thread", "dataset", "accepted_log_id"?}`: the accepted response over the thread's first one."""
+        dataset = _text(body.get("dataset"), "dataset")
+        by_choice = "log_id" in body
+        if by_choice == ("thread" in body):
+            raise InvalidRequestError("give either log_id + choice_index, or thread", param="log_id")
+        allowed = {"log_id", "choice_index", "dataset"} if by_choice else {"thread", "accepted_log_id", "dataset"}
+        extra = sorted(set(body) - allowed)
+        if extra:
+            raise InvalidRequestError(
+                f"unknown field {extra[0]!r} (allowed: {', '.join(sorted(allowed))})", param=extra[0]
+            )
+        skipped: list[tuple[int | str, str]] = []
+        if by_choice:
+            entries, skipped = await self._choice(_text(body["log_id"], "log_id"), body.get("choice_index"))
+        else:
+            accepted = body.get("accepted_log_id")
+            accepted_id = None if accepted is None else _text(accepted, "accepted_log_id")
+            entries = [await self._thread(_text(body["thread"], "thread"), accepted_id)]
+        target = await self._feedback_dataset(dataset)
+        result = await self._store.add_entries(target.id, entries)
+        return Added(result.dataset, result.added, skipped=tuple(skipped))
+
+    async def _feedback_dataset(self, dataset: str) -> DatasetRecord:
+        """The named dataset, created when a valid name does not exist yet."""
+        try:
+            return await self._store.get_dataset(dataset)
+        except DatasetNotFoundError:
+            if not SLUG.fullmatch(dataset) or _DATASET_ID.fullmatch(dataset):
+                raise
+        return await self._store.create_dataset(name=dataset, exist_ok=True)
+
+    async def _choice(self, log_id: str, choice_index: object) -> tuple[list[NewEntry], list[tuple[int | str, str]]]:
+        if isinstance(choice_index, bool) or not isinstance(choice_index, int) or choice_index < 0:
+            raise InvalidRequestError("choice_index: required, a choice's index (0 = the best)", param="choice_index")
+        log = await self._store.get_log(log_id)
+        chosen = next((c for c in log.candidates if c.rank == choice_index), None)
+        if chosen is None:
+            raise InvalidRequestError(
+                f"choice_index: log {log_id} has no choice {choice_index} ({len(log.candidates)} choices)",
+                param="choice_index",
+            )
+        produced = _produced(log)
+        if chosen not in produced:
+            raise InvalidRequestError(
+                f"choice {choice_index} of log {log_id} was not produced: {chosen.error}",
+                param="choice_index",
+                code="no_pair",
+            )
+        if len(produced) < 2:
+            raise InvalidRequestError(
+                f"log {log_id} has fewer than two produced candidates: no pair to make", param="log_id", code="no_pair"
+            )
+        entries: list[NewEntry] = []
+        skipped: list[tuple[int | str, str]] = []
+        for other in produced:
+            if other is chosen:
+                continue
+            meta = {
+                "log_id": log_id,
+                "feedback": "choice",
+                "chosen_choice": choice_index,
+                "rejected_choice": other.rank,
+            }
+            try:
+                entries.append(_feedback_entry(log, chosen, other, meta))
+            except PairError as exc:
+                skipped.append((other.rank if other.rank is not None else other.index, str(exc)))
+        if not entries:
+            reasons = "; ".join(f"choice {ref}: {why}" for ref, why in skipped)
+            raise InvalidRequestError(f"no valid pair from log {log_id}: {reasons}", param="log_id", code="no_pair")
+        return entries, skipped
+
+    async def _thread(self, thread: str, accepted_id: str | None) -> NewEntry:
+        logs: list[LogRecord] = []  # newest first
+        cursor = None
+        while True:
+            page = await self._store.list_logs(LogQuery({THREAD_KEY: thread}), limit=MAX_PAGE, cursor=cursor)
+            logs += page.logs
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        if not logs:
+            raise NotFoundError(
+                f"no stored log has metadata {THREAD_KEY}={thread!r}", param="thread", code="thread_not_found"
+            )
+        first, accepted = logs[-1], logs[0]
+        if accepted_id is not None:
+            found = next((log for log in logs if log.id == accepted_id), None)
+            if found is None:
+                await self._store.get_log(accepted_id)  # 404 when there is no such log at all
+                raise InvalidRequestError(
+                    f"accepted_log_id: log {accepted_id} is not in thread {thread!r}", param="accepted_log_id"
+                )
+            accepted = found
+        if accepted.id == first.id:
+            why = "has one log" if len(logs) == 1 else "is accepted at its first response"
+            raise InvalidRequestError(f"thread {thread!r} {why}: no pair to make", param="thread", code="no_pair")
+        for log in (accepted, first):
+            if not _produced(log):
+                raise InvalidRequestError(f"log {log.id} has no produced response", param="thread", code="no_pair")
+        meta = {"thread": thread, "feedback": "thread", "accepted_log_id": accepted.id, "first_log_id": first.id}
+        try:
+            return _feedback_entry(accepted, _produced(accepted)[0], _produced(first)[0], meta)
+        except PairError as exc:
+            raise InvalidRequestError(
+                f"thread {thread!r}: no valid pair: {exc}", param="thread", code="no_pair"
+            ) from None
