@@ -42,6 +42,13 @@ class GatewaySettings:
         default="",
         metadata={"help": "LLM-judge and rule definitions (JSON list or TOML [[criteria]]), synced at start-up"},
     )
+    jobs_dir: str = field(default="jobs", metadata={"help": "training jobs' working files (dataset snapshots)"})
+    training_concurrency: int = field(
+        default=1, metadata={"help": "training jobs run at once (1 = one at a time on the device)"}
+    )
+    trainer_args: tuple[str, ...] = field(
+        default=(), metadata={"help": "extra rewardgate-train flags for every job, e.g. --threads=2, comma-separated"}
+    )
     max_n: int = field(default=16, metadata={"help": "largest n accepted with op-criteria"})
     max_body_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "largest request body (413 above)"})
     upstream_timeout_s: float = field(default=120.0, metadata={"help": "per-attempt timeout of an upstream call"})

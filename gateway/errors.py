@@ -21,6 +21,7 @@ Imports the other packages' errors only to map them; must not import starlette, 
     store.LogNotFoundError            404
     store.CriterionNotFoundError      404
     store.DatasetNotFoundError        404, code dataset_not_found
+    store.JobNotFoundError            404, code job_not_found
     store.EntryNotFoundError          404, code entry_not_found
     store.StoreBusyError / Closed     503 + Retry-After: 1
     store.StoreError                  500
@@ -42,6 +43,7 @@ from gateway.store import (
     DatasetNotFoundError,
     EntryNotFoundError,
     InvalidEntriesError,
+    JobNotFoundError,
     LogNotFoundError,
     MetadataError,
     StoreBusyError,
@@ -124,6 +126,8 @@ def error_reply(exc: BaseException) -> Reply:
     if isinstance(exc, InvalidEntriesError):
         body = _envelope(str(exc), "invalid_request_error", "entries", "invalid_entries")
         return 400, {**body, "invalid": [{"index": e.index, "line": e.line, "error": e.error} for e in exc.invalid]}, {}
+    if isinstance(exc, JobNotFoundError):
+        return 404, _envelope(str(exc), "not_found_error", "id", "job_not_found"), {}
     if isinstance(exc, DatasetNotFoundError):
         return 404, _envelope(str(exc), "not_found_error", "dataset", "dataset_not_found"), {}
     if isinstance(exc, EntryNotFoundError):

@@ -36,6 +36,8 @@ from gateway.criteria_service import CriteriaService, load_criteria_file, router
 from gateway.dataset_routes import ROUTES as DATASET_ROUTES
 from gateway.datasets import DatasetService
 from gateway.errors import AuthenticationError, InvalidRequestError, error_reply
+from gateway.job_routes import ROUTES as JOB_ROUTES
+from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, ModelEntry, ModelListing
 from gateway.router import Router
@@ -58,6 +60,7 @@ class _App:
     catalog: RewardModelCatalog
     metrics: GatewayMetrics
     datasets: DatasetService
+    jobs: JobService
 
 
 def create_app(
@@ -77,7 +80,9 @@ def create_app(
     catalog = RewardModelCatalog(criteria_client, score_timeout_s=settings.criteria_timeout_s)
     criteria = CriteriaService(store=store, catalog=catalog, judge=judge or router_judge(router))
     service = ChatService(settings, router=router, store=store, criteria=criteria, metrics=metrics)
-    app = _App(settings, service, criteria, store, catalog, metrics, DatasetService(store))
+    datasets = DatasetService(store)
+    jobs = JobService(settings, store=store, datasets=datasets)
+    app = _App(settings, service, criteria, store, catalog, metrics, datasets, jobs)
 
     @asynccontextmanager
     async def app_lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -89,6 +94,7 @@ def create_app(
             if settings.criteria_file:  # once the reward server is up: a slug may not shadow a reward model's
                 added = await criteria.sync(load_criteria_file(settings.criteria_file))
                 logger.info("criteria file %s: %d new version(s)", settings.criteria_file, len(added))
+            await stack.enter_async_context(jobs)  # resumes interrupted training jobs; stops trainers at shutdown
             yield
 
     def route(path: str, handler: Handler, method: str) -> Route:
@@ -100,6 +106,7 @@ def create_app(
         *(route(path, handler, method) for path, handler, method in CRITERIA_ROUTES),
         *(route(path, handler, method) for path, handler, method in UI_ROUTES),
         *(route(path, handler, method) for path, handler, method in DATASET_ROUTES),
+        *(route(path, handler, method) for path, handler, method in JOB_ROUTES),
         route("/v1/logs", _list_logs, "GET"),
         route("/v1/logs/export", _export_logs, "GET"),
         route("/v1/logs/export/pairs", _export_pairs, "GET"),

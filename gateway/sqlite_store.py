@@ -17,11 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from gateway import sqlite_datasets
+from gateway import sqlite_datasets, sqlite_jobs
 from gateway.criteria.definitions import CriterionDefinition
 from gateway.formats import SPLITS
 from gateway.sqlite_transaction import write_transaction
 from gateway.store import (
+    JOB_FIELDS,
     MAX_PAGE,
     AddedEntries,
     CandidateRecord,
@@ -30,6 +31,7 @@ from gateway.store import (
     DatasetRecord,
     EntryPage,
     InvalidInputError,
+    JobRecord,
     Latencies,
     LogNotFoundError,
     LogPage,
@@ -89,6 +91,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX dataset_entries_split ON dataset_entries (dataset_id, split, seq)",  # counts and ?split=
         # one pair per log and dataset from from-logs: running it again adds only the logs not yet in
         "CREATE UNIQUE INDEX dataset_entries_log ON dataset_entries (dataset_id, source_ref) WHERE source = 'log'",
+    ),
+    (  # 5: reward-model training jobs
+        """CREATE TABLE jobs (id TEXT PRIMARY KEY, slug TEXT NOT NULL, dataset_id TEXT NOT NULL,
+            base_model TEXT NOT NULL, hyperparameters TEXT NOT NULL, data_path TEXT NOT NULL,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('PENDING', 'QUEUED', 'TRAINING', 'DEPLOYED', 'ERROR')), error TEXT,
+            progress TEXT, metrics TEXT, reward_stats TEXT, version TEXT, resumed INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX jobs_created ON jobs (created_at, id)",
     ),
 )
 
@@ -473,6 +483,25 @@ class SqliteLogStore:
 
     async def delete_entry(self, dataset: str, entry_id: str) -> None:
         await self._run(lambda db: sqlite_datasets.delete_entry(db, dataset, entry_id))
+
+    async def create_job(self, job: JobRecord) -> JobRecord:
+        await self._run(lambda db: sqlite_jobs.insert_job(db, job))
+        return job
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        return await self._run(lambda db: sqlite_jobs.fetch_job(db, job_id))
+
+    async def list_jobs(self, *, limit: int = 100) -> Sequence[JobRecord]:
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        return await self._run(lambda db: sqlite_jobs.list_jobs(db, limit))
+
+    async def update_job(self, job_id: str, **changes: Any) -> JobRecord:
+        unknown = sorted(set(changes) - set(JOB_FIELDS))
+        if unknown:
+            raise InvalidInputError(f"not a job field: {unknown[0]!r}")
+        when = _format_time(self._clock())
+        return await self._run(lambda db: sqlite_jobs.update_job(db, job_id, changes, when))
 
     async def aclose(self) -> None:
         """Close the connection and stop the worker thread; calls already queued finish first."""

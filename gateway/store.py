@@ -87,6 +87,12 @@ class DatasetNotFoundError(StoreError):
         super().__init__(f"no dataset {dataset!r} (by id or name)")
 
 
+class JobNotFoundError(StoreError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no training job {job_id!r}")
+        self.job_id = job_id
+
+
 class EntryNotFoundError(StoreError):
     def __init__(self, entry_id: str) -> None:
         self.entry_id = entry_id
@@ -186,6 +192,39 @@ class DatasetRecord:
         return {"id": self.id, "object": "dataset", "name": self.name, "description": self.description,
                 "created_at": _format_time(self.created_at), "entries": self.train + self.test,
                 "counts": {"TRAIN": self.train, "TEST": self.test}}  # fmt: skip
+
+
+JobState = Literal["PENDING", "QUEUED", "TRAINING", "DEPLOYED", "ERROR"]
+JOB_FIELDS = ("state", "error", "progress", "metrics", "reward_stats", "version", "resumed")  # what updates change
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A reward-model training job (docs/LIFECYCLE.md). `data_path` is the dataset as exported for the trainer."""
+
+    id: str  # "job_" + ULID
+    slug: str
+    dataset_id: str
+    base_model: str
+    hyperparameters: Mapping[str, Any]
+    data_path: str
+    created_at: datetime
+    updated_at: datetime
+    state: JobState = "PENDING"
+    error: str | None = None
+    progress: Mapping[str, Any] | None = None  # {step, total, loss, accuracy}
+    metrics: Mapping[str, Any] | None = None  # TEST metrics from rewardgate.json
+    reward_stats: Mapping[str, Any] | None = None
+    version: str | None = None  # "vN" once DEPLOYED
+    resumed: int = 0  # times a gateway restart resumed it
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "reward_model.job", "slug": self.slug, "version": self.version,
+                "model": f"{self.slug}@{self.version}" if self.version else None, "dataset_id": self.dataset_id,
+                "base_model": self.base_model, "hyperparameters": dict(self.hyperparameters), "state": self.state,
+                "error": self.error, "progress": self.progress, "metrics": self.metrics,
+                "reward_stats": self.reward_stats, "created_at": _format_time(self.created_at),
+                "updated_at": _format_time(self.updated_at), "resumed": self.resumed}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -296,6 +335,20 @@ class LogStore(Protocol):
     ) -> EntryPage: ...
 
     async def delete_entry(self, dataset: str, entry_id: str) -> None: ...
+
+    # training jobs
+
+    async def create_job(self, job: JobRecord) -> JobRecord: ...
+
+    async def get_job(self, job_id: str) -> JobRecord: ...
+
+    async def list_jobs(self, *, limit: int = 100) -> Sequence[JobRecord]:
+        """Newest first."""
+        ...
+
+    async def update_job(self, job_id: str, **changes: Any) -> JobRecord:
+        """Set some of JOB_FIELDS (and updated_at); JobNotFoundError for an unknown id."""
+        ...
 
     async def aclose(self) -> None: ...
 

@@ -1,0 +1,169 @@
+"""Reward-model training jobs as a product flow (docs/LIFECYCLE.md): a job is created from a dataset, stored,
+run by gateway/training.py's JobRunner in a trainer subprocess, and every state change the runner reports is
+written to the store. Owns the validation of a new job, the dataset export the trainer reads, cancellation, and
+recovery at start-up (jobs that were TRAINING resume from their checkpoint, PENDING/QUEUED ones are queued
+again). Must not import torch, transformers or trainer: training happens in the subprocess.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.config import GatewaySettings
+from gateway.datasets import DatasetService
+from gateway.errors import InvalidRequestError
+from gateway.store import MAX_PAGE, CriterionExistsError, JobRecord, LogStore, new_id
+from gateway.training import Hyperparameters, JobRunner, JobSpec, JobState, JobUpdate, base_models
+
+logger = logging.getLogger(__name__)
+_SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")  # the trainer's rule for --slug
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_HYPERPARAMETERS = ("batch_size", "learning_rate", "epochs")
+_FINISHED = ("DEPLOYED", "ERROR")
+
+
+class JobService:
+    """Create, list, read and cancel training jobs; an async context manager that owns the JobRunner."""
+
+    def __init__(self, settings: GatewaySettings, *, store: LogStore, datasets: DatasetService) -> None:
+        self._settings = settings
+        self._store = store
+        self._datasets = datasets
+        self._jobs_dir = Path(settings.jobs_dir)
+        self._runner = JobRunner(
+            settings.models_dir,
+            self._on_update,
+            concurrency=settings.training_concurrency,
+            trainer_args=settings.trainer_args,
+        )
+
+    async def __aenter__(self) -> JobService:
+        await self._recover()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.aclose()  # running trainers stop unreported: the store keeps TRAINING for the restart
+
+    async def _recover(self) -> None:
+        for job in reversed(await self._store.list_jobs(limit=MAX_PAGE)):  # oldest first: the queue order
+            if job.state == "TRAINING":
+                await self._store.update_job(job.id, resumed=job.resumed + 1)
+                logger.info("job %s was training when the gateway stopped: resuming from its checkpoint", job.id)
+                await self._submit(job, resume=True)
+            elif job.state in ("PENDING", "QUEUED"):
+                await self._submit(job, resume=False)
+
+    async def _submit(self, job: JobRecord, *, resume: bool) -> None:
+        hp = job.hyperparameters
+        spec = JobSpec(job.id, job.slug, job.data_path, job.base_model, Hyperparameters(**hp))
+        await self._runner.submit(spec, resume=resume)
+
+    async def _on_update(self, job_id: str, update: JobUpdate) -> None:
+        progress = None
+        if update.progress is not None:
+            p = update.progress
+            progress = {"step": p.step, "total": p.total, "loss": p.loss, "accuracy": p.accuracy}
+        changes: dict[str, Any] = {"state": str(update.state), "error": update.error, "progress": progress}
+        if update.state == JobState.DEPLOYED:
+            changes |= {"version": update.version, "metrics": _finite(update.metrics)}
+            changes["reward_stats"] = _finite(update.reward_stats)
+        await self._store.update_job(job_id, **{k: v for k, v in changes.items() if v is not None or k == "error"})
+
+    # ------------------------------------------------------------ the API
+
+    async def create(self, body: Mapping[str, Any]) -> JobRecord:
+        """Validate, export the dataset for the trainer, store the job (PENDING) and queue it."""
+        unknown = sorted(set(body) - {"dataset", "slug", "base_model", "hyperparameters"})
+        if unknown:
+            raise InvalidRequestError(f"unknown field {unknown[0]!r}", param=unknown[0])
+        slug = body.get("slug")
+        if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
+            raise InvalidRequestError(
+                f"slug: 1 to 128 lowercase letters, digits, '.', '_' or '-', got {slug!r}", param="slug"
+            )
+        if await self._store.criterion_versions(slug):
+            raise CriterionExistsError(f"{slug!r} is a criterion's slug: choose another")
+        base = self._base_model(body.get("base_model", ""))
+        hyperparameters = _hyperparameters(body.get("hyperparameters") or {})
+        if not isinstance(body.get("dataset"), str):
+            raise InvalidRequestError("dataset: the id or name of a dataset is required", param="dataset")
+        dataset = await self._datasets.get(body["dataset"])
+        if dataset.train < 1:
+            raise InvalidRequestError(f"dataset {dataset.name!r} has no TRAIN pairs", param="dataset")
+        now = datetime.now(UTC)
+        job_id = new_id("job_", now)
+        data_path = self._jobs_dir / job_id / "data.jsonl"
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        with data_path.open("w", encoding="utf-8") as out:  # a snapshot: later uploads do not change this job
+            async for line in self._datasets.export(dataset.id):
+                out.write(line)
+        job = JobRecord(job_id, slug, dataset.id, base, hyperparameters, str(data_path.resolve()), now, now)
+        await self._store.create_job(job)
+        await self._submit(job, resume=False)
+        return await self._store.get_job(job_id)
+
+    def _base_model(self, value: object) -> str:
+        if not isinstance(value, str):
+            raise InvalidRequestError("base_model: expected a string", param="base_model")
+        known = {alias for b in base_models() for alias in (b.id, *b.aliases)}
+        if value == "" or value in known or _HUB_ID.fullmatch(value) or Path(value).is_dir():
+            return value
+        choices = ", ".join(b.id for b in base_models())
+        raise InvalidRequestError(
+            f"base_model: {value!r} is not an offline alias ({choices}), a local model directory or a hub id",
+            param="base_model",
+        )
+
+    async def get(self, job_id: str) -> JobRecord:
+        return await self._store.get_job(job_id)
+
+    async def list_jobs(self) -> list[JobRecord]:
+        return list(await self._store.list_jobs(limit=MAX_PAGE))
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        job = await self._store.get_job(job_id)
+        if job.state in _FINISHED:
+            raise InvalidRequestError(f"job {job_id} already finished ({job.state})", param="id")
+        if not await self._runner.cancel(job_id):  # not in this runner (e.g. PENDING before a failed submit)
+            await self._store.update_job(job_id, state="ERROR", error="cancelled")
+        return await self._store.get_job(job_id)
+
+
+def _hyperparameters(raw: object) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InvalidRequestError("hyperparameters: expected an object", param="hyperparameters")
+    unknown = sorted(set(raw) - set(_HYPERPARAMETERS))
+    if unknown:
+        allowed = ", ".join(_HYPERPARAMETERS)
+        raise InvalidRequestError(
+            f"hyperparameters.{unknown[0]}: unknown (allowed: {allowed})", param="hyperparameters"
+        )
+    out: dict[str, Any] = {}
+    batch = raw.get("batch_size", "auto")
+    if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096):
+        raise InvalidRequestError("hyperparameters.batch_size: 'auto' or an integer 1..4096", param="batch_size")
+    out["batch_size"] = batch
+    rate = raw.get("learning_rate")
+    if rate is not None:
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < 1:
+            raise InvalidRequestError("hyperparameters.learning_rate: a number in (0, 1)", param="learning_rate")
+        out["learning_rate"] = float(rate)
+    epochs = raw.get("epochs")
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 100:
+            raise InvalidRequestError("hyperparameters.epochs: an integer 1..100", param="epochs")
+        out["epochs"] = epochs
+    return out
+
+
+def _finite(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A JSON-storable copy: non-finite numbers (a metric of an empty TEST split) become null."""
+    if value is None:
+        return None
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in value.items()}
