@@ -77,7 +77,8 @@ class _TimedCriterion:
         started = time.perf_counter()
         results = await self._inner.score(prompt, candidates)
         codes = [r.error_code or "error" for r in results if not r.ok]
-        self._metrics.record_criterion(self.slug, time.perf_counter() - started, codes)
+        scores = [r.normalized for r in results if r.ok and r.normalized is not None]
+        self._metrics.record_criterion(self.slug, time.perf_counter() - started, codes, scores)
         return results
 
 

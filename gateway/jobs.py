@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from gateway.config import GatewaySettings
 from gateway.datasets import DatasetService
 from gateway.errors import InvalidRequestError
+from gateway.metrics import GatewayMetrics
 from gateway.store import MAX_PAGE, CriterionExistsError, JobRecord, LogStore, new_id
 from gateway.training import Hyperparameters, JobRunner, JobSpec, JobState, JobUpdate, base_models
 
@@ -31,8 +33,12 @@ _FINISHED = ("DEPLOYED", "ERROR")
 class JobService:
     """Create, list, read and cancel training jobs; an async context manager that owns the JobRunner."""
 
-    def __init__(self, settings: GatewaySettings, *, store: LogStore, datasets: DatasetService) -> None:
+    def __init__(
+        self, settings: GatewaySettings, *, store: LogStore, datasets: DatasetService, metrics: GatewayMetrics
+    ) -> None:
         self._settings = settings
+        self._metrics = metrics
+        self._states: dict[str, str] = {}  # the last state reported per job, to count jobs on changes only
         self._store = store
         self._datasets = datasets
         self._jobs_dir = Path(settings.jobs_dir)
@@ -50,6 +56,10 @@ class JobService:
     async def __aexit__(self, *exc: object) -> None:
         await self._runner.aclose()  # running trainers stop unreported: the store keeps TRAINING for the restart
 
+    async def _count(self) -> None:
+        jobs = await self._store.list_jobs(limit=MAX_PAGE)
+        self._metrics.set_training_jobs(Counter(job.state for job in jobs))
+
     async def _recover(self) -> None:
         for job in reversed(await self._store.list_jobs(limit=MAX_PAGE)):  # oldest first: the queue order
             if job.state == "TRAINING":
@@ -58,6 +68,7 @@ class JobService:
                 await self._submit(job, resume=True)
             elif job.state in ("PENDING", "QUEUED"):
                 await self._submit(job, resume=False)
+        await self._count()
 
     async def _submit(self, job: JobRecord, *, resume: bool) -> None:
         hp = job.hyperparameters
@@ -74,6 +85,9 @@ class JobService:
             changes |= {"version": update.version, "metrics": _finite(update.metrics)}
             changes["reward_stats"] = _finite(update.reward_stats)
         await self._store.update_job(job_id, **{k: v for k, v in changes.items() if v is not None or k == "error"})
+        if self._states.get(job_id) != update.state:  # state changes, not every progress tick
+            self._states[job_id] = update.state
+            await self._count()
 
     # ------------------------------------------------------------ the API
 

@@ -6,10 +6,14 @@ criterion slugs, candidate outcomes and criterion error codes. Must not import s
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_SCORE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+JOB_STATES = ("PENDING", "QUEUED", "TRAINING", "DEPLOYED", "ERROR")
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -64,6 +68,19 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.criterion_score = Histogram(
+            "rewardgate_criterion_score",
+            "Normalized (0..1) scores of successful criterion results, by criterion slug.",
+            ["criterion"],
+            buckets=_SCORE,
+            registry=r,
+        )
+        self.training_jobs = Gauge("rewardgate_training_jobs", "Training jobs by state.", ["state"], registry=r)
+
+    def set_training_jobs(self, counts: Mapping[str, int]) -> None:
+        for state in JOB_STATES:
+            self.training_jobs.labels(state).set(counts.get(state, 0))
+
     def record_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
         self.request_duration.labels(route, str(status)).observe(seconds)
@@ -78,10 +95,12 @@ class GatewayMetrics:
         self.candidates.labels("generated").inc(generated)
         self.candidates.labels("failed").inc(failed)
 
-    def record_criterion(self, slug: str, seconds: float, error_codes: list[str]) -> None:
+    def record_criterion(self, slug: str, seconds: float, error_codes: list[str], scores: list[float]) -> None:
         self.criterion_duration.labels(slug).observe(seconds)
         for code in error_codes:
             self.criterion_errors.labels(slug, code).inc()
+        for score in scores:
+            self.criterion_score.labels(slug).observe(score)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

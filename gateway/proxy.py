@@ -81,7 +81,7 @@ def create_app(
     criteria = CriteriaService(store=store, catalog=catalog, judge=judge or router_judge(router))
     service = ChatService(settings, router=router, store=store, criteria=criteria, metrics=metrics)
     datasets = DatasetService(store)
-    jobs = JobService(settings, store=store, datasets=datasets)
+    jobs = JobService(settings, store=store, datasets=datasets, metrics=metrics)
     app = _App(settings, service, criteria, store, catalog, metrics, datasets, jobs)
 
     @asynccontextmanager

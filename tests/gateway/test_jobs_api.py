@@ -173,3 +173,21 @@ async def test_bad_jobs_are_refused_before_anything_runs(
         assert (await gw.client.get("/v1/reward-models")).json()["data"] == []
         models = (await gw.client.get("/v1/base-models")).json()["data"]
         assert [m["id"] for m in models if m["default"]] == ["minilm"]
+
+
+async def test_training_jobs_are_counted_by_state_in_the_metrics(
+    tmp_path: Path, upstream: FakeUpstream, base: Path
+) -> None:
+    async with running_gateway(tmp_path, upstream, tmp_path / "models", settings=settings_for(tmp_path)) as gw:
+        await make_dataset(gw)
+        body = {"dataset": "support", "slug": "counted-rm", "base_model": str(base),
+                "hyperparameters": {"batch_size": 4, "epochs": 1}}  # fmt: skip
+        created = (await gw.client.post("/v1/reward-models", json=body)).json()
+        await wait_for(gw, created["id"], "DEPLOYED")
+        text = (await gw.client.get("/metrics")).text
+        assert 'rewardgate_training_jobs{state="DEPLOYED"} 1.0' in text
+        assert 'rewardgate_training_jobs{state="TRAINING"} 0.0' in text
+        chat = {"model": "ok", "messages": MESSAGES, "n": 2}
+        await gw.client.post("/v1/chat/completions", json=chat, headers={"op-criteria": '["counted-rm"]'})
+        text = (await gw.client.get("/metrics")).text
+        assert 'rewardgate_criterion_score_count{criterion="counted-rm"} 2.0' in text
