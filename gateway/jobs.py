@@ -111,7 +111,7 @@ class JobService:
         if dataset.train < 1:
             raise InvalidRequestError(f"dataset {dataset.name!r} has no TRAIN pairs", param="dataset")
         now = datetime.now(UTC)
-        job_id = new_id("job_", now)
+        job_id = new_id("job", now)
         data_path = self._jobs_dir / job_id / "data.jsonl"
         data_path.parent.mkdir(parents=True, exist_ok=True)
         with data_path.open("w", encoding="utf-8") as out:  # a snapshot: later uploads do not change this job

@@ -48,7 +48,7 @@ export async function list(ctx) {
       { label: "Versions", num: true, cell: (versions) => String(versions.length) },
       { label: "Description", cell: ([d]) => d.description || h("span.muted", {}, "—") },
       { label: "Alignment F1", num: true, cell: ([d]) => fmtNum(d.alignment && d.alignment.f1) },
-      { label: "Created", cell: ([d]) => fmtTime(d.created_at) },
+      { label: "Created", cell: ([d]) => h("span.nowrap", {}, fmtTime(d.created_at)) },
     ],
     groups,
     { empty: "No criteria yet. Reward models are criteria too: see Reward models.", onRow: ([d]) => { location.hash = route("criteria", d.slug); } },

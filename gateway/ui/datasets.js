@@ -38,7 +38,7 @@ export async function list(ctx) {
       { label: "TRAIN", num: true, cell: (ds) => fmtNum(ds.counts && ds.counts.TRAIN) },
       { label: "TEST", num: true, cell: (ds) => fmtNum(ds.counts && ds.counts.TEST) },
       { label: "Description", cell: (ds) => ds.description || h("span.muted", {}, "—") },
-      { label: "Created", cell: (ds) => fmtTime(ds.created_at) },
+      { label: "Created", cell: (ds) => h("span.nowrap", {}, fmtTime(ds.created_at)) },
     ],
     data,
     { empty: "No datasets yet: create one, then upload JSONL pairs or send feedback from a log.", onRow: (ds) => { location.hash = route("datasets", ds.id); } },
@@ -221,6 +221,7 @@ async function openTrainDialog(ds) {
   const batch = h("input#rm-batch-size", { value: "auto", size: 6 });
   const lr = h("input#rm-learning-rate", { value: "5e-5", size: 8 });
   const epochs = h("input#rm-epochs", { type: "number", min: "1", max: "100", value: "2" });
+  const maxLength = h("input#rm-max-length", { type: "number", min: "16", placeholder: "default", size: 6 });
   const errors = h("div.form-errors");
   const start = h("button.primary#rm-start", { type: "submit" }, "Start Training");
   const dialog = h("dialog#train-dialog");
@@ -234,6 +235,10 @@ async function openTrainDialog(ds) {
     if (hyperparameters.batch_size !== "auto" && !(Number.isInteger(hyperparameters.batch_size) && hyperparameters.batch_size > 0)) problems.push("batch size: 'auto' or a positive integer");
     if (!(hyperparameters.learning_rate > 0)) problems.push("learning rate: a positive number, e.g. 5e-5");
     if (!(Number.isInteger(hyperparameters.epochs) && hyperparameters.epochs > 0)) problems.push("epochs: a positive integer");
+    if (maxLength.value !== "") {
+      hyperparameters.max_length = Number(maxLength.value);
+      if (!(Number.isInteger(hyperparameters.max_length) && hyperparameters.max_length > 0)) problems.push("max length: a positive integer (tokens)");
+    }
     if (problems.length) {
       fill(errors, problems.map((p) => errorBox(new Error(p))));
       return;
@@ -257,7 +262,7 @@ async function openTrainDialog(ds) {
     h("p.muted", {}, `Train a reward model on ${ds.name}: ${ds.counts.TRAIN} TRAIN pairs, evaluated on ${ds.counts.TEST} TEST pairs.`),
     field("Base model", base), custom,
     field("Slug", slug, "Requests name it in op-criteria; each training run adds a version (slug@vN)."),
-    h("div.row", {}, field("Batch size", batch), field("Learning rate", lr), field("Epochs", epochs)),
+    h("div.row", {}, field("Batch size", batch), field("Learning rate", lr), field("Epochs", epochs), field("Max length", maxLength)),
     errors,
     h("div.actions", {}, start, h("button", { type: "button", on: { click: close } }, "Cancel"))));
   document.body.append(dialog);

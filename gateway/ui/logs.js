@@ -60,7 +60,7 @@ export async function list(ctx) {
   const rows = [];
   const more = h("button#logs-more", { type: "button", hidden: true }, "Older logs");
   const columns = [
-    { label: "Time", cell: (log) => fmtTime(log.created_at) },
+    { label: "Time", cell: (log) => h("span.nowrap", {}, fmtTime(log.created_at)) },
     { label: "Log", cell: (log) => link(route("logs", log.id), mono(log.id)) },
     { label: "Model", cell: (log) => log.model },
     { label: "Candidates", num: true, cell: (log) => candidateCount(log) },

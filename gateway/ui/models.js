@@ -77,7 +77,7 @@ function jobsTable(jobs, empty = "No training jobs yet: open a dataset and press
       { label: "TEST accuracy", num: true, cell: (job) => fmtPct(testMetrics(job).accuracy) },
       { label: "Base model", cell: (job) => job.base_model || "—" },
       { label: "Dataset", cell: (job) => link(route("datasets", job.dataset_id), mono(job.dataset_id)) },
-      { label: "Created", cell: (job) => fmtTime(job.created_at) },
+      { label: "Created", cell: (job) => h("span.nowrap", {}, fmtTime(job.created_at)) },
     ],
     jobs,
     { empty, onRow: (job) => { location.hash = route("models", job.id); } },

@@ -90,6 +90,7 @@ async def test_a_dataset_becomes_a_deployed_reward_model_used_by_op_criteria(
         assert response.status_code == 201, response.text
         created = response.json()
         assert created["state"] in ("PENDING", "QUEUED", "TRAINING") and created["version"] is None
+        assert created["id"].startswith("job_") and len(created["id"]) == len("job_") + 26
         done = await wait_for(gw, created["id"], "DEPLOYED", "ERROR")
         assert done["state"] == "DEPLOYED", done["error"]
         assert done["version"] == "v1" and done["model"] == "support-rm@v1"
