@@ -102,7 +102,7 @@ def main() -> None:
              "--save-steps", "100000", *RECIPES[args.base_model]])  # fmt: skip
         results["train_seconds"] = round(time.perf_counter() - started, 1)
         meta = json.loads((models / slug / "v1" / "rewardgate.json").read_text())
-        results["held_out"] = meta.get("test")
+        results["held_out"] = meta["metrics"]["test"]
         common = ["--criterion", slug, "--models-dir", str(models), "--store-url", str(tmp / "eval.db"),
                   "--device", "cpu"]  # fmt: skip
         picks = tmp / "picks.jsonl"
