@@ -26,7 +26,10 @@ class GatewaySettings:
     models_dir: str = field(
         default="models", metadata={"help": "reward-model store (embedded mode): <dir>/<slug>/v<N>/"}
     )
-    store_url: str = field(default="sqlite:///rewardgate.db", metadata={"help": "log store: sqlite:///path.db"})
+    store_url: str = field(
+        default="sqlite:///rewardgate.db",
+        metadata={"help": "store: sqlite:///path.db, or postgresql://user@host/db (the postgres extra)"},
+    )
     reward_server_url: str = field(
         default="", metadata={"help": "reward server base URL; empty: run it embedded in this process"}
     )

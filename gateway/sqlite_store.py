@@ -12,6 +12,7 @@ import base64
 import json
 import math
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -141,11 +142,26 @@ def _migrate(db: sqlite3.Connection) -> None:
                 db.execute(f"PRAGMA user_version = {version + 1}")
 
 
+def _enable_wal(db: sqlite3.Connection, busy_timeout_s: float) -> None:
+    """Switching a new file to WAL answers SQLITE_BUSY at once, without the busy handler, while another
+    connection (a replica starting at the same moment) does the same: retry until the busy timeout."""
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)  # on the store's worker thread, never the event loop
+
+
 def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
     # timeout= is SQLite's busy_timeout; isolation_level=None: write_transaction issues BEGIN/COMMIT itself.
     db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
     try:
-        db.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
+        _enable_wal(db, busy_timeout_s)  # readers never wait for the writer
         db.execute("PRAGMA synchronous = NORMAL")  # with WAL: never corrupt; a power cut may lose the last commits
         db.execute("PRAGMA foreign_keys = ON")
         _migrate(db)

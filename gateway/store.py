@@ -1,8 +1,8 @@
 """Persistence: best-of-N logs (request, candidates, scores, latencies, criteria versions, metadata), the
 versioned criterion definitions (LLM judges, rules) with their alignment reports, and datasets of preference pairs.
 
-Owns the `LogStore` interface (Postgres comes later behind it), the records and errors, the metadata
-rules, and the log -> preference pair rule (DESIGN contract 1); the SQLite implementation with its
+Owns the `LogStore` interface (SQLite, and Postgres for several replicas, behind it), the records and errors,
+the metadata rules, and the log -> preference pair rule (DESIGN contract 1); the SQLite implementation with its
 schema migrations is gateway/sqlite_store.py.
 Imports only the stdlib, gateway.formats and gateway.criteria.definitions: no starlette, httpx, torch or litellm.
 
@@ -262,7 +262,8 @@ class AddedEntries:
 
 
 class LogStore(Protocol):
-    """What the gateway needs from log persistence: SqliteLogStore now, Postgres later."""
+    """What the gateway needs from persistence: SqliteLogStore (gateway/sqlite_store.py) and PostgresLogStore
+    (gateway/postgres_store.py), chosen by open_store's URL."""
 
     async def create_log(
         self,
@@ -430,11 +431,20 @@ def _parse_time(text: str) -> datetime:
 
 async def open_store(url: str, *, busy_timeout_s: float = 5.0, clock: Callable[[], datetime] = _utcnow) -> LogStore:
     """Open the store at `url`, creating and migrating it as needed: "sqlite:///relative.db" or
-    "sqlite:////abs/path.db" (SQLAlchemy's spelling), a bare path, or ":memory:"."""
+    "sqlite:////abs/path.db" (SQLAlchemy's spelling), a bare path, or ":memory:"; or a libpq url,
+    "postgresql://user:password@host:5432/db" (or postgres://), for gateway/postgres_store.py, which needs
+    the `postgres` extra and is imported only here, only then."""
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from gateway.postgres_store import PostgresLogStore
+        except ImportError as exc:
+            raise StoreError(f"a postgres store needs psycopg: pip install 'rewardgate[postgres]' ({exc})") from exc
+        return await PostgresLogStore.open(url, busy_timeout_s=busy_timeout_s, clock=clock)
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
-    elif "://" in url:
-        raise StoreError(f"unsupported store url {url!r}: only sqlite:/// urls and file paths so far")
+    elif "://" in url:  # only the scheme in the message: the rest may hold a password
+        scheme = url.partition("://")[0]
+        raise StoreError(f"unsupported store url scheme {scheme!r}: sqlite:///, postgresql:// or a file path")
     else:
         path = url
     from gateway.sqlite_store import SqliteLogStore  # the implementation imports this interface module

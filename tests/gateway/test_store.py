@@ -1,10 +1,12 @@
-"""The SQLite log store: every operation, filters and cursors, exports, migrations, locking, atomicity."""
+"""The log store on both backends (tests/gateway/conftest.py): every operation, filters and cursors, exports,
+locking, atomicity; the migrations of each backend's own schema bookkeeping."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -15,7 +17,6 @@ from typing import Any
 
 import pytest
 
-import gateway.sqlite_store as store_module
 from gateway.formats import parse_line, split_for_prompt
 from gateway.sqlite_store import MIGRATIONS
 from gateway.store import (
@@ -36,6 +37,7 @@ from gateway.store import (
     preference_pair,
     validate_metadata,
 )
+from tests.gateway.conftest import Backend
 
 pytestmark = pytest.mark.anyio
 
@@ -53,8 +55,8 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[LogStore]:
-    s = await open_store(str(tmp_path / "logs.db"))
+async def store(store_url: str) -> AsyncIterator[LogStore]:
+    s = await open_store(store_url)
     yield s
     await s.aclose()
 
@@ -125,20 +127,38 @@ def test_ids_are_unique_and_sort_by_time() -> None:
     assert len({new_log_id(T0) for _ in range(1000)}) == 1000
 
 
-async def test_urls_memory_and_injected_clock(tmp_path: Path) -> None:
+async def test_the_injected_clock_dates_logs(store_url: str) -> None:
+    s = await open_store(store_url, clock=lambda: T0)
+    log = await add(s)
+    assert log.created_at == T0 and (await s.get_log(log.id)).created_at == T0
+    await s.aclose()
+
+
+async def test_sqlite_urls_memory_and_unsupported_schemes(tmp_path: Path) -> None:
     memory = await open_store(":memory:", clock=lambda: T0)
     log = await add(memory)
-    assert log.created_at == T0 and (await memory.get_log(log.id)).created_at == T0
+    assert (await memory.get_log(log.id)).created_at == T0
     await memory.aclose()
     for url in (f"sqlite:///{tmp_path}/a.db", str(tmp_path / "b.db")):  # sqlite:////abs/path and a bare path
         s = await open_store(url)
         await add(s)
         await s.aclose()
     assert (tmp_path / "a.db").exists() and (tmp_path / "b.db").exists()
-    with pytest.raises(StoreError, match="unsupported"):
-        await open_store("postgresql://localhost/logs")
+    with pytest.raises(StoreError, match="unsupported store url scheme 'mysql'") as info:
+        await open_store("mysql://user:s3cret@localhost/logs")
+    assert "s3cret" not in str(info.value)
     with pytest.raises(StoreError):
         await open_store(str(tmp_path / "missing-dir" / "c.db"))
+
+
+async def test_an_unreachable_postgres_fails_at_open_without_the_password() -> None:
+    pytest.importorskip("psycopg")
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(StoreError) as info:
+        await open_store(f"postgres://user:s3cret@127.0.0.1:{port}/logs")
+    assert "s3cret" not in str(info.value) and not isinstance(info.value, StoreBusyError)
 
 
 async def test_bad_inputs_are_refused(store: LogStore) -> None:
@@ -197,8 +217,10 @@ async def test_cursor_pages_are_stable_while_new_logs_arrive(store: LogStore) ->
     assert len(await all_logs(store)) == 7 + 3
 
 
-async def test_export_jsonl_streams_the_filtered_logs(store: LogStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "_EXPORT_BATCH", 2)  # several worker calls for five logs
+async def test_export_jsonl_streams_the_filtered_logs(
+    store: LogStore, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(f"gateway.{backend.name}_store._EXPORT_BATCH", 2)  # several queries for five logs
     logs = [await add(store, at=T0 + timedelta(minutes=i), metadata={"keep": str(i % 2 == 0)}) for i in range(8)]
     stream = store.export_jsonl(LogQuery(metadata={"keep": "True"}))
     assert hasattr(stream, "__anext__") and not isinstance(stream, list)
@@ -297,7 +319,7 @@ async def test_update_metadata_merges_removes_and_reindexes(store: LogStore) -> 
 # ---------------------------------------------------------------- migrations and durability
 
 
-async def test_an_old_database_is_migrated_and_reopening_is_idempotent(tmp_path: Path) -> None:
+async def test_an_old_sqlite_database_is_migrated_and_reopening_is_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:  # a database written by the first schema version only
         for statement in MIGRATIONS[0]:
@@ -321,7 +343,7 @@ async def test_an_old_database_is_migrated_and_reopening_is_idempotent(tmp_path:
     assert count_rows(path, "logs") == 1 and count_rows(path, "log_metadata") == 1
 
 
-async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+async def test_a_newer_sqlite_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
@@ -329,27 +351,82 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         await open_store(str(path))
 
 
-async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
-    path = str(tmp_path / "logs.db")
-    s = await open_store(path)
+async def test_an_old_postgres_schema_is_migrated_and_reopening_is_idempotent(postgres_url: str) -> None:
+    from gateway.postgres_schema import MIGRATIONS as PG_MIGRATIONS
+
+    old = Backend("postgres", postgres_url)
+    await old.sql("CREATE TABLE rewardgate_schema (version INTEGER PRIMARY KEY)")  # as schema v1 left it
+    for statement in PG_MIGRATIONS[0]:
+        await old.sql(statement)
+    await old.sql("INSERT INTO rewardgate_schema VALUES (1)")
+    await old.sql("INSERT INTO logs (id, created_at, model, request, metadata) VALUES (%s, %s, %s, %s, %s)",
+                  "log_old", "2025-06-01T00:00:00.000000Z", "m", json.dumps(REQUEST), '{"team": "a"}')  # fmt: skip
+    await old.sql("INSERT INTO candidates (log_id, idx, message, status, score, rank) VALUES (%s, 0, %s, 'ok', 1.5, 0)",
+                  "log_old", json.dumps({"role": "assistant", "content": "Paris."}))  # fmt: skip
+    for _ in range(2):
+        s = await open_store(postgres_url)
+        got = await s.get_log("log_old")
+        assert got.metadata == {"team": "a"} and got.candidates[0].score == 1.5
+        assert got.created_at == datetime(2025, 6, 1, tzinfo=UTC)
+        assert [x.id for x in await all_logs(s, LogQuery(metadata={"team": "a"}))] == ["log_old"]
+        await s.aclose()
+    versions = [row[0] for row in await old.sql("SELECT version FROM rewardgate_schema ORDER BY version")]
+    assert versions == list(range(1, len(PG_MIGRATIONS) + 1))  # each step once
+    assert await old.count("logs") == 1
+
+
+async def test_a_newer_postgres_schema_is_refused(postgres_url: str) -> None:
+    from gateway.postgres_schema import MIGRATIONS as PG_MIGRATIONS
+
+    s = await open_store(postgres_url)
+    await s.aclose()
+    await Backend("postgres", postgres_url).sql("INSERT INTO rewardgate_schema (version) VALUES (%s)",
+                                                len(PG_MIGRATIONS) + 1)  # fmt: skip
+    with pytest.raises(StoreError, match="newer"):
+        await open_store(postgres_url)
+
+
+async def test_data_survives_close_and_reopen(store_url: str) -> None:
+    s = await open_store(store_url)
     logs = [await add(s, at=T0 + timedelta(seconds=i), metadata={"i": str(i)}) for i in range(3)]
     updated = await s.update_metadata(logs[0].id, {"reviewed": "yes"})
     await s.aclose()
-    s = await open_store(path)
+    s = await open_store(store_url)
     assert await all_logs(s) == [logs[2], logs[1], updated]
     await s.aclose()
 
 
-async def test_aclose_stops_the_worker_and_later_calls_fail_clearly(tmp_path: Path) -> None:
+async def test_aclose_is_idempotent_and_later_calls_fail_clearly(store_url: str) -> None:
+    s = await open_store(store_url)
+    await add(s)
+    await s.aclose()
+    await s.aclose()
+    with pytest.raises(StoreClosedError):
+        await s.get_log("log_x")
+    with pytest.raises(StoreClosedError):
+        await add(s)
+
+
+async def test_a_postgres_create_whose_caller_is_cancelled_still_commits(postgres_url: str) -> None:
+    # Not on SQLite: its executor drops a call cancelled before the worker thread has picked it up.
+    backend = Backend("postgres", postgres_url)
+    s = await open_store(backend.url)
+    caller = asyncio.create_task(add(s))
+    await asyncio.sleep(0)  # one turn of the loop: the create is handed to the store, not waited for
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await s.aclose()  # calls already running finish first
+    assert await backend.count("logs") == 1 and await backend.count("candidates") == 3
+
+
+async def test_sqlite_aclose_stops_the_worker_thread(tmp_path: Path) -> None:
     before = set(threading.enumerate())
     s = await open_store(str(tmp_path / "logs.db"))
     workers = [t for t in set(threading.enumerate()) - before if t.name.startswith("rewardgate-store")]
     assert len(workers) == 1
     await s.aclose()
-    await s.aclose()  # idempotent
     assert not workers[0].is_alive()
-    with pytest.raises(StoreClosedError):
-        await s.get_log("log_x")
 
 
 # ---------------------------------------------------------------- concurrency, locking, atomicity
@@ -363,36 +440,50 @@ async def test_fifty_concurrent_creates_all_land(store: LogStore) -> None:
     assert sorted(int(log.metadata["n"]) for log in stored) == list(range(50))
 
 
-async def test_a_locked_database_gives_busy_error_not_a_hang(tmp_path: Path) -> None:
-    path = tmp_path / "logs.db"
-    s = await open_store(str(path), busy_timeout_s=0.2)
+async def test_a_locked_database_gives_busy_error_not_a_hang(backend: Backend) -> None:
+    s = await open_store(backend.url, busy_timeout_s=0.2)
     kept = await add(s)
-    locker = sqlite3.connect(path, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
+    async with backend.write_lock():
         started = time.monotonic()
         with pytest.raises(StoreBusyError, match="locked"):
             await asyncio.wait_for(add(s), timeout=30)
         with pytest.raises(StoreBusyError):
             await asyncio.wait_for(s.update_metadata(kept.id, {"a": "b"}), timeout=30)
         assert time.monotonic() - started < 10  # two waits of 0.2 s each, with room for a loaded machine
-        assert await s.get_log(kept.id) == kept  # WAL: readers are not blocked by the writer's lock
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
+        assert await s.get_log(kept.id) == kept  # readers are not blocked by the writer's lock
     after = await add(s)
     assert {log.id for log in await all_logs(s)} == {kept.id, after.id}
     await s.aclose()
 
 
-async def test_a_failing_candidate_insert_leaves_no_trace(tmp_path: Path) -> None:
-    path = tmp_path / "logs.db"
-    s = await open_store(str(path))
-    with sqlite3.connect(path) as db:  # the second candidate's INSERT fails inside the transaction
-        db.execute(
-            "CREATE TRIGGER fail_second BEFORE INSERT ON candidates WHEN NEW.idx = 1"
-            " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-        )
+async def test_postgres_waiting_for_a_pooled_connection_is_bounded(postgres_url: str) -> None:
+    from gateway.postgres_store import PostgresLogStore
+
+    s = await PostgresLogStore.open(postgres_url, pool_size=1, busy_timeout_s=0.2)
+    try:
+        async with s._pool.connection():  # the only connection is taken
+            with pytest.raises(StoreBusyError, match="no free connection"):
+                await asyncio.wait_for(s.get_log("log_x"), timeout=30)
+        with pytest.raises(LogNotFoundError):
+            await s.get_log("log_x")
+    finally:
+        await s.aclose()
+
+
+_FAIL_SECOND = {  # the second candidate's INSERT fails inside the transaction
+    "sqlite": ["CREATE TRIGGER fail_second BEFORE INSERT ON candidates WHEN NEW.idx = 1"
+               " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"],
+    "postgres": ["CREATE FUNCTION fail_second() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                 " RAISE EXCEPTION USING ERRCODE = 'check_violation', MESSAGE = 'disk says no'; END $$",
+                 "CREATE TRIGGER fail_second BEFORE INSERT ON candidates FOR EACH ROW WHEN (NEW.idx = 1)"
+                 " EXECUTE FUNCTION fail_second()"],
+}  # fmt: skip
+
+
+async def test_a_failing_candidate_insert_leaves_no_trace(backend: Backend) -> None:
+    s = await open_store(backend.url)
+    for statement in _FAIL_SECOND[backend.name]:
+        await backend.sql(statement)
     with pytest.raises(InvalidInputError, match="disk says no"):
         await add(s, metadata={"team": "a"}, candidates=[ok(0, 0.9, 0), ok(1, 0.5, 1), ok(2, 0.1, 2)])
     with pytest.raises(InvalidInputError):  # duplicate candidate index: the primary key refuses the third insert
@@ -400,7 +491,7 @@ async def test_a_failing_candidate_insert_leaves_no_trace(tmp_path: Path) -> Non
     with pytest.raises(InvalidInputError, match=r"candidates\[2\].criteria_results"):
         bad = CandidateRecord(2, None, "error", criteria_results={"rm": {"score": {1, 2}}})
         await add(s, candidates=[ok(0, 0.9, 0), bad])
-    for table in ("logs", "candidates", "log_metadata"):
-        assert count_rows(path, table) == 0
+    for table in ("logs", "candidates", *(["log_metadata"] if backend.name == "sqlite" else [])):
+        assert await backend.count(table) == 0
     assert await all_logs(s) == []
     await s.aclose()

@@ -1,5 +1,6 @@
-"""Criterion definitions in the SQLite store: version numbering (also under concurrent writers), immutability,
-kind conflicts, alignment reports, and the migration of a database written before definitions existed."""
+"""Criterion definitions in the store, on both backends: version numbering (also under concurrent writers, each
+its own store as a gateway replica is), immutability, kind conflicts, alignment reports; and the migration of a
+SQLite database written before definitions existed."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def test_versions_count_up_per_slug_and_never_change(tmp_path: Path) -> None:
-    store = await open_store(str(tmp_path / "s.db"))
+async def test_versions_count_up_per_slug_and_never_change(store_url: str) -> None:
+    store = await open_store(store_url)
     try:
         first = await store.create_criterion(slug="a", kind="rule", spec=SPEC, description="one")
         second = await store.create_criterion(slug="a", kind="rule", spec={"type": "length", "max_chars": 9},
@@ -40,8 +41,8 @@ async def test_versions_count_up_per_slug_and_never_change(tmp_path: Path) -> No
         await store.aclose()
 
 
-async def test_conflicts_and_missing_slugs(tmp_path: Path) -> None:
-    store = await open_store(str(tmp_path / "s.db"))
+async def test_conflicts_and_missing_slugs(store_url: str) -> None:
+    store = await open_store(store_url)
     try:
         await store.create_criterion(slug="a", kind="rule", spec=SPEC)
         with pytest.raises(CriterionExistsError, match="add a version"):
@@ -57,22 +58,35 @@ async def test_conflicts_and_missing_slugs(tmp_path: Path) -> None:
         await store.aclose()
 
 
-async def test_concurrent_new_versions_from_two_stores_get_distinct_numbers(tmp_path: Path) -> None:
-    path = str(tmp_path / "s.db")
-    one, two = await open_store(path), await open_store(path)
+async def test_concurrent_new_versions_from_two_stores_get_distinct_numbers(store_url: str) -> None:
+    one, two = await open_store(store_url), await open_store(store_url)
     try:
         await one.create_criterion(slug="a", kind="rule", spec=SPEC)
         made = await asyncio.gather(
-            *(s.create_criterion(slug="a", kind="rule", spec=SPEC, new_version=True) for s in (one, two, one, two))
+            *(s.create_criterion(slug="a", kind="rule", spec=SPEC, new_version=True) for s in [one, two] * 4)
         )
-        assert sorted(d.version for d in made) == [2, 3, 4, 5]
+        assert sorted(d.version for d in made) == [2, 3, 4, 5, 6, 7, 8, 9]
+        assert [d.version for d in await two.criterion_versions("a")] == list(range(1, 10))
     finally:
         await one.aclose()
         await two.aclose()
 
 
-async def test_alignment_is_attached_to_one_version(tmp_path: Path) -> None:
-    store = await open_store(str(tmp_path / "s.db"))
+async def test_concurrent_creates_of_one_new_slug_make_one_v1(store_url: str) -> None:
+    stores = [await open_store(store_url) for _ in range(3)]
+    try:
+        made = await asyncio.gather(
+            *(s.create_criterion(slug="new", kind="rule", spec=SPEC) for s in stores * 2), return_exceptions=True
+        )
+        assert [d.id for d in made if not isinstance(d, BaseException)] == ["new@v1"]
+        assert all(isinstance(e, CriterionExistsError) for e in made if isinstance(e, BaseException))
+    finally:
+        for s in stores:
+            await s.aclose()
+
+
+async def test_alignment_is_attached_to_one_version(store_url: str) -> None:
+    store = await open_store(store_url)
     try:
         await store.create_criterion(slug="a", kind="rule", spec=SPEC)
         await store.create_criterion(slug="a", kind="rule", spec=SPEC, new_version=True)
@@ -84,7 +98,7 @@ async def test_alignment_is_attached_to_one_version(tmp_path: Path) -> None:
         await store.aclose()
 
 
-async def test_a_database_from_before_definitions_migrates_and_keeps_its_logs(tmp_path: Path) -> None:
+async def test_a_sqlite_database_from_before_definitions_migrates_and_keeps_its_logs(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = sqlite3.connect(path, isolation_level=None)
     for statements in MIGRATIONS[:2]:

@@ -1,6 +1,6 @@
-"""Datasets in the SQLite store: create/get by id or name, listing order, entries in insertion order with splits,
-cursors and counts, deletes (the entries go with their dataset), one pair per log, the migration of a database
-written before datasets existed, and concurrent inserts from two store instances."""
+"""Datasets in the store, on both backends: create/get by id or name, listing order, entries in insertion order
+with splits, cursors and counts, deletes (the entries go with their dataset), one pair per log, concurrent inserts
+from two store instances; and the migration of a SQLite database written before datasets existed."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from gateway.store import (
     NewEntry,
     open_store,
 )
+from tests.gateway.conftest import Backend
 
 pytestmark = pytest.mark.anyio
 T0 = datetime(2026, 3, 1, 9, 0, 0, tzinfo=UTC)
@@ -42,8 +43,8 @@ def ticking() -> Callable[[], datetime]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[LogStore]:
-    s = await open_store(str(tmp_path / "s.db"), clock=ticking())
+async def store(store_url: str) -> AsyncIterator[LogStore]:
+    s = await open_store(store_url, clock=ticking())
     yield s
     await s.aclose()
 
@@ -120,20 +121,31 @@ async def test_deletes_and_one_pair_per_log(store: LogStore) -> None:
     assert (await store.get_dataset(other.id)).train == 1
 
 
-async def test_deleting_a_dataset_removes_its_entries_rows(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    store = await open_store(str(path))
+async def test_deleting_a_dataset_removes_its_entries_rows(backend: Backend) -> None:
+    store = await open_store(backend.url)
     try:
         await store.create_dataset(name="d")
         await store.add_entries("d", [NewEntry(pair(i)) for i in range(3)])
         await store.delete_dataset("d")
     finally:
         await store.aclose()
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM dataset_entries").fetchone()[0] == 0
+    assert await backend.count("dataset_entries") == 0
 
 
-async def test_a_v3_database_migrates_and_keeps_its_logs_and_criteria(tmp_path: Path) -> None:
+async def test_concurrent_creates_of_one_name_make_one_dataset(store_url: str) -> None:
+    one, two = await open_store(store_url), await open_store(store_url)
+    try:
+        made = await asyncio.gather(*(s.create_dataset(name="d") for s in [one, two] * 3), return_exceptions=True)
+        created = [d for d in made if not isinstance(d, BaseException)]
+        assert len(created) == 1 and all(isinstance(e, DatasetExistsError) for e in made if e not in created)
+        again = await asyncio.gather(*(s.create_dataset(name="d", exist_ok=True) for s in [one, two] * 3))
+        assert {d.id for d in again} == {created[0].id} and len(await one.list_datasets()) == 1
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+async def test_a_v3_sqlite_database_migrates_and_keeps_its_logs_and_criteria(tmp_path: Path) -> None:
     path = tmp_path / "v3.db"
     db = sqlite3.connect(path, isolation_level=None)
     for statements in MIGRATIONS[:3]:
@@ -157,9 +169,8 @@ async def test_a_v3_database_migrates_and_keeps_its_logs_and_criteria(tmp_path: 
         assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) >= 4
 
 
-async def test_concurrent_inserts_from_two_stores_lose_nothing(tmp_path: Path) -> None:
-    path = str(tmp_path / "s.db")
-    one, two = await open_store(path), await open_store(path)
+async def test_concurrent_inserts_from_two_stores_lose_nothing(store_url: str) -> None:
+    one, two = await open_store(store_url), await open_store(store_url)
     try:
         await one.create_dataset(name="d")
         batches = [[NewEntry(pair(100 * b + i)) for i in range(25)] for b in range(8)]
