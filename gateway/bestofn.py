@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.config import GatewaySettings
@@ -62,7 +62,16 @@ class ChatContext:
     raw: dict[str, Any]  # the body as received: what the log stores
     criteria_header: str | None  # op-criteria
     best_only: bool  # op-best-only: true
-    started: float  # perf_counter at arrival
+    started: float  # perf_counter at arrival, before the body is read
+    waited: Waited = field(default_factory=lambda: Waited())  # filled in by the service
+
+
+@dataclass
+class Waited:
+    """Seconds this request spent waiting on others: what the gateway's overhead metric subtracts."""
+
+    upstream_s: float = 0.0
+    scoring_s: float = 0.0
 
 
 class _TimedCriterion:
@@ -139,7 +148,7 @@ class ChatService:
                 metadata=metadata,
             )
             response["rewardgate"] = CompletionInfo(log_id=log.id, metadata=log.metadata).model_dump()
-        self._metrics.record_overhead("passthrough", time.perf_counter() - ctx.started - upstream_s)
+        ctx.waited.upstream_s = upstream_s
         return response
 
     async def stream(self, ctx: ChatContext) -> AsyncIterator[bytes]:
@@ -255,7 +264,7 @@ class ChatService:
             usage=usage,
             rewardgate=info,
         )
-        self._metrics.record_overhead("best_of_n", time.perf_counter() - ctx.started - upstream_s - scoring_s)
+        ctx.waited.upstream_s, ctx.waited.scoring_s = upstream_s, scoring_s
         return completion.model_dump()
 
     # ------------------------------------------------------------ helpers

@@ -30,6 +30,7 @@ from gateway.criteria_service import CriteriaService, router_judge
 from gateway.eval_cli import add_eval_commands, run_eval
 from gateway.providers import LOCAL_PROVIDER, local_provider_config, providers_from_env, register_local_models
 from gateway.proxy import create_app
+from gateway.reward_client import reward_server_client
 from gateway.reward_serving.server import ServerSettings
 from gateway.reward_serving.server import create_app as create_reward_app
 from gateway.router import Router
@@ -84,7 +85,7 @@ async def criteria_backend(
         router = Router.from_configs(providers_from_env(environ), default_provider="openai")
         await stack.enter_async_context(router)
         if settings.reward_server_url:
-            client = httpx.AsyncClient(base_url=settings.reward_server_url, timeout=settings.criteria_timeout_s)
+            client = reward_server_client(settings.reward_server_url, timeout_s=settings.criteria_timeout_s)
         else:
             reward_app = create_reward_app(ServerSettings(models_dir=settings.models_dir, device=settings.device))
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=reward_app), base_url="http://reward-server")
@@ -115,7 +116,7 @@ async def gateway(settings: GatewaySettings, environ: Mapping[str, str] | None =
                 settings = settings.replace(upstream_models=(*settings.upstream_models, f"{LOCAL_PROVIDER}:{name}"))
         router = Router.from_configs(configs, default_provider="openai")
         if settings.reward_server_url:
-            client = httpx.AsyncClient(base_url=settings.reward_server_url, timeout=settings.criteria_timeout_s)
+            client = reward_server_client(settings.reward_server_url, timeout_s=settings.criteria_timeout_s)
         else:
             reward_app = create_reward_app(ServerSettings(models_dir=settings.models_dir, device=settings.device))
             transport = httpx.ASGITransport(app=reward_app)
@@ -155,5 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args["command"] == "eval":
         return asyncio.run(run_eval(args, partial(criteria_backend, settings)))
-    asyncio.run(serve(settings, log_level))
+    with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+        runner.run(serve(settings, log_level))
     return 0
+
+
+def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (a core dependency except on Windows), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -31,7 +31,8 @@ class GatewaySettings:
         metadata={"help": "store: sqlite:///path.db, or postgresql://user@host/db (the postgres extra)"},
     )
     reward_server_url: str = field(
-        default="", metadata={"help": "reward server base URL; empty: run it embedded in this process"}
+        default="",
+        metadata={"help": "reward server URL(s), comma-separated replicas (spread, retried); empty: embedded"},
     )
     api_keys: tuple[str, ...] = field(
         default=(),

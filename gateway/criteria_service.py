@@ -39,6 +39,7 @@ from gateway.criteria import (
     resolve_criteria,
 )
 from gateway.criteria.alignment import LabelledRow, alignment_report, score_rows
+from gateway.criteria.definitions import CachedDefinitions
 from gateway.errors import InvalidRequestError
 from gateway.formats import Message, loose_message
 from gateway.router import Router
@@ -92,10 +93,11 @@ class CriteriaService:
     ) -> None:
         self._store = store
         self._catalog = catalog
+        self._definitions = CachedDefinitions(store)
         self.resolvers: tuple[CriterionResolver, ...] = (
             catalog,
-            RuleCatalog(store),
-            JudgeCatalog(store, judge, max_concurrency=judge_concurrency),
+            RuleCatalog(self._definitions),
+            JudgeCatalog(self._definitions, judge, max_concurrency=judge_concurrency),
         )
 
     async def resolve(self, refs: Sequence[CriterionRef]) -> list[tuple[Criterion, float]]:
@@ -127,9 +129,11 @@ class CriteriaService:
         checked = SPEC_VALIDATORS[kind](spec)
         if not new_version and await self._is_reward_model(slug):
             raise CriterionExistsError(f"{slug!r} is a reward model's slug: choose another")
-        return await self._store.create_criterion(
+        created = await self._store.create_criterion(
             slug=slug, kind=kind, spec=checked, description=description, new_version=new_version
         )
+        self._definitions.forget(slug)
+        return created
 
     async def _is_reward_model(self, slug: str) -> bool:
         try:

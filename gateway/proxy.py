@@ -122,6 +122,7 @@ def create_app(
 
 
 async def _chat(request: Request, app: _App) -> Response:
+    started = time.perf_counter()
     raw = await read_json(request, app.settings.max_body_bytes)
     try:
         parsed = ChatCompletionRequest.model_validate(raw)
@@ -134,19 +135,25 @@ async def _chat(request: Request, app: _App) -> Response:
         raw=raw,
         criteria_header=request.headers.get("op-criteria"),
         best_only=request.headers.get("op-best-only", "").strip().lower() == "true",
-        started=time.perf_counter(),
+        started=started,
     )
-    if ctx.criteria_header is not None:
+    if parsed.stream and ctx.criteria_header is None:  # its overhead is not measured: the body streams later
+        return StreamingResponse(await app.service.stream(ctx), media_type="text/event-stream")
+    response: Response
+    if ctx.criteria_header is None:
+        response = JSONResponse(await app.service.passthrough(ctx))
+    elif not parsed.stream:
+        response = JSONResponse(await app.service.best_of_n(ctx))
+    else:
         completion = await app.service.best_of_n(ctx)
-        if not parsed.stream:
-            return JSONResponse(completion)
         include_usage = isinstance(raw.get("stream_options"), dict) and raw["stream_options"].get("include_usage")
         # Every event is ready at once: one body holds them all (still a valid event stream).
         events = completion_events(completion, include_usage=include_usage is True)
-        return Response(b"".join(events), media_type="text/event-stream")
-    if parsed.stream:
-        return StreamingResponse(await app.service.stream(ctx), media_type="text/event-stream")
-    return JSONResponse(await app.service.passthrough(ctx))
+        response = Response(b"".join(events), media_type="text/event-stream")
+    # Overhead: arrival to rendered body, minus the waits on the upstream and the criteria.
+    overhead = time.perf_counter() - started - ctx.waited.upstream_s - ctx.waited.scoring_s
+    app.metrics.record_overhead("passthrough" if ctx.criteria_header is None else "best_of_n", overhead)
+    return response
 
 
 async def _models(request: Request, app: _App) -> Response:

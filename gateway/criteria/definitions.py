@@ -13,7 +13,9 @@ May import only criteria.base and formats (DESIGN.md import rules).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -101,3 +103,38 @@ class InMemoryDefinitions:
 
     async def criterion_versions(self, slug: str) -> Sequence[CriterionDefinition]:
         return tuple(self._by_slug.get(slug, ()))
+
+
+class CachedDefinitions:
+    """A DefinitionSource that remembers each slug's versions (also "none") for `ttl_s`: resolving op-criteria
+    asks every definition kind about every slug of every request, and most slugs are reward models'. A version
+    created elsewhere (another replica) is seen within `ttl_s`; `forget` drops a slug at once after a local write.
+    """
+
+    def __init__(
+        self,
+        source: DefinitionSource,
+        *,
+        ttl_s: float = 2.0,
+        max_slugs: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._ttl_s = ttl_s
+        self._max_slugs = max_slugs
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[float, tuple[CriterionDefinition, ...]]] = OrderedDict()
+
+    async def criterion_versions(self, slug: str) -> Sequence[CriterionDefinition]:
+        hit = self._cache.get(slug)
+        if hit is not None and self._clock() - hit[0] < self._ttl_s:
+            return hit[1]
+        versions = tuple(await self._source.criterion_versions(slug))
+        self._cache[slug] = (self._clock(), versions)
+        self._cache.move_to_end(slug)
+        while len(self._cache) > self._max_slugs:
+            self._cache.popitem(last=False)
+        return versions
+
+    def forget(self, slug: str) -> None:
+        self._cache.pop(slug, None)

@@ -24,6 +24,7 @@ from gateway.config import GatewaySettings
 from gateway.metrics import GatewayMetrics
 from gateway.providers import ProviderConfig
 from gateway.proxy import create_app
+from gateway.reward_client import reward_server_client
 from gateway.reward_serving.server import ServerSettings
 from gateway.reward_serving.server import create_app as create_reward_app
 from gateway.router import RetryPolicy, Router
@@ -200,7 +201,7 @@ async def running_gateway(
     store = await open_store(str(tmp_path / "logs.db"))
     metrics = GatewayMetrics()
     if reward_url is not None:
-        criteria_client = httpx.AsyncClient(base_url=reward_url)
+        criteria_client = reward_server_client(reward_url, timeout_s=5.0)
     else:
         criteria_client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=reward_asgi), base_url="http://reward-server"

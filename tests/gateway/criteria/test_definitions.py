@@ -1,0 +1,65 @@
+"""gateway/criteria/definitions.py: version selection and the TTL cache in front of the store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from gateway.criteria import CriterionRef, UnknownCriterionError
+from gateway.criteria.definitions import CachedDefinitions, CriterionDefinition, InMemoryDefinitions, select_version
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def rule(slug: str, version: int) -> CriterionDefinition:
+    return CriterionDefinition(slug, version, "rule", {"type": "json"})
+
+
+def test_select_version_newest_pinned_unknown_and_other_kinds() -> None:
+    versions = [rule("a", 1), rule("a", 2)]
+    assert select_version(CriterionRef("a"), versions, "rule") == rule("a", 2)
+    assert select_version(CriterionRef("a", 1), versions, "rule") == rule("a", 1)
+    assert select_version(CriterionRef("a"), versions, "llm_judge") is None
+    with pytest.raises(UnknownCriterionError, match="a@v1, a@v2"):
+        select_version(CriterionRef("a", 3), versions, "rule")
+
+
+class Counting(InMemoryDefinitions):
+    def __init__(self, definitions: Sequence[CriterionDefinition]) -> None:
+        super().__init__(definitions)
+        self.calls = 0
+
+    async def criterion_versions(self, slug: str) -> Sequence[CriterionDefinition]:
+        self.calls += 1
+        return await super().criterion_versions(slug)
+
+
+async def test_the_cache_answers_within_its_ttl_including_for_unknown_slugs() -> None:
+    now = [0.0]
+    source = Counting([rule("a", 1)])
+    cached = CachedDefinitions(source, ttl_s=2.0, clock=lambda: now[0])
+    for _ in range(3):
+        assert [d.id for d in await cached.criterion_versions("a")] == ["a@v1"]
+        assert list(await cached.criterion_versions("some-reward-model")) == []
+    assert source.calls == 2
+    source.add(rule("a", 2))  # written elsewhere: seen once the TTL has passed
+    assert [d.id for d in await cached.criterion_versions("a")] == ["a@v1"]
+    now[0] = 2.5
+    assert [d.id for d in await cached.criterion_versions("a")] == ["a@v1", "a@v2"]
+    source.add(rule("a", 3))
+    cached.forget("a")  # written here: seen at once
+    assert [d.id for d in await cached.criterion_versions("a")][-1] == "a@v3"
+
+
+async def test_the_cache_is_bounded() -> None:
+    source = Counting([])
+    cached = CachedDefinitions(source, max_slugs=2, clock=lambda: 0.0)
+    for slug in ("a", "b", "c", "a"):
+        await cached.criterion_versions(slug)
+    assert source.calls == 4  # "a" was evicted by "c"
