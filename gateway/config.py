@@ -46,6 +46,9 @@ class GatewaySettings:
         default="",
         metadata={"help": "LLM-judge and rule definitions (JSON list or TOML [[criteria]]), synced at start-up"},
     )
+    training_worker: bool = field(
+        default=True, metadata={"help": "run training jobs here; with several replicas on one store, on exactly one"}
+    )
     jobs_dir: str = field(default="jobs", metadata={"help": "training jobs' working files (dataset snapshots)"})
     training_concurrency: int = field(
         default=1, metadata={"help": "training jobs run at once (1 = one at a time on the device)"}

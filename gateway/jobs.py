@@ -3,10 +3,16 @@ run by gateway/training.py's JobRunner in a trainer subprocess, and every state 
 written to the store. Owns the validation of a new job, the dataset export the trainer reads, cancellation, and
 recovery at start-up (jobs that were TRAINING resume from their checkpoint, PENDING/QUEUED ones are queued
 again). Must not import torch, transformers or trainer: training happens in the subprocess.
+
+Several replicas on one store: exactly one runs with `training_worker` (the default; set it false on the
+others). Every replica creates and cancels jobs in the store; the worker queues PENDING jobs within POLL_S and
+stops jobs marked cancelled. The jobs directory (dataset snapshots) must be shared with the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -28,6 +34,7 @@ _SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")  # the trainer's rule for --sl
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _HYPERPARAMETERS = ("batch_size", "learning_rate", "epochs")
 _FINISHED = ("DEPLOYED", "ERROR")
+POLL_S = 2.0  # how often the worker looks for jobs created or cancelled by other replicas
 
 
 class JobService:
@@ -42,6 +49,7 @@ class JobService:
         self._store = store
         self._datasets = datasets
         self._jobs_dir = Path(settings.jobs_dir)
+        self._poller: asyncio.Task[None] | None = None
         self._runner = JobRunner(
             settings.models_dir,
             self._on_update,
@@ -50,11 +58,35 @@ class JobService:
         )
 
     async def __aenter__(self) -> JobService:
-        await self._recover()
+        if self._settings.training_worker:
+            await self._recover()
+            self._poller = asyncio.create_task(self._poll())
+        await self._count()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
         await self._runner.aclose()  # running trainers stop unreported: the store keeps TRAINING for the restart
+
+    def _mine(self, job_id: str) -> bool:
+        return job_id in self._runner.queued or job_id in self._runner.running
+
+    async def _poll(self) -> None:
+        """The worker's view of other replicas (one store): it queues the PENDING jobs they created and stops
+        the jobs they cancelled (marked ERROR in the store)."""
+        while True:
+            await asyncio.sleep(POLL_S)
+            try:
+                for job in reversed(await self._store.list_jobs(limit=MAX_PAGE)):
+                    if job.state == "PENDING" and not self._mine(job.id):
+                        await self._submit(job, resume=False)
+                    elif job.state == "ERROR" and self._mine(job.id):
+                        await self._runner.cancel(job.id)
+            except Exception:  # a store hiccup or a job that cannot start: logged, tried again next round
+                logger.exception("training-job poll failed")
 
     async def _count(self) -> None:
         jobs = await self._store.list_jobs(limit=MAX_PAGE)
@@ -68,7 +100,6 @@ class JobService:
                 await self._submit(job, resume=True)
             elif job.state in ("PENDING", "QUEUED"):
                 await self._submit(job, resume=False)
-        await self._count()
 
     async def _submit(self, job: JobRecord, *, resume: bool) -> None:
         hp = job.hyperparameters
@@ -76,6 +107,12 @@ class JobService:
         await self._runner.submit(spec, resume=resume)
 
     async def _on_update(self, job_id: str, update: JobUpdate) -> None:
+        if (
+            update.state in (JobState.QUEUED, JobState.TRAINING)
+            and (await self._store.get_job(job_id)).state == "ERROR"
+        ):
+            await self._runner.cancel(job_id)  # cancelled through another replica: never write it back to life
+            return
         progress = None
         if update.progress is not None:
             p = update.progress
@@ -119,7 +156,8 @@ class JobService:
                 out.write(line)
         job = JobRecord(job_id, slug, dataset.id, base, hyperparameters, str(data_path.resolve()), now, now)
         await self._store.create_job(job)
-        await self._submit(job, resume=False)
+        if self._settings.training_worker:  # else the worker replica picks it up from the store
+            await self._submit(job, resume=False)
         return await self._store.get_job(job_id)
 
     def _base_model(self, value: object) -> str:
@@ -144,7 +182,7 @@ class JobService:
         job = await self._store.get_job(job_id)
         if job.state in _FINISHED:
             raise InvalidRequestError(f"job {job_id} already finished ({job.state})", param="id")
-        if not await self._runner.cancel(job_id):  # not in this runner (e.g. PENDING before a failed submit)
+        if not await self._runner.cancel(job_id):  # not in this process: the worker replica's poll stops it
             await self._store.update_job(job_id, state="ERROR", error="cancelled")
         return await self._store.get_job(job_id)
 

@@ -192,3 +192,32 @@ async def test_training_jobs_are_counted_by_state_in_the_metrics(
         await gw.client.post("/v1/chat/completions", json=chat, headers={"op-criteria": '["counted-rm"]'})
         text = (await gw.client.get("/metrics")).text
         assert 'rewardgate_criterion_score_count{criterion="counted-rm"} 2.0' in text
+
+
+async def test_with_two_replicas_the_worker_runs_what_the_other_creates_and_stops_what_it_cancels(
+    tmp_path: Path, upstream: FakeUpstream, base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.jobs
+
+    monkeypatch.setattr(gateway.jobs, "POLL_S", 0.05)
+    front = settings_for(tmp_path).replace(training_worker=False)
+    models = tmp_path / "models"
+    async with (
+        running_gateway(tmp_path, upstream, models, settings=settings_for(tmp_path)) as worker,
+        running_gateway(tmp_path, upstream, models, settings=front) as replica,
+    ):
+        await make_dataset(replica)
+        body = {"dataset": "support", "slug": "shared-rm", "base_model": str(base),
+                "hyperparameters": {"batch_size": 4, "epochs": 1}}  # fmt: skip
+        created = (await replica.client.post("/v1/reward-models", json=body)).json()
+        assert created["state"] == "PENDING"  # the replica does not train
+        done = await wait_for(replica, created["id"], "DEPLOYED", "ERROR")
+        assert done["state"] == "DEPLOYED" and done["version"] == "v1", done["error"]
+
+        body = {**body, "slug": "stopped-rm", "hyperparameters": {"epochs": 100}}
+        long = (await replica.client.post("/v1/reward-models", json=body)).json()
+        await wait_for(worker, long["id"], "TRAINING")
+        cancelled = (await replica.client.post(f"/v1/reward-models/{long['id']}/cancel")).json()
+        assert cancelled["state"] == "ERROR"
+        await until(lambda: not (models / "stopped-rm" / "v1").exists(), timeout=RUN_S)  # the worker stopped it
+        assert (await job(worker, long["id"]))["state"] == "ERROR"
