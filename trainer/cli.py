@@ -45,6 +45,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = from_namespace(args)
     result = train(cfg)
+    if result.rank != 0:  # under torchrun every process gets here; rank 0 reports for all
+        return 0
     print(
         json.dumps(
             {

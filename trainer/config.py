@@ -15,6 +15,7 @@ SAMPLE_DATA = str(Path(__file__).parent / "samples" / "support_pairs.jsonl")
 PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
 SCHEDULES = ("cosine", "linear", "constant")
 ATTENTIONS = ("auto", "eager", "sdpa", "flash_attention_2")
+STRATEGIES = ("ddp", "fsdp")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -30,7 +31,7 @@ class TrainConfig:
     base_model: str = _opt("", "HF model id or path, or an offline alias (minilm, smollm2); empty = the default")
     epochs: int = _opt(2, "passes over the TRAIN split")
     learning_rate: float = _opt(5e-5, "peak learning rate")
-    batch_size: str = _opt("auto", "pairs per optimizer micro-batch, or 'auto'")
+    batch_size: str = _opt("auto", "pairs per optimizer micro-batch (all processes together under torchrun), or 'auto'")
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
     max_length: int = _opt(384, "token budget per conversation (prompt trimmed from the left first)")
     warmup_ratio: float = _opt(0.05, "fraction of steps with linear warmup")
@@ -61,6 +62,12 @@ class TrainConfig:
         "attention kernels: auto = eager on CPU (its bf16 SDPA backward is slow), sdpa on CUDA",
         choices=ATTENTIONS,
     )
+    distributed_strategy: str = _opt(
+        "ddp",
+        "under torchrun / accelerate launch: ddp = a whole replica per GPU; fsdp = weights, gradients and "
+        "optimizer state sharded across GPUs (large bases)",
+        choices=STRATEGIES,
+    )
     gradient_checkpointing: bool = _opt(False, "recompute activations to save memory (slower)")
     dropout: bool = _opt(
         False, "keep the base model's dropout on (off by default, as in TRL: steadier rewards, faster)"
@@ -86,6 +93,10 @@ class TrainConfig:
             raise ValueError("learning_rate: must be positive")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention: expected one of {ATTENTIONS}")
+        if self.distributed_strategy not in STRATEGIES:
+            raise ValueError(f"distributed_strategy: expected one of {STRATEGIES}")
+        if self.lora and self.distributed_strategy == "fsdp":
+            raise ValueError("lora with fsdp is not supported: LoRA's trainable state is small, use ddp")
         if self.precision not in PRECISIONS or self.schedule not in SCHEDULES:
             raise ValueError(f"precision/schedule: expected one of {PRECISIONS} / {SCHEDULES}")
 

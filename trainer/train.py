@@ -1,6 +1,8 @@
 """train(cfg): preference pairs -> a Bradley-Terry reward model directory (DESIGN contract 2).
 
 Read top to bottom: setup, data, model, optimizer, loop (checkpointed, resumable), evaluation, save.
+The same loop runs as one process or as each rank of `torchrun` / `accelerate launch`; the rules
+for several processes (global batch, who writes what) live in trainer/distributed.py.
 Imports gateway.formats only from the rest of the project (through trainer.data / evaluate).
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import math
 import os
@@ -25,6 +28,7 @@ from trainer.bases import resolve_base
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import TokenizedPair, collate, length_grouped_batches, tokenize_pairs
+from trainer.distributed import Distributed, session, shard
 from trainer.evaluate import PairMetrics, evaluate_pairs
 from trainer.objective import bradley_terry_loss, lr_multiplier
 from trainer.plot import write_plot
@@ -40,27 +44,40 @@ class TrainResult:
     train_seconds: float
     pairs_per_second: float
     tokens_per_second: float
+    rank: int = 0  # this process's rank under a launcher; rank 0 wrote the directory
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    """One process, or one rank of `torchrun` / `accelerate launch`: the same loop either way."""
+    with session(cfg.device, cfg.distributed_strategy) as dist:
+        return _train(cfg, dist)
+
+
+def _train(cfg: TrainConfig, dist: Distributed) -> TrainResult:
     # ---------------------------------------------------------------- setup
     output, version = _output_dir(cfg)
+    dist.barrier()  # every rank has picked the version before rank 0 creates its directory
     slug = cfg.slug or (output.parent.name if cfg.models_dir else output.name)
-    device = _device(cfg.device)
+    device = dist.device
     precision = cfg.precision if cfg.precision != "auto" else _auto_precision(device)
+    # bf16: bf16 weights with fp32 master copies. FSDP keeps fp32 shards instead and computes in bf16
+    # through its mixed-precision policy: the same arithmetic, without a second copy of the weights.
+    bf16_weights = precision == "bf16" and not dist.fsdp
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    print(f"config: {json.dumps(cfg.to_dict())}", flush=True)
+    if dist.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    dist.print(f"config: {json.dumps(cfg.to_dict())}")
 
     # ---------------------------------------------------------------- data
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     dataset = load_pairs(cfg.data, skip_invalid=cfg.skip_invalid)
-    base = resolve_base(cfg.base_model)
+    with dist.main_first():  # resolving an alias may convert and cache the base model: once, on rank 0
+        base = resolve_base(cfg.base_model)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:  # pooling reads the mask, so reusing eos as pad is safe here
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -70,9 +87,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     examples, truncation = tokenize_pairs(train_pairs, tokenizer, cfg.max_length)
     if not examples:
         raise ValueError(f"{cfg.data}: no TRAIN pairs fit max_length={cfg.max_length}")
-    print(
-        f"data: {dataset.summary()}; training on {len(examples)} pairs; truncation {truncation.to_dict()}", flush=True
-    )
+    dist.print(f"data: {dataset.summary()}; training on {len(examples)} pairs; truncation {truncation.to_dict()}")
 
     # ---------------------------------------------------------------- model
     # On CPU, torch's bf16 flash-attention backward took about half of each step (torch profiler), so
@@ -89,18 +104,22 @@ def train(cfg: TrainConfig) -> TrainResult:
         model.gradient_checkpointing_enable()
     if cfg.lora:
         model = _with_lora(model, cfg)
-    model.to(device)
-    if precision == "bf16":
+    if not dist.fsdp:  # FSDP moves each block to the GPU as it shards it: the whole model need not fit one GPU
+        model.to(device)
+    if bf16_weights:
         model.to(torch.bfloat16)
     model.train()
+    batch_size = _batch_size(cfg, model, examples, tokenizer.pad_token_id, device, precision, dist)
+    # The forward runs through `runner`: the model itself, or its DDP/FSDP wrapper (before the optimizer,
+    # which must see FSDP's sharded parameters).
+    runner = dist.wrap(model, bf16=precision == "bf16")
 
     # ---------------------------------------------------------------- optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     # Pure bf16 weights lose small updates to rounding, so the optimizer steps fp32 master copies.
-    master = [p.detach().float().clone() for p in params] if precision == "bf16" else params
+    master = [p.detach().float().clone() for p in params] if bf16_weights else params
     # Fused AdamW: one kernel over all parameters (measured 4x faster than foreach on this CPU).
     optimizer = torch.optim.AdamW(master, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
-    batch_size = _batch_size(cfg, model, examples, tokenizer.pad_token_id, device, precision)
     batches_per_epoch = math.ceil(len(examples) / batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = planned_steps = steps_per_epoch * cfg.epochs
@@ -109,20 +128,20 @@ def train(cfg: TrainConfig) -> TrainResult:
     # ---------------------------------------------------------------- resume
     step, start_epoch, start_batch = 0, 0, 0
     if cfg.resume and (ckpt := latest_checkpoint(output)) is not None:
-        state = load_checkpoint(ckpt)
-        model.load_state_dict(state["model"])
-        if precision == "bf16":
+        state = load_checkpoint(ckpt)  # every rank reads it (whole tensors); FSDP keeps its own slices
+        model.load_state_dict(dist.sharded_like(state["model"], model.state_dict()))
+        if bf16_weights:
             for m, saved in zip(master, state["master"], strict=True):
-                m.data.copy_(saved)
-        optimizer.load_state_dict(state["optimizer"])
+                m.data.copy_(dist.sharded_like(saved, m))
+        optimizer.load_state_dict(dist.sharded_optimizer_state(state["optimizer"], optimizer))
         step, start_epoch, start_batch = state["step"], state["epoch"], state["next_batch"]
-        print(f"resumed from {ckpt.name}: epoch {start_epoch}, batch {start_batch}, step {step}", flush=True)
+        dist.print(f"resumed from {ckpt.name}: epoch {start_epoch}, batch {start_batch}, step {step}")
 
     # ---------------------------------------------------------------- loop
     first_step = step
-    metrics_log = (output / "metrics.jsonl").open("a")
+    metrics_log = (output / "metrics.jsonl").open("a") if dist.is_main else io.StringIO()
     lengths = [p.longest for p in examples]
-    progress = _progress(cfg, total_steps, step)
+    progress = _progress(cfg, total_steps, step, dist.is_main)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
     bf16 = (
         precision != "fp32"
@@ -130,40 +149,46 @@ def train(cfg: TrainConfig) -> TrainResult:
     t0, pairs_done, tokens_done, window = time.perf_counter(), 0, 0, []
     stop = False
     for epoch in range(start_epoch, cfg.epochs):
+        # Every rank builds this same global order from the seed, then takes its own slice of each batch.
         order = length_grouped_batches(lengths, batch_size, seed=cfg.seed + epoch)
         first = start_batch if epoch == start_epoch else 0
         for i in range(first, len(order)):
-            batch = collate([examples[j] for j in order[i]], tokenizer.pad_token_id)
-            with autocast:
-                rewards = pool_rewards(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            n = len(order[i])
-            loss, stats = bradley_terry_loss(rewards[:n], rewards[n:], batch["margin"].to(device), cfg.center_rewards)
-            (loss / cfg.grad_accum).backward()
-            window.append(stats)
-            pairs_done += n
-            tokens_done += int(batch["attention_mask"].sum())
-            if (i + 1) % cfg.grad_accum and i + 1 < len(order):
+            part = shard(order[i], dist.rank, dist.world_size)  # one process: the whole batch, weight 1
+            batch = collate([examples[j] for j in part.pairs], tokenizer.pad_token_id)
+            at_step = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(order)
+            with dist.gradient_sync(runner, at_step):  # all-reduce gradients on a step's last micro-batch only
+                with autocast:
+                    rewards = pool_rewards(runner, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                n = len(part.pairs)
+                loss, stats = bradley_terry_loss(
+                    rewards[:n], rewards[n:], batch["margin"].to(device), cfg.center_rewards
+                )
+                (loss * part.weight / cfg.grad_accum).backward()
+            window.append(dist.reduce_stats(stats, part.counted))
+            pairs_done += len(order[i])
+            tokens_done += sum(examples[j].tokens for j in order[i])
+            if not at_step:
                 continue
             # -- optimizer step
             lr = cfg.learning_rate * lr_multiplier(step, total_steps, warmup, cfg.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if precision == "bf16":
+            if bf16_weights:
                 for m, p in zip(master, params, strict=True):
                     m.grad = None if p.grad is None else p.grad.float()
                     p.grad = None
             torch.nn.utils.clip_grad_norm_(master, MAX_GRAD_NORM)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if precision == "bf16":
+            if bf16_weights:
                 with torch.no_grad():
                     for m, p in zip(master, params, strict=True):
                         p.copy_(m)
             step += 1
             progress.update(1)
             if cfg.time_budget_s:  # fit the schedule to the steps the budget allows, so the decay completes
-                run_steps = step - first_step
-                left = (cfg.time_budget_s - (time.perf_counter() - t0)) / ((time.perf_counter() - t0) / run_steps)
+                elapsed = dist.agree(time.perf_counter() - t0)  # rank 0's clock: all ranks stop at the same step
+                left = (cfg.time_budget_s - elapsed) / (elapsed / (step - first_step))
                 total_steps = min(planned_steps, step + max(0, int(left)))
             if step % cfg.log_every == 0 or i + 1 == len(order):
                 row = _mean_stats(window) | {
@@ -181,31 +206,30 @@ def train(cfg: TrainConfig) -> TrainResult:
             last_step = at_epoch_end and epoch + 1 == cfg.epochs  # the final save follows: no checkpoint needed
             if (step % cfg.save_steps == 0 or at_epoch_end) and not last_step:
                 next_epoch, next_batch = (epoch + 1, 0) if at_epoch_end else (epoch, i + 1)
-                save_checkpoint(
-                    output,
-                    step,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "master": [m.detach() for m in master] if precision == "bf16" else [],
-                        "epoch": next_epoch,
-                        "next_batch": next_batch,
-                    },
-                )
-            out_of_time = time.perf_counter() - t0 > cfg.time_budget_s or step >= total_steps
-            if cfg.time_budget_s and out_of_time and step < planned_steps:
-                print(f"time budget of {cfg.time_budget_s}s reached at step {step}; stopping early", flush=True)
+                state = {  # FSDP gathers its shards here, on every rank
+                    "model": dist.gathered(model.state_dict()),
+                    "optimizer": dist.gathered(optimizer.state_dict()),
+                    "master": dist.gathered([m.detach() for m in master]) if bf16_weights else [],
+                }
+                if dist.is_main:
+                    save_checkpoint(output, step, state | {"epoch": next_epoch, "next_batch": next_batch})
+            out_of_time = bool(cfg.time_budget_s) and (
+                dist.agree(time.perf_counter() - t0) > cfg.time_budget_s or step >= total_steps
+            )
+            if out_of_time and step < planned_steps:
+                dist.print(f"time budget of {cfg.time_budget_s}s reached at step {step}; stopping early")
                 stop = True
                 break
         if cfg.eval_every_epoch and not stop:
-            _log_eval(metrics_log, step, evaluate_pairs(model, tokenizer, test_pairs, cfg.max_length, device, bf16))
+            scorer = dist.scorer(model, runner)
+            _log_eval(metrics_log, step, evaluate_pairs(scorer, tokenizer, test_pairs, cfg.max_length, device, bf16))
         if stop:
             break
     progress.close()
     train_seconds = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- evaluation and save
-    if precision == "bf16":  # keep the fp32 master weights, not their bf16 rounding (.to keeps the Parameters)
+    if bf16_weights:  # keep the fp32 master weights, not their bf16 rounding (.to keeps the Parameters)
         model.to(torch.float32)
         with torch.no_grad():
             for m, p in zip(master, params, strict=True):
@@ -213,12 +237,25 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.lora:
         model = model.merge_and_unload()
     model.eval()
-    test = evaluate_pairs(model, tokenizer, test_pairs, cfg.max_length, device, bf16)
+    scorer = dist.scorer(model, runner)  # every rank evaluates (it would idle otherwise); rank 0 writes
+    test = evaluate_pairs(scorer, tokenizer, test_pairs, cfg.max_length, device, bf16)
     stats_pairs, stats_split = (test_pairs, "TEST") if test_pairs else (train_pairs[:512], "TRAIN")
-    reward_stats = test if test_pairs else evaluate_pairs(model, tokenizer, stats_pairs, cfg.max_length, device, bf16)
+    reward_stats = test if test_pairs else evaluate_pairs(scorer, tokenizer, stats_pairs, cfg.max_length, device, bf16)
     _log_eval(metrics_log, step, test)
     metrics_log.close()
-    model.save_pretrained(output)
+    weights = dist.gathered(model.state_dict())  # FSDP: the whole weights, gathered by every rank
+    result = TrainResult(
+        output,
+        test,
+        step,
+        train_seconds,
+        pairs_done / max(train_seconds, 1e-9),
+        tokens_done / max(train_seconds, 1e-9),
+        dist.rank,
+    )
+    if not dist.is_main:
+        return result
+    model.save_pretrained(output, state_dict=weights)
     tokenizer.save_pretrained(output)
     write_plot(output / "metrics.jsonl", output / "training_curves.png")
     meta = {
@@ -231,7 +268,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "max_length": cfg.max_length,
         "config": cfg.to_dict()
-        | {"resolved_batch_size": batch_size, "precision": precision, "attention": attention, "device": str(device)},
+        | {
+            "resolved_batch_size": batch_size,
+            "precision": precision,
+            "attention": attention,
+            "device": str(device),
+            "processes": dist.world_size,
+        },
         "data": {
             "path": str(cfg.data),
             "sha256": _sha256(cfg.data),
@@ -260,9 +303,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, output / "rewardgate.json")  # written last: its presence marks a complete model
     remove_checkpoints(output)
-    return TrainResult(
-        output, test, step, train_seconds, pairs_done / max(train_seconds, 1e-9), tokens_done / max(train_seconds, 1e-9)
-    )
+    return result
 
 
 # ---------------------------------------------------------------- helpers
@@ -286,12 +327,6 @@ def _output_dir(cfg: TrainConfig) -> tuple[Path, str]:
     if (out / "rewardgate.json").exists():
         raise FileExistsError(f"{out} already holds a trained model; choose another --output")
     return out, version
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _auto_precision(device: torch.device) -> str:
@@ -332,13 +367,32 @@ def _with_lora(model: Any, cfg: TrainConfig) -> Any:
 
 
 def _batch_size(
-    cfg: TrainConfig, model: Any, examples: list[TokenizedPair], pad_id: int, device: torch.device, precision: str
+    cfg: TrainConfig,
+    model: Any,
+    examples: list[TokenizedPair],
+    pad_id: int,
+    device: torch.device,
+    precision: str,
+    dist: Distributed,
 ) -> int:
-    """`auto`: 8 pairs on CPU; on CUDA the largest power of two <= 64 whose longest batch fits."""
+    """Pairs per micro-batch over all processes. `auto`: 8 on CPU; on CUDA the largest power of two
+    <= 64 whose longest batch fits one GPU, times the number of GPUs (the smallest fit of any rank);
+    under FSDP 8 per GPU, as a probe there would need every rank's forward passes."""
     if cfg.batch_size != "auto":
-        return int(cfg.batch_size)
+        size = int(cfg.batch_size)
+        if size < dist.world_size:
+            raise ValueError(f"batch_size {size} < {dist.world_size} processes: each needs a pair per micro-batch")
+        return size
     if device.type != "cuda":
         return 8
+    if dist.fsdp:
+        return 8 * dist.world_size
+    return dist.world_size * dist.min_over_ranks(_probe_batch_size(model, examples, pad_id, device, precision))
+
+
+def _probe_batch_size(
+    model: Any, examples: list[TokenizedPair], pad_id: int, device: torch.device, precision: str
+) -> int:
     longest = max(examples, key=lambda p: p.longest)
     size = 64
     while size > 1:
@@ -356,10 +410,10 @@ def _batch_size(
     return 1
 
 
-def _progress(cfg: TrainConfig, total: int, done: int) -> Any:
+def _progress(cfg: TrainConfig, total: int, done: int, main: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=done, disable=not cfg.progress, desc="train", unit="step")
+    return tqdm(total=total, initial=done, disable=not (cfg.progress and main), desc="train", unit="step")
 
 
 def _mean_stats(window: list[dict[str, float]]) -> dict[str, float]:
