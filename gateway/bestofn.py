@@ -189,6 +189,9 @@ class ChatService:
         self, ctx: ChatContext, copy: StreamAccumulator, meta: dict[str, str], upstream_s: float, failure: str | None
     ) -> None:
         records = []
+        if not copy.choices():  # a 200 whose body held no chunk: relayed as it came, stored as a failure
+            empty = failure or f"the stream held no chat.completion.chunk events ({copy.unparsable} unparsable)"
+            records.append(CandidateRecord(0, None, "error", None, empty, rank=0))
         for rank_, choice in enumerate(copy.choices()):
             finished = choice["finish_reason"] is not None and failure is None
             error = None if finished else failure or "the stream ended before this choice finished"

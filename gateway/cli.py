@@ -80,7 +80,7 @@ async def criteria_backend(
     """The criteria service with everything behind it started (store, providers, the reward server: embedded or
     at reward_server_url), for `rewardgate eval`; all closed on exit."""
     async with AsyncExitStack() as stack:
-        store = await open_store(settings.store_url)
+        store = await open_store(settings.store_url, busy_timeout_s=settings.store_busy_timeout_s)
         stack.push_async_callback(store.aclose)
         router = Router.from_configs(providers_from_env(environ), default_provider="openai")
         await stack.enter_async_context(router)
@@ -91,7 +91,9 @@ async def criteria_backend(
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=reward_app), base_url="http://reward-server")
             await stack.enter_async_context(reward_app.router.lifespan_context(reward_app))
         await stack.enter_async_context(client)
-        catalog = RewardModelCatalog(client, score_timeout_s=settings.criteria_timeout_s)
+        catalog = RewardModelCatalog(
+            client, timeout_s=min(5.0, settings.criteria_timeout_s), score_timeout_s=settings.criteria_timeout_s
+        )
         yield CriteriaService(store=store, catalog=catalog, judge=router_judge(router))
 
 
@@ -100,7 +102,7 @@ async def gateway(settings: GatewaySettings, environ: Mapping[str, str] | None =
     """The wired gateway app; the store and the reward-server client are closed on exit. Enter the app's own
     lifespan (uvicorn does) to start the providers and, embedded, the reward server."""
     async with AsyncExitStack() as stack:
-        store = await open_store(settings.store_url)
+        store = await open_store(settings.store_url, busy_timeout_s=settings.store_busy_timeout_s)
         stack.push_async_callback(store.aclose)
         configs = providers_from_env(environ)
         lifespans: list[Callable[[], AbstractAsyncContextManager[Any]]] = []

@@ -30,6 +30,9 @@ class GatewaySettings:
         default="sqlite:///rewardgate.db",
         metadata={"help": "store: sqlite:///path.db, or postgresql://user@host/db (the postgres extra)"},
     )
+    store_busy_timeout_s: float = field(
+        default=5.0, metadata={"help": "how long a store call may wait for a locked database (503 after)"}
+    )
     reward_server_url: str = field(
         default="",
         metadata={"help": "reward server URL(s), comma-separated replicas (spread, retried); empty: embedded"},

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 from gateway.criteria import CriteriaError
 from gateway.criteria.definitions import CriterionSpecError
 from gateway.providers import ProviderError, UpstreamError
+from gateway.router import AllCandidatesFailed
 from gateway.store import (
     CriterionExistsError,
     CriterionNotFoundError,
@@ -110,7 +111,8 @@ def error_reply(exc: BaseException) -> Reply:
     if isinstance(exc, GatewayError):
         return exc.status, _envelope(exc.message, exc.type, exc.param, exc.code), {}
     if isinstance(exc, ProviderError):
-        headers = {"Retry-After": exc.retry_after} if isinstance(exc, UpstreamError) and exc.retry_after else {}
+        retry_after = exc.retry_after if isinstance(exc, UpstreamError | AllCandidatesFailed) else None
+        headers = {"Retry-After": retry_after} if retry_after else {}
         param = "model" if exc.code == "model_not_found" else None
         return exc.status, _envelope(str(exc), _type_for(exc.status), param, exc.code), headers
     if isinstance(exc, CriteriaError):

@@ -77,7 +77,11 @@ def create_app(
     through httpx.ASGITransport); the caller owns it and the store, the app's lifespan owns the router. LLM-judge
     criteria call `judge` (default: the router itself). The lifespan syncs `settings.criteria_file`."""
     metrics = metrics or GatewayMetrics()
-    catalog = RewardModelCatalog(criteria_client, score_timeout_s=settings.criteria_timeout_s)
+    catalog = RewardModelCatalog(
+        criteria_client,
+        timeout_s=min(5.0, settings.criteria_timeout_s),  # the listing, bounded like the scoring
+        score_timeout_s=settings.criteria_timeout_s,
+    )
     criteria = CriteriaService(store=store, catalog=catalog, judge=judge or router_judge(router))
     service = ChatService(settings, router=router, store=store, criteria=criteria, metrics=metrics)
     datasets = DatasetService(store)

@@ -68,6 +68,7 @@ class CandidateError:
     message: str
     status: int
     model: str  # the last model tried for this candidate
+    retry_after: str | None = None  # the upstream's Retry-After, when it sent one
 
 
 class AllCandidatesFailed(ProviderError):
@@ -76,6 +77,7 @@ class AllCandidatesFailed(ProviderError):
     def __init__(self, errors: Sequence[CandidateError]) -> None:
         self.errors = tuple(errors)
         self.status = errors[0].status
+        self.retry_after = next((e.retry_after for e in errors if e.retry_after), None)
         super().__init__(f"all {len(errors)} candidates failed; first: {errors[0].message}")
 
 
@@ -255,7 +257,7 @@ class Router:
                 provider, model, {**body, "n": len(slots)} if len(slots) > 1 else body, timeout
             )
         except UpstreamError as err:
-            return [CandidateError(i, err.code, str(err), err.status, model) for i in slots]
+            return [CandidateError(i, err.code, str(err), err.status, model, err.retry_after) for i in slots]
         latency = time.perf_counter() - started
         choices = sorted(response.get("choices") or [], key=lambda choice: int(choice.get("index", 0)))
         usage = response.get("usage")

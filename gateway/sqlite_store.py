@@ -346,13 +346,22 @@ class SqliteLogStore:
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise StoreClosedError("the log store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._on_worker, fn)
+        deadline = time.monotonic() + self._busy_timeout_s
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._on_worker, fn, deadline)
 
-    def _on_worker(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """On the worker thread: open the connection on first use, map sqlite3 errors onto the tree."""
+    def _on_worker(self, fn: Callable[[sqlite3.Connection], T], deadline: float) -> T:
+        """On the worker thread: open the connection on first use, map sqlite3 errors onto the tree.
+
+        `busy_timeout_s` bounds a call from when it was queued, not from when the worker reaches it: while
+        another connection holds the lock, calls queued behind a waiting one get only what is left of their
+        own budget, so all of them answer within about busy_timeout_s instead of one timeout after another."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StoreBusyError(f"{self._path}: waited longer than {self._busy_timeout_s}s for the database")
         try:
             if self._conn is None:
-                self._conn = _connect(self._path, self._busy_timeout_s)
+                self._conn = _connect(self._path, left)
+            self._conn.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
             return fn(self._conn)
         except sqlite3.IntegrityError as exc:
             raise InvalidInputError(f"the database rejected the log: {exc}") from exc
