@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,21 @@ class PairMetrics:
     reward_mean: float  # over every scored answer, chosen and rejected
     reward_std: float
     length_baseline_accuracy: float  # "the longer answer wins" on the same pairs (ties count half)
+    scores: tuple[float, ...] = field(default=(), repr=False)  # every answer's reward, for the histogram
 
     def to_dict(self) -> dict[str, float | int]:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "scores"}
+
+    def histogram(self, bins: int = 20) -> dict[str, list[float] | list[int]] | None:
+        """{"edges": bins + 1 values, "counts": bins}: the rewards' distribution, drawn by the console."""
+        if not self.scores:
+            return None
+        low, high = min(self.scores), max(self.scores)
+        width = (high - low) / bins or 1.0
+        counts = [0] * bins
+        for score in self.scores:
+            counts[min(bins - 1, int((score - low) / width))] += 1
+        return {"edges": [round(low + i * width, 6) for i in range(bins + 1)], "counts": counts}
 
 
 def length_baseline(pairs: Sequence[PreferencePair]) -> float:
@@ -114,6 +126,7 @@ def evaluate_pairs(
         reward_mean=statistics.fmean(scores),
         reward_std=statistics.pstdev(scores),
         length_baseline_accuracy=length_baseline(pairs),
+        scores=tuple(scores),
     )
 
 

@@ -297,6 +297,7 @@ def _train(cfg: TrainConfig, dist: Distributed) -> TrainResult:
             "std": reward_stats.reward_std,
             "count": 2 * reward_stats.count,
             "split": stats_split,
+            "histogram": reward_stats.histogram(),
         },
     }
     tmp = output / "rewardgate.json.tmp"

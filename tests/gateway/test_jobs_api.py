@@ -96,7 +96,7 @@ async def test_a_dataset_becomes_a_deployed_reward_model_used_by_op_criteria(
         assert done["version"] == "v1" and done["model"] == "support-rm@v1"
         assert done["progress"]["step"] == done["progress"]["total"] == 8  # 16 TRAIN pairs / 4, two epochs
         assert done["metrics"]["count"] == 4 and 0.0 <= done["metrics"]["accuracy"] <= 1.0
-        assert done["reward_stats"]["split"] == "TEST"
+        assert done["reward_stats"]["split"] == "TEST" and sum(done["reward_stats"]["histogram"]["counts"]) == 8
         assert (tmp_path / "models" / "support-rm" / "v1" / "rewardgate.json").is_file()
         listing = (await gw.client.get("/v1/reward-models")).json()["data"]
         assert [j["id"] for j in listing] == [created["id"]]

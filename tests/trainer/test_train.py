@@ -63,6 +63,8 @@ def test_train_writes_the_servable_directory_of_contract_2(llama_base: Path, tmp
     assert meta["data"]["sha256"] and meta["data"]["train_pairs"] == 96 and meta["data"]["test_pairs"] == 42
     assert meta["metrics"]["test"]["count"] == 42
     assert meta["reward_stats"]["count"] == 84 and meta["reward_stats"]["std"] > 0
+    histogram = meta["reward_stats"]["histogram"]  # the console draws it
+    assert sum(histogram["counts"]) == 84 and len(histogram["edges"]) == len(histogram["counts"]) + 1
     assert meta["config"]["learning_rate"] == 2e-3 and meta["config"]["resolved_batch_size"] == 8
     assert result.steps == 2 * 12
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
