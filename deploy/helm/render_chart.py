@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Render the rewardgate Helm chart without helm: `python deploy/helm/render_chart.py [-f values.yaml ...]`.
 
-Interprets the subset of Helm's Go templates that deploy/helm/rewardgate uses: pipelines, if / else if / else, range
-(with `$k, $v :=`), with, define / include, `{{-` / `-}}` trimming, comments and the Sprig functions in
-`GoTemplate.functions`. Stricter than Helm: a value missing from values.yaml is an error, not an empty string.
-tests/deploy renders the chart with it; where helm is installed, `helm template` is the reference (tested too).
+Interprets the subset of Helm's Go templates that deploy/helm/rewardgate uses: pipelines, variables (`$x := ...`),
+if / else if / else, range (with `$k, $v :=`), with, define / include, `{{-` / `-}}` trimming, comments and the Sprig
+functions in `GoTemplate.functions`. Stricter than Helm: a value missing from values.yaml is an error, not an empty
+string. tests/deploy renders the chart with it; where helm is installed, `helm template` is the reference (tested too).
 Needs PyYAML only; imports nothing from the project.
 """
 
@@ -66,6 +66,7 @@ class Node:
 
 
 _ACTION = re.compile(r"\{\{(-\s)?\s*(.*?)\s*(\s-)?\}\}", re.DOTALL)
+_ASSIGN = re.compile(r"(\$\w+)\s*:=\s*(.+)", re.DOTALL)  # a variable, declared in the enclosing block
 _EXPR = re.compile(r'\s*("(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?|[()|]|:=|,|[$.A-Za-z_][$.\w]*)')
 
 
@@ -87,8 +88,9 @@ def _printf(fmt: str, *args: Any) -> str:
 
 
 class GoTemplate:
-    """Renders Helm templates written in the subset the chart uses: {{ pipelines }}, if/else if/else, range (with
-    `$k, $v :=`), with, define/include, `{{-`/`-}}` trimming, comments, and the Sprig functions in `functions`."""
+    """Renders Helm templates written in the subset the chart uses: {{ pipelines }}, `$x :=` variables, if/else
+    if/else, range (with `$k, $v :=`), with, define/include, `{{-`/`-}}` trimming, comments, and the Sprig functions
+    in `functions`."""
 
     def __init__(self, chart: Path, values: Mapping[str, Any], release: str = "rg") -> None:
         meta = yaml.safe_load((chart / "Chart.yaml").read_text())
@@ -205,6 +207,8 @@ class GoTemplate:
         for node in nodes:
             if node.kind == "text":
                 out.append(node.text)
+            elif node.kind == "output" and (assign := _ASSIGN.fullmatch(node.expr)):
+                variables[assign.group(1)] = self._pipeline(assign.group(2), dot, variables)  # seen by what follows
             elif node.kind == "output":
                 out.append(_go_string(self._pipeline(node.expr, dot, variables)))
             elif node.kind == "if":

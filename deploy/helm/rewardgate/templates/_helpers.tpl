@@ -39,3 +39,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "rewardgate.modelsClaim" -}}
 {{- .Values.models.existingClaim | default (printf "%s-models" (include "rewardgate.fullname" .)) -}}
 {{- end -}}
+
+{{- define "rewardgate.jobsClaim" -}}
+{{- .Values.jobs.existingClaim | default (printf "%s-jobs" (include "rewardgate.fullname" .)) -}}
+{{- end -}}
+
+{{/* The jobs' dataset snapshots have a PVC of their own with Postgres and the training worker (on SQLite they live on
+     the gateway's PVC, which the worker shares on the same node). */}}
+{{- define "rewardgate.jobsPvc" -}}
+{{- if and .Values.trainingWorker.enabled (include "rewardgate.postgres" .) -}}true{{- end -}}
+{{- end -}}
