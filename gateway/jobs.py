@@ -58,10 +58,10 @@ class JobService:
         )
 
     async def __aenter__(self) -> JobService:
-        if self._settings.training_worker:
+        if self._settings.training_worker:  # the worker alone exports the jobs gauge: the others' would go stale
             await self._recover()
+            await self._count()
             self._poller = asyncio.create_task(self._poll())
-        await self._count()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
