@@ -75,7 +75,7 @@ async def add_entries(request: Request, app: DatasetApp) -> Response:
 async def list_entries(request: Request, app: DatasetApp) -> Response:
     params = request.query_params
     limit = params.get("limit", "50")
-    if not limit.isdigit():
+    if not (limit.isascii() and limit.isdigit()):  # isdigit() alone admits '²', which int() refuses
         raise InvalidRequestError(f"limit must be a positive integer, got {limit!r}", param="limit")
     page = await app.datasets.entries(
         request.path_params["dataset"], limit=int(limit), cursor=params.get("cursor"), split=params.get("split")

@@ -4,7 +4,8 @@ Imports the other packages' errors only to map them; must not import starlette, 
 
     GatewayError                      500 internal_error
      ├── InvalidRequestError          400 invalid_request_error  (`param` names the field: n, stream, body...)
-     │    └── RequestTooLargeError    413 invalid_request_error
+     │    ├── RequestTooLargeError    413 invalid_request_error
+     │    └── HeadersTooLargeError    431 invalid_request_error  (the request's header fields, all together)
      ├── AuthenticationError          401 authentication_error   (code invalid_api_key)
      └── NotFoundError                404 not_found_error
 
@@ -78,6 +79,10 @@ class InvalidRequestError(GatewayError):
 
 class RequestTooLargeError(InvalidRequestError):
     status = 413
+
+
+class HeadersTooLargeError(InvalidRequestError):
+    status = 431
 
 
 class AuthenticationError(GatewayError):

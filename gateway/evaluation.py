@@ -96,10 +96,10 @@ def parse_replay_rows(
             continue
         try:
             rows.append(_replay_row(json.loads(text), number, labels_field, max_candidates))
-        except (json.JSONDecodeError, RecursionError):
-            errors.append(LineError(number, "invalid JSON"))
         except PairError as exc:
             errors.append(LineError(number, str(exc)))
+        except (ValueError, RecursionError):  # JSONDecodeError, or an integer of more than 4,300 digits
+            errors.append(LineError(number, "invalid JSON"))
     return rows, errors
 
 

@@ -35,10 +35,11 @@ from gateway.criteria_routes import ROUTES as CRITERIA_ROUTES
 from gateway.criteria_service import CriteriaService, load_criteria_file, router_judge
 from gateway.dataset_routes import ROUTES as DATASET_ROUTES
 from gateway.datasets import DatasetService
-from gateway.errors import AuthenticationError, InvalidRequestError, error_reply
+from gateway.errors import AuthenticationError, HeadersTooLargeError, InvalidRequestError, error_reply
 from gateway.job_routes import ROUTES as JOB_ROUTES
 from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
+from gateway.openapi import openapi_json
 from gateway.protocol import ChatCompletionRequest, ModelEntry, ModelListing
 from gateway.router import Router
 from gateway.sse import completion_events
@@ -47,6 +48,7 @@ from gateway.ui_routes import ROUTES as UI_ROUTES
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[Request, "_App"], Awaitable[Response]]
+MAX_HEADER_BYTES = 16 * 1024  # names + values of all header fields; more is a 431 (nginx's default buffers: 8-32 KB)
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ def create_app(
         route("/v1/logs/{id}/metadata", _patch_metadata, "PATCH"),
         route("/health", _health, "GET"),
         route("/metrics", _metrics, "GET"),
+        route("/openapi.json", openapi_json, "GET"),
     ]
     return Starlette(routes=routes, lifespan=app_lifespan)
 
@@ -177,7 +180,7 @@ async def _models(request: Request, app: _App) -> Response:
 
 async def _list_logs(request: Request, app: _App) -> Response:
     limit = request.query_params.get("limit", "50")
-    if not limit.isdigit():
+    if not (limit.isascii() and limit.isdigit()):  # isdigit() alone admits '²', which int() refuses
         raise InvalidRequestError(f"limit must be a positive integer, got {limit!r}", param="limit")
     page = await app.store.list_logs(_query(request), limit=int(limit), cursor=request.query_params.get("cursor"))
     body = {
@@ -227,6 +230,9 @@ def _endpoint(app: _App, route: str, handler: Handler) -> Callable[[Request], Aw
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
         try:
+            # uvicorn's httptools parser takes headers of any size (h11 stops near 1 MB): the limit is ours
+            if sum(len(name) + len(value) for name, value in request.scope["headers"]) > MAX_HEADER_BYTES:
+                raise HeadersTooLargeError(f"request header fields exceed {MAX_HEADER_BYTES} bytes", param="headers")
             if route.startswith("/v1/"):
                 _authenticate(request, app.settings.api_keys)
             response = await handler(request, app)

@@ -132,8 +132,8 @@ def parse_criteria_header(value: str) -> list[CriterionRef]:
     """The `op-criteria` header as references; CriteriaHeaderError names the problem and the entry."""
     try:
         raw = json.loads(value)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer of more than 4,300 digits
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply or a number too long"
         raise CriteriaHeaderError(f"not valid JSON ({detail}); expected an array such as {_EXAMPLE}") from None
     if not isinstance(raw, list):
         raise CriteriaHeaderError(f"must be a JSON array of criterion ids, got {_json_type(raw)}; e.g. {_EXAMPLE}")

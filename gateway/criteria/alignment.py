@@ -78,10 +78,10 @@ def parse_labelled_set(lines: Iterable[str | bytes]) -> list[LabelledRow]:
             rows.append(parse_labelled_row(json.loads(text), number))
         except UnicodeDecodeError:
             errors.append(LineError(number, "not UTF-8 text"))
-        except (json.JSONDecodeError, RecursionError):
-            errors.append(LineError(number, "invalid JSON"))
         except PairError as exc:
             errors.append(LineError(number, str(exc)))
+        except (ValueError, RecursionError):  # JSONDecodeError, or an integer of more than 4,300 digits
+            errors.append(LineError(number, "invalid JSON"))
     if errors:
         raise LabelledSetError(errors)
     if not rows:

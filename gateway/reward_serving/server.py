@@ -28,6 +28,7 @@ from gateway.formats import Message, PairError, parse_message
 from .batcher import BatcherConfig
 from .errors import ClientDisconnectedError, InvalidRequestError, RequestTooLargeError, error_reply
 from .metrics import RewardServerMetrics
+from .openapi import openapi_json
 from .protocol import (
     Health,
     LoadedModel,
@@ -106,7 +107,7 @@ def parse_score_request(body: bytes, max_conversations: int) -> ScoreCall:
     """Decode and validate a /v1/score body; every error names the field it is about."""
     try:
         raw = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # decode errors, bad JSON, an integer of more than 4,300 digits
         raise InvalidRequestError(f"malformed JSON body: {exc}") from None
     if not isinstance(raw, dict):
         raise InvalidRequestError("the request body must be a JSON object")
@@ -174,6 +175,7 @@ def create_app(
         Route("/v1/models", _endpoint(app, "/v1/models", _models), methods=["GET"]),
         Route("/health", _endpoint(app, "/health", _health), methods=["GET"]),
         Route("/metrics", _endpoint(app, "/metrics", _metrics), methods=["GET"]),
+        Route("/openapi.json", _endpoint(app, "/openapi.json", openapi_json), methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
@@ -264,7 +266,7 @@ def _endpoint(
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:  # isdigit() alone admits '²'
         raise RequestTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
