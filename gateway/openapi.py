@@ -394,15 +394,18 @@ def _chat_headers() -> tuple[Schema, ...]:
     best_only = {
         "name": "op-best-only",
         "in": "header",
-        "schema": {"type": "string", "enum": ["true", "false"]},
-        "description": "'true': return only the best choice (all are still scored and stored)",
+        "schema": {"type": "string", "pattern": "^\\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])\\s*$"},
+        "description": "'true' (any case): return only the best choice (all are still scored and stored); "
+        "anything but true/false is a 400",
     }
     return criteria, best_only
 
 
 def _chat_ok() -> Schema:
     ok = _json({"anyOf": [_ref("ChatCompletion"), _ref("UpstreamCompletion")]}, "the completion")
-    ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+    # With stream: true: server-sent events, each `data:` a chat.completion.chunk (or one error envelope), then
+    # `data: [DONE]`. Not given a schema: checkers read each event as an object {event, data} of their own.
+    ok["content"]["text/event-stream"] = {}
     return ok
 
 

@@ -141,7 +141,7 @@ async def _chat(request: Request, app: _App) -> Response:
         request=parsed,
         raw=raw,
         criteria_header=request.headers.get("op-criteria"),
-        best_only=request.headers.get("op-best-only", "").strip().lower() == "true",
+        best_only=_flag(request.headers.get("op-best-only"), "op-best-only"),
         started=started,
     )
     if parsed.stream and ctx.criteria_header is None:  # its overhead is not measured: the body streams later
@@ -252,6 +252,16 @@ def _authenticate(request: Request, keys: tuple[str, ...]) -> None:
     # compare_digest against every key: the time taken does not tell which prefix matched
     if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), key) for key in keys):
         raise AuthenticationError("missing or invalid API key: send 'Authorization: Bearer <gateway key>'")
+
+
+def _flag(value: str | None, name: str) -> bool:
+    """A true/false header (case and surrounding space ignored); absent is false, anything else a 400."""
+    if value is None:
+        return False
+    word = value.strip().lower()
+    if word not in ("true", "false"):
+        raise InvalidRequestError(f"{name}: expected 'true' or 'false', got {value!r}", param=name)
+    return word == "true"
 
 
 def _query(request: Request) -> LogQuery:

@@ -396,3 +396,15 @@ async def test_the_openai_package_works_unchanged(tmp_path: Path, upstream: Fake
             stream = await client.chat.completions.create(model="stream", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
             text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
             assert text == "Hello!"
+
+
+async def test_op_best_only_takes_true_or_false_and_refuses_anything_else(gw: Gateway, upstream: FakeUpstream) -> None:
+    for value, choices in (("TRUE", 1), (" false ", 2)):
+        response = await gw.client.post(
+            "/v1/chat/completions", json=chat(n=2), headers={**CRITERIA, "op-best-only": value}
+        )
+        assert response.status_code == 200 and len(response.json()["choices"]) == choices
+    calls = len(upstream.bodies)
+    response = await gw.client.post("/v1/chat/completions", json=chat(n=2), headers={**CRITERIA, "op-best-only": "yes"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "op-best-only"
+    assert len(upstream.bodies) == calls  # refused before the upstream
