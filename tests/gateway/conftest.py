@@ -1,4 +1,7 @@
-"""Store backends for the store tests: a test that takes `backend` (or `store_url`) runs once on SQLite (a file in
+"""The gateway tests' shared fixtures: `gw` (the gateway app over ASGI with the fake upstream, the real SQLite store
+and the embedded reward server with tiny-rm v1; a module may override `models_dir`), `upstream`, `anyio_backend`.
+
+Store backends for the store tests: a test that takes `backend` (or `store_url`) runs once on SQLite (a file in
 tmp_path) and once on Postgres (a fresh schema of the database in REWARDGATE_TEST_POSTGRES_URL, dropped
 afterwards). The Postgres run skips cleanly when that variable is not set; scripts/start_test_postgres.sh starts
 a throwaway server and prints it. `postgres_url` is the same fresh schema for Postgres-only tests.
@@ -17,6 +20,9 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
+
+from tests.gateway.fakes import FakeUpstream, Gateway, fake_upstream, running_gateway
+from tests.tiny import save_reward_model
 
 POSTGRES_ENV = "REWARDGATE_TEST_POSTGRES_URL"
 BACKENDS = ("sqlite", "postgres")
@@ -102,3 +108,30 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 def store_url(backend: Backend) -> str:
     """The url of a fresh store database, once per backend."""
     return backend.url
+
+
+# ---------------------------------------------------------------- the gateway harness
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    save_reward_model(root / "tiny-rm" / "v1", "tiny-rm", "v1", seed=0)
+    return root
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    async with fake_upstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, upstream: FakeUpstream, models_dir: Path) -> AsyncIterator[Gateway]:
+    async with running_gateway(tmp_path, upstream, models_dir) as gateway:
+        yield gateway

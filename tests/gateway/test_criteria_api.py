@@ -7,43 +7,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.config import GatewaySettings
-from tests.gateway.fakes import ANSWERS, MESSAGES, FakeUpstream, Gateway, fake_upstream, running_gateway
-from tests.tiny import save_reward_model
+from tests.gateway.fakes import ANSWERS, MESSAGES, FakeUpstream, Gateway, running_gateway
 
 pytestmark = pytest.mark.anyio
 NO_APOLOGY = {"type": "regex", "pattern": "cannot|sorry", "flags": "i", "must": "not_match"}
 PASSWORD_JUDGE = {"model": "fake:judge", "instructions": "The answer must tell the user how to reset a password."}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    save_reward_model(root / "tiny-rm" / "v1", "tiny-rm", "v1", seed=0)
-    return root
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with fake_upstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def gw(tmp_path: Path, upstream: FakeUpstream, models_dir: Path) -> AsyncIterator[Gateway]:
-    async with running_gateway(tmp_path, upstream, models_dir) as gateway:
-        yield gateway
 
 
 async def define(gw: Gateway, slug: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:

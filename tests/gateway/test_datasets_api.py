@@ -6,44 +6,17 @@ reward server with a tiny model); nothing inside is mocked."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.formats import load_pairs, parse_pair, split_for_prompt
 from gateway.store import preference_pair
-from tests.gateway.fakes import ANSWERS, MESSAGES, FakeUpstream, Gateway, fake_upstream, running_gateway
-from tests.tiny import save_reward_model
+from tests.gateway.fakes import ANSWERS, MESSAGES, Gateway
 
 pytestmark = pytest.mark.anyio
 CRITERIA = {"op-criteria": '["tiny-rm"]'}
 JSONL = {"content-type": "application/x-ndjson"}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    save_reward_model(root / "tiny-rm" / "v1", "tiny-rm", "v1", seed=0)
-    return root
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with fake_upstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def gw(tmp_path: Path, upstream: FakeUpstream, models_dir: Path) -> AsyncIterator[Gateway]:
-    async with running_gateway(tmp_path, upstream, models_dir) as gateway:
-        yield gateway
 
 
 def seed(i: int, split: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import asyncio
 import json
 import math
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from tests.gateway.fakes import (
     FakeUpstream,
     Gateway,
     failing_scores,
-    fake_upstream,
     running_gateway,
     until,
 )
@@ -37,29 +35,12 @@ pytestmark = pytest.mark.anyio
 CRITERIA = {"op-criteria": '["tiny-rm"]'}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     save_reward_model(root / "tiny-rm" / "v1", "tiny-rm", "v1", seed=0)
     save_reward_model(root / "tiny-rm" / "v2", "tiny-rm", "v2", seed=1)
     return root
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with fake_upstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def gw(tmp_path: Path, upstream: FakeUpstream, models_dir: Path) -> AsyncIterator[Gateway]:
-    async with running_gateway(tmp_path, upstream, models_dir) as gateway:
-        yield gateway
 
 
 def chat(model: str = "ok", **extra: Any) -> dict[str, Any]:

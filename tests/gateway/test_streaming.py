@@ -5,43 +5,16 @@ read by the real `openai` package."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.gateway.fakes import MESSAGES, STREAM_TEXT, FakeUpstream, Gateway, fake_upstream, running_gateway
-from tests.tiny import save_reward_model
+from tests.gateway.fakes import MESSAGES, STREAM_TEXT, FakeUpstream, Gateway
 
 pytestmark = pytest.mark.anyio
 CRITERIA = {"op-criteria": '["tiny-rm"]'}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    save_reward_model(root / "tiny-rm" / "v1", "tiny-rm", "v1", seed=0)
-    return root
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with fake_upstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def gw(tmp_path: Path, upstream: FakeUpstream, models_dir: Path) -> AsyncIterator[Gateway]:
-    async with running_gateway(tmp_path, upstream, models_dir) as gateway:
-        yield gateway
 
 
 def chat(model: str, **extra: Any) -> dict[str, Any]:
