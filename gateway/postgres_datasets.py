@@ -10,7 +10,6 @@ entry that commits later with a smaller seq.
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,8 +23,8 @@ from gateway.store import (
     EntryNotFoundError,
     EntryPage,
     EntryRecord,
-    InvalidInputError,
 )
+from gateway.store_codec import encode_entry_cursor
 
 Conn = psycopg.AsyncConnection[Any]
 # (id, split, source, source_ref, pair JSON) of one entry to insert
@@ -38,20 +37,6 @@ _DATASET_SELECT = """SELECT d.id, d.name, d.description, d.created_at,
 _ENTRY_COLUMNS = "seq, id, dataset_id, created_at, split, source, source_ref, pair"
 # By id or name; an id match wins should a name ever equal another dataset's id.
 _RESOLVE = "SELECT id FROM datasets WHERE id = %s OR name = %s ORDER BY id = %s DESC LIMIT 1"
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"e{seq}".encode()).decode("ascii")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
-        if not text.startswith("e"):
-            raise ValueError(text)
-        return int(text[1:])
-    except ValueError:  # binascii.Error and Unicode errors are ValueErrors too
-        raise InvalidInputError(f"invalid cursor {cursor!r}") from None
 
 
 def _utc(value: datetime) -> datetime:
@@ -138,7 +123,7 @@ async def list_entries(conn: Conn, ref: str, limit: int, after: int, split: str 
     sql = f"SELECT {_ENTRY_COLUMNS} FROM dataset_entries WHERE {where} ORDER BY seq LIMIT %s"
     fetched = await (await conn.execute(sql, params)).fetchall()
     entries = tuple(EntryRecord(r[1], r[2], _utc(r[3]), r[4], r[5], r[6], r[7]) for r in fetched[:limit])
-    return EntryPage(entries, encode_cursor(fetched[limit - 1][0]) if len(fetched) > limit else None)
+    return EntryPage(entries, encode_entry_cursor(fetched[limit - 1][0]) if len(fetched) > limit else None)
 
 
 async def delete_entry(conn: Conn, ref: str, entry_id: str) -> None:

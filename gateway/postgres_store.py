@@ -21,8 +21,6 @@ JSON columns are JSONB: objects come back with Postgres's key order, a "\\u0000"
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -57,40 +55,24 @@ from gateway.store import (
     StoreClosedError,
     StoreError,
     T,
-    _format_time,
-    _parse_time,
     _utc,
     _utcnow,
     new_id,
     new_log_id,
-    preference_pair,
     validate_metadata,
+)
+from gateway.store_codec import (
+    decode_entry_cursor,
+    decode_log_cursor,
+    dump_json,
+    encode_log_cursor,
+    export_jsonl,
+    export_pairs,
 )
 
 Conn = psycopg.AsyncConnection[Any]
-_EXPORT_BATCH = 200  # logs read per query while an export streams
 _CONNECT_TIMEOUT_S = 10  # opening one connection (libpq connect_timeout), and the pool's first one
 _MIGRATE_TIMEOUT_S = 300  # how long a replica waits for another replica's migration step (and runs its own)
-
-
-def _dumps(value: Any, what: str) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{what}: not storable as JSON ({exc})") from None
-
-
-def _encode_cursor(created_at: datetime, log_id: str) -> str:
-    """The SQLite store's cursor exactly: base64 of "<created_at as fixed-width UTC text>|<id>"."""
-    return base64.urlsafe_b64encode(f"{_format_time(created_at)}|{log_id}".encode()).decode("ascii")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:  # binascii.Error, Unicode errors, a bad split and a bad time are all ValueErrors
-        created_at, log_id = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii").split("|")
-        return _parse_time(created_at), log_id
-    except ValueError:
-        raise InvalidInputError(f"invalid cursor {cursor!r}") from None
 
 
 # ---------------------------------------------------------------- logs
@@ -143,7 +125,7 @@ async def _list(conn: Conn, query: LogQuery, limit: int, after: tuple[datetime, 
     params: list[object] = []
     if query.metadata:  # containment of {k: v, ...}: every pair must match (GIN index)
         clauses.append("metadata @> %s::jsonb")
-        params.append(_dumps(dict(query.metadata), "query.metadata"))
+        params.append(dump_json(dict(query.metadata), "query.metadata"))
     since, before = (None if t is None else _utc(t, "query") for t in (query.since, query.before))
     filters = {"model = %s": query.model, "created_at >= %s": since, "created_at < %s": before}
     for clause, arg in filters.items():
@@ -159,7 +141,7 @@ async def _list(conn: Conn, query: LogQuery, limit: int, after: tuple[datetime, 
     logs = await _load(conn, rows[:limit])
     if len(rows) <= limit:
         return LogPage(tuple(logs), None)
-    return LogPage(tuple(logs), _encode_cursor(rows[limit - 1][1], rows[limit - 1][0]))
+    return LogPage(tuple(logs), encode_log_cursor(rows[limit - 1][1], rows[limit - 1][0]))
 
 
 async def _add_criterion_results(conn: Conn, log_id: str, slug: str, results: Mapping[int, str]) -> None:
@@ -186,7 +168,7 @@ async def _update_metadata(conn: Conn, log_id: str, patch: Mapping[str, str | No
                 merged.pop(key, None)
             else:
                 merged[key] = value
-        text = _dumps(validate_metadata(merged), "metadata")
+        text = dump_json(validate_metadata(merged), "metadata")
         await conn.execute("UPDATE logs SET metadata = %s::jsonb WHERE id = %s", (text, log_id))
         return await _fetch(conn, log_id)
 
@@ -321,11 +303,11 @@ class PostgresLogStore:
             criteria_versions=dict(criteria_versions or {}),
             candidates=tuple(sorted(candidates, key=lambda c: (c.rank is None, c.rank or 0, c.index))),
         )
-        texts = {name: _dumps(getattr(log, name), name) for name in ("request", "metadata", "criteria_versions")}
+        texts = {name: dump_json(getattr(log, name), name) for name in ("request", "metadata", "criteria_versions")}
         rows = [
-            (log.id, c.index, None if c.message is None else _dumps(c.message, f"candidates[{c.index}].message"),
+            (log.id, c.index, None if c.message is None else dump_json(c.message, f"candidates[{c.index}].message"),
              c.status, c.finish_reason, c.error, c.score, c.rank,
-             _dumps(c.criteria_results, f"candidates[{c.index}].criteria_results"))
+             dump_json(c.criteria_results, f"candidates[{c.index}].criteria_results"))
             for c in log.candidates
         ]  # fmt: skip
         await self._run(lambda conn: _insert(conn, log, texts, rows))
@@ -338,13 +320,13 @@ class PostgresLogStore:
         """One page of the logs matching `query`, newest first; `cursor` is the previous page's next_cursor."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
-        after = _decode_cursor(cursor) if cursor is not None else None
+        after = decode_log_cursor(cursor) if cursor is not None else None
         q = query or LogQuery()
         return await self._run(lambda conn: _list(conn, q, limit, after))
 
     async def add_criterion_results(self, log_id: str, slug: str, results: Mapping[int, Mapping[str, Any]]) -> None:
         """See LogStore.add_criterion_results."""
-        texts = {index: _dumps(dict(result), f"criteria_results[{slug!r}]") for index, result in results.items()}
+        texts = {index: dump_json(dict(result), f"criteria_results[{slug!r}]") for index, result in results.items()}
         await self._run(lambda conn: _add_criterion_results(conn, log_id, slug, texts))
 
     async def update_metadata(self, log_id: str, patch: Mapping[str, str | None]) -> LogRecord:
@@ -354,33 +336,17 @@ class PostgresLogStore:
         frozen = dict(patch)
         return await self._run(lambda conn: _update_metadata(conn, log_id, frozen))
 
-    async def _iter_logs(self, query: LogQuery | None) -> AsyncIterator[LogRecord]:
-        cursor = None
-        while True:
-            page = await self.list_logs(query, limit=_EXPORT_BATCH, cursor=cursor)
-            for log in page.logs:
-                yield log
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+    def export_jsonl(self, query: LogQuery | None = None) -> AsyncIterator[str]:
+        return export_jsonl(self, query)
 
-    async def export_jsonl(self, query: LogQuery | None = None) -> AsyncIterator[str]:
-        """The matching logs, newest first, one JSON object per "\\n"-terminated line, read in batches."""
-        async for log in self._iter_logs(query):
-            yield _dumps(log.to_json(), "log") + "\n"
-
-    async def export_pairs(self, query: LogQuery | None = None) -> AsyncIterator[str]:
-        """The matching logs as seed-format preference pairs (see preference_pair); logs with none are skipped."""
-        async for log in self._iter_logs(query):
-            pair = preference_pair(log)
-            if pair is not None:
-                yield _dumps(pair, "pair") + "\n"
+    def export_pairs(self, query: LogQuery | None = None) -> AsyncIterator[str]:
+        return export_pairs(self, query)
 
     async def create_criterion(
         self, *, slug: str, kind: str, spec: Mapping[str, Any], description: str = "", new_version: bool = False
     ) -> CriterionDefinition:
         """The next version of `slug`; see LogStore.create_criterion."""
-        text = _dumps(dict(spec), "spec")
+        text = dump_json(dict(spec), "spec")
         when = _utc(self._clock(), "created_at")
         return await self._run(
             lambda conn: postgres_criteria.insert_criterion(conn, slug, kind, text, description, when, new_version)
@@ -394,7 +360,7 @@ class PostgresLogStore:
 
     async def set_alignment(self, slug: str, version: int, report: Mapping[str, Any]) -> CriterionDefinition:
         """Attach an alignment report to one version (the latest report replaces an earlier one)."""
-        text = _dumps(dict(report), "alignment")
+        text = dump_json(dict(report), "alignment")
         return await self._run(lambda conn: postgres_criteria.set_alignment(conn, slug, version, text))
 
     async def create_dataset(self, *, name: str, description: str = "", exist_ok: bool = False) -> DatasetRecord:
@@ -421,7 +387,7 @@ class PostgresLogStore:
             split = entry.pair.get("split")
             if split not in SPLITS or entry.source not in ("upload", "log", "feedback"):
                 raise InvalidInputError(f"entries[{i}]: split {split!r} / source {entry.source!r} not allowed")
-            pair = _dumps(dict(entry.pair), f"entries[{i}].pair")
+            pair = dump_json(dict(entry.pair), f"entries[{i}].pair")
             rows.append((new_id("dse", when), str(split), entry.source, entry.source_ref, pair))
         return await self._run(lambda conn: postgres_datasets.add_entries(conn, dataset, rows, when))
 
@@ -433,7 +399,7 @@ class PostgresLogStore:
             raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
         if split is not None and split not in SPLITS:
             raise InvalidInputError(f"split must be TRAIN or TEST, got {split!r}")
-        after = postgres_datasets.decode_cursor(cursor) if cursor is not None else 0
+        after = decode_entry_cursor(cursor) if cursor is not None else 0
         return await self._run(lambda conn: postgres_datasets.list_entries(conn, dataset, limit, after, split))
 
     async def delete_entry(self, dataset: str, entry_id: str) -> None:

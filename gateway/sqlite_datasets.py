@@ -9,7 +9,6 @@ entry); the cursor is that number, base64-encoded.
 
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
 from typing import Any
@@ -23,9 +22,9 @@ from gateway.store import (
     EntryNotFoundError,
     EntryPage,
     EntryRecord,
-    InvalidInputError,
     _parse_time,
 )
+from gateway.store_codec import encode_entry_cursor
 
 # (id, split, source, source_ref, pair JSON) of one entry to insert
 EntryRow = tuple[str, str, str, str | None, str]
@@ -35,20 +34,6 @@ _DATASET_SELECT = """SELECT d.id, d.name, d.description, d.created_at,
     (SELECT count(*) FROM dataset_entries e WHERE e.dataset_id = d.id AND e.split = 'TEST')
     FROM datasets d"""
 _ENTRY_COLUMNS = "seq, id, dataset_id, created_at, split, source, source_ref, pair"
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"e{seq}".encode()).decode("ascii")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
-        if not text.startswith("e"):
-            raise ValueError(text)
-        return int(text[1:])
-    except ValueError:  # binascii.Error and Unicode errors are ValueErrors too
-        raise InvalidInputError(f"invalid cursor {cursor!r}") from None
 
 
 def _dataset(row: Any) -> DatasetRecord:
@@ -112,7 +97,7 @@ def list_entries(db: sqlite3.Connection, ref: str, limit: int, after: int, split
     entries = tuple(
         EntryRecord(r[1], r[2], _parse_time(r[3]), r[4], r[5], r[6], json.loads(r[7])) for r in fetched[:limit]
     )
-    return EntryPage(entries, encode_cursor(fetched[limit - 1][0]) if len(fetched) > limit else None)
+    return EntryPage(entries, encode_entry_cursor(fetched[limit - 1][0]) if len(fetched) > limit else None)
 
 
 def delete_entry(db: sqlite3.Connection, ref: str, entry_id: str) -> None:

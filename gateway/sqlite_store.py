@@ -8,7 +8,6 @@ and its sibling sqlite_* modules (no starlette, httpx, torch or litellm).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import math
 import sqlite3
@@ -18,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from gateway import sqlite_datasets, sqlite_jobs
+from gateway import sqlite_criteria, sqlite_datasets, sqlite_jobs
 from gateway.criteria.definitions import CriterionDefinition
 from gateway.formats import SPLITS
 from gateway.sqlite_transaction import write_transaction
@@ -27,8 +26,6 @@ from gateway.store import (
     MAX_PAGE,
     AddedEntries,
     CandidateRecord,
-    CriterionExistsError,
-    CriterionNotFoundError,
     DatasetRecord,
     EntryPage,
     InvalidInputError,
@@ -50,11 +47,16 @@ from gateway.store import (
     _utcnow,
     new_id,
     new_log_id,
-    preference_pair,
     validate_metadata,
 )
-
-_EXPORT_BATCH = 200  # logs read per worker call while an export streams
+from gateway.store_codec import (
+    decode_entry_cursor,
+    decode_log_cursor,
+    dump_json,
+    encode_log_cursor,
+    export_jsonl,
+    export_pairs,
+)
 
 # Ordered schema steps: step i brings a database to PRAGMA user_version i + 1. Append; never edit one.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -102,22 +104,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX jobs_created ON jobs (created_at, id)",
     ),
 )
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:  # binascii.Error, Unicode errors, a bad split and a bad time are all ValueErrors
-        created_at, log_id = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii").split("|")
-        _parse_time(created_at)
-    except ValueError:
-        raise InvalidInputError(f"invalid cursor {cursor!r}") from None
-    return created_at, log_id
-
-
-def _dumps(value: Any, what: str) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{what}: not storable as JSON ({exc})") from None
 
 
 # ---------------------------------------------------------------- SQL, run on the worker thread only
@@ -176,7 +162,7 @@ _CANDIDATE_ORDER = "rank IS NULL, rank, idx"
 
 
 def _write_metadata(db: sqlite3.Connection, log_id: str, metadata: Mapping[str, str]) -> None:
-    db.execute("UPDATE logs SET metadata = ? WHERE id = ?", (_dumps(metadata, "metadata"), log_id))
+    db.execute("UPDATE logs SET metadata = ? WHERE id = ?", (dump_json(metadata, "metadata"), log_id))
     db.execute("DELETE FROM log_metadata WHERE log_id = ?", (log_id,))
     db.executemany("INSERT INTO log_metadata VALUES (?, ?, ?)", [(log_id, k, v) for k, v in metadata.items()])
 
@@ -186,17 +172,17 @@ def _insert(db: sqlite3.Connection, log: LogRecord) -> None:
         lat = log.latencies
         db.execute(
             f"INSERT INTO logs ({_LOG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, '{{}}', ?)",
-            (log.id, _format_time(log.created_at), log.model, _dumps(log.request, "request"),
-             lat.upstream_ms, lat.scoring_ms, lat.total_ms, _dumps(log.criteria_versions, "criteria_versions")),
+            (log.id, _format_time(log.created_at), log.model, dump_json(log.request, "request"),
+             lat.upstream_ms, lat.scoring_ms, lat.total_ms, dump_json(log.criteria_versions, "criteria_versions")),
         )  # fmt: skip
         _write_metadata(db, log.id, log.metadata)
         for c in log.candidates:
             db.execute(
                 "INSERT INTO candidates (log_id, idx, message, status, finish_reason, error, score, rank,"
                 " criteria_results) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (log.id, c.index, None if c.message is None else _dumps(c.message, f"candidates[{c.index}].message"),
+                (log.id, c.index, None if c.message is None else dump_json(c.message, f"candidates[{c.index}].message"),
                  c.status, c.finish_reason, c.error, c.score, c.rank,
-                 _dumps(c.criteria_results, f"candidates[{c.index}].criteria_results")),
+                 dump_json(c.criteria_results, f"candidates[{c.index}].criteria_results")),
             )  # fmt: skip
 
 
@@ -261,7 +247,7 @@ def _update_metadata(db: sqlite3.Connection, log_id: str, patch: Mapping[str, st
         return _fetch(db, log_id)
 
 
-def _list(db: sqlite3.Connection, query: LogQuery, limit: int, after: tuple[str, str] | None) -> LogPage:
+def _list(db: sqlite3.Connection, query: LogQuery, limit: int, after: tuple[datetime, str] | None) -> LogPage:
     clauses: list[str] = []
     params: list[object] = []
     for key, value in query.metadata.items():
@@ -275,58 +261,15 @@ def _list(db: sqlite3.Connection, query: LogQuery, limit: int, after: tuple[str,
             params.append(arg)
     if after is not None:  # keyset pagination: logs stored after the first page never shift later pages
         clauses.append("(created_at, id) < (?, ?)")
-        params += after
+        params += [_format_time(after[0]), after[1]]
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     sql = f"SELECT {_LOG_COLUMNS} FROM logs {where} ORDER BY created_at DESC, id DESC LIMIT ?"
     rows = db.execute(sql, [*params, limit + 1]).fetchall()
     logs = _load(db, rows[:limit])
     if len(rows) <= limit:
         return LogPage(tuple(logs), None)
-    last = f"{rows[limit - 1][1]}|{rows[limit - 1][0]}"  # (created_at, id) of the page's last log
-    return LogPage(tuple(logs), base64.urlsafe_b64encode(last.encode()).decode("ascii"))
-
-
-_CRITERION_COLUMNS = "slug, version, kind, spec, description, created_at, alignment"
-
-
-def _definitions(rows: list[Any]) -> list[CriterionDefinition]:
-    return [
-        CriterionDefinition(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], None if r[6] is None else json.loads(r[6]))
-        for r in rows
-    ]
-
-
-def _criterion_versions(db: sqlite3.Connection, slug: str) -> list[CriterionDefinition]:
-    sql = f"SELECT {_CRITERION_COLUMNS} FROM criteria WHERE slug = ? ORDER BY version"
-    return _definitions(db.execute(sql, (slug,)).fetchall())
-
-
-def _insert_criterion(
-    db: sqlite3.Connection, slug: str, kind: str, spec: str, description: str, created_at: str, new_version: bool
-) -> CriterionDefinition:
-    with write_transaction(db):  # the version number is read and taken under the write lock
-        existing = _criterion_versions(db, slug)
-        if existing and not new_version:
-            raise CriterionExistsError(f"criterion {slug!r} exists (v1..v{existing[-1].version}): add a version")
-        if not existing and new_version:
-            raise CriterionNotFoundError(slug)
-        if existing and existing[-1].kind != kind:
-            raise CriterionExistsError(f"criterion {slug!r} is a {existing[-1].kind} criterion, not {kind}")
-        version = existing[-1].version + 1 if existing else 1
-        db.execute(
-            f"INSERT INTO criteria ({_CRITERION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
-            (slug, version, kind, spec, description, created_at),
-        )
-    return _criterion_versions(db, slug)[-1]
-
-
-def _set_alignment(db: sqlite3.Connection, slug: str, version: int, report: str) -> CriterionDefinition:
-    with write_transaction(db):
-        sql = "UPDATE criteria SET alignment = ? WHERE slug = ? AND version = ?"
-        updated = db.execute(sql, (report, slug, version))
-        if updated.rowcount == 0:
-            raise CriterionNotFoundError(f"{slug}@v{version}")
-    return next(d for d in _criterion_versions(db, slug) if d.version == version)
+    last = rows[limit - 1]  # (id, created_at, ...) of the page's last log
+    return LogPage(tuple(logs), encode_log_cursor(_parse_time(last[1]), last[0]))
 
 
 class SqliteLogStore:
@@ -408,13 +351,13 @@ class SqliteLogStore:
         """One page of the logs matching `query`, newest first; `cursor` is the previous page's next_cursor."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
-        after = _decode_cursor(cursor) if cursor is not None else None
+        after = decode_log_cursor(cursor) if cursor is not None else None
         q = query or LogQuery()
         return await self._run(lambda db: _list(db, q, limit, after))
 
     async def add_criterion_results(self, log_id: str, slug: str, results: Mapping[int, Mapping[str, Any]]) -> None:
         """See LogStore.add_criterion_results."""
-        texts = {index: _dumps(dict(result), f"criteria_results[{slug!r}]") for index, result in results.items()}
+        texts = {index: dump_json(dict(result), f"criteria_results[{slug!r}]") for index, result in results.items()}
         await self._run(lambda db: _add_criterion_results(db, log_id, slug, texts))
 
     async def update_metadata(self, log_id: str, patch: Mapping[str, str | None]) -> LogRecord:
@@ -424,47 +367,33 @@ class SqliteLogStore:
         frozen = dict(patch)
         return await self._run(lambda db: _update_metadata(db, log_id, frozen))
 
-    async def _iter_logs(self, query: LogQuery | None) -> AsyncIterator[LogRecord]:
-        cursor = None
-        while True:
-            page = await self.list_logs(query, limit=_EXPORT_BATCH, cursor=cursor)
-            for log in page.logs:
-                yield log
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+    def export_jsonl(self, query: LogQuery | None = None) -> AsyncIterator[str]:
+        return export_jsonl(self, query)
 
-    async def export_jsonl(self, query: LogQuery | None = None) -> AsyncIterator[str]:
-        """The matching logs, newest first, one JSON object per "\\n"-terminated line, read in batches."""
-        async for log in self._iter_logs(query):
-            yield _dumps(log.to_json(), "log") + "\n"
-
-    async def export_pairs(self, query: LogQuery | None = None) -> AsyncIterator[str]:
-        """The matching logs as seed-format preference pairs (see preference_pair); logs with none are skipped."""
-        async for log in self._iter_logs(query):
-            pair = preference_pair(log)
-            if pair is not None:
-                yield _dumps(pair, "pair") + "\n"
+    def export_pairs(self, query: LogQuery | None = None) -> AsyncIterator[str]:
+        return export_pairs(self, query)
 
     async def create_criterion(
         self, *, slug: str, kind: str, spec: Mapping[str, Any], description: str = "", new_version: bool = False
     ) -> CriterionDefinition:
         """The next version of `slug`; see LogStore.create_criterion."""
-        text = _dumps(dict(spec), "spec")
+        text = dump_json(dict(spec), "spec")
         when = _format_time(self._clock())
-        return await self._run(lambda db: _insert_criterion(db, slug, kind, text, description, when, new_version))
+        return await self._run(
+            lambda db: sqlite_criteria.insert_criterion(db, slug, kind, text, description, when, new_version)
+        )
 
     async def criterion_versions(self, slug: str) -> Sequence[CriterionDefinition]:
-        return await self._run(lambda db: _criterion_versions(db, slug))
+        return await self._run(lambda db: sqlite_criteria.criterion_versions(db, slug))
 
     async def list_criteria(self) -> Sequence[CriterionDefinition]:
-        sql = f"SELECT {_CRITERION_COLUMNS} FROM criteria ORDER BY slug, version"
-        return await self._run(lambda db: _definitions(db.execute(sql).fetchall()))
+        sql = f"SELECT {sqlite_criteria.COLUMNS} FROM criteria ORDER BY slug, version"
+        return await self._run(lambda db: sqlite_criteria.definitions(db.execute(sql).fetchall()))
 
     async def set_alignment(self, slug: str, version: int, report: Mapping[str, Any]) -> CriterionDefinition:
         """Attach an alignment report to one version (the latest report replaces an earlier one)."""
-        text = _dumps(dict(report), "alignment")
-        return await self._run(lambda db: _set_alignment(db, slug, version, text))
+        text = dump_json(dict(report), "alignment")
+        return await self._run(lambda db: sqlite_criteria.set_alignment(db, slug, version, text))
 
     async def create_dataset(self, *, name: str, description: str = "", exist_ok: bool = False) -> DatasetRecord:
         when = self._clock()
@@ -490,7 +419,7 @@ class SqliteLogStore:
             split = entry.pair.get("split")
             if split not in SPLITS or entry.source not in ("upload", "log", "feedback"):
                 raise InvalidInputError(f"entries[{i}]: split {split!r} / source {entry.source!r} not allowed")
-            pair = _dumps(dict(entry.pair), f"entries[{i}].pair")
+            pair = dump_json(dict(entry.pair), f"entries[{i}].pair")
             rows.append((new_id("dse", when), str(split), entry.source, entry.source_ref, pair))
         created_at = _format_time(when)
         return await self._run(lambda db: sqlite_datasets.add_entries(db, dataset, rows, created_at))
@@ -503,7 +432,7 @@ class SqliteLogStore:
             raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
         if split is not None and split not in SPLITS:
             raise InvalidInputError(f"split must be TRAIN or TEST, got {split!r}")
-        after = sqlite_datasets.decode_cursor(cursor) if cursor is not None else 0
+        after = decode_entry_cursor(cursor) if cursor is not None else 0
         return await self._run(lambda db: sqlite_datasets.list_entries(db, dataset, limit, after, split))
 
     async def delete_entry(self, dataset: str, entry_id: str) -> None:

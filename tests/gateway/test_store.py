@@ -220,7 +220,7 @@ async def test_cursor_pages_are_stable_while_new_logs_arrive(store: LogStore) ->
 async def test_export_jsonl_streams_the_filtered_logs(
     store: LogStore, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(f"gateway.{backend.name}_store._EXPORT_BATCH", 2)  # several queries for five logs
+    monkeypatch.setattr("gateway.store_codec.EXPORT_BATCH", 2)  # several queries for five logs
     logs = [await add(store, at=T0 + timedelta(minutes=i), metadata={"keep": str(i % 2 == 0)}) for i in range(8)]
     stream = store.export_jsonl(LogQuery(metadata={"keep": "True"}))
     assert hasattr(stream, "__anext__") and not isinstance(stream, list)

@@ -1,0 +1,57 @@
+"""The criterion-definition SQL of the SQLite store (the table made by migration step 3 in gateway/sqlite_store.py):
+plain functions on the sqlite3 connection, run on SqliteLogStore's worker thread only. A new version's number is
+read and taken in one write transaction. Imports only the stdlib, gateway.criteria.definitions, gateway.store and
+gateway.sqlite_transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from gateway.criteria.definitions import CriterionDefinition
+from gateway.sqlite_transaction import write_transaction
+from gateway.store import CriterionExistsError, CriterionNotFoundError
+
+COLUMNS = "slug, version, kind, spec, description, created_at, alignment"
+
+
+def definitions(rows: list[Any]) -> list[CriterionDefinition]:
+    return [
+        CriterionDefinition(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], None if r[6] is None else json.loads(r[6]))
+        for r in rows
+    ]
+
+
+def criterion_versions(db: sqlite3.Connection, slug: str) -> list[CriterionDefinition]:
+    sql = f"SELECT {COLUMNS} FROM criteria WHERE slug = ? ORDER BY version"
+    return definitions(db.execute(sql, (slug,)).fetchall())
+
+
+def insert_criterion(
+    db: sqlite3.Connection, slug: str, kind: str, spec: str, description: str, created_at: str, new_version: bool
+) -> CriterionDefinition:
+    with write_transaction(db):  # the version number is read and taken under the write lock
+        existing = criterion_versions(db, slug)
+        if existing and not new_version:
+            raise CriterionExistsError(f"criterion {slug!r} exists (v1..v{existing[-1].version}): add a version")
+        if not existing and new_version:
+            raise CriterionNotFoundError(slug)
+        if existing and existing[-1].kind != kind:
+            raise CriterionExistsError(f"criterion {slug!r} is a {existing[-1].kind} criterion, not {kind}")
+        version = existing[-1].version + 1 if existing else 1
+        db.execute(
+            f"INSERT INTO criteria ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            (slug, version, kind, spec, description, created_at),
+        )
+    return criterion_versions(db, slug)[-1]
+
+
+def set_alignment(db: sqlite3.Connection, slug: str, version: int, report: str) -> CriterionDefinition:
+    with write_transaction(db):
+        sql = "UPDATE criteria SET alignment = ? WHERE slug = ? AND version = ?"
+        updated = db.execute(sql, (report, slug, version))
+        if updated.rowcount == 0:
+            raise CriterionNotFoundError(f"{slug}@v{version}")
+    return next(d for d in criterion_versions(db, slug) if d.version == version)
