@@ -76,13 +76,13 @@ async def test_a_down_or_overloaded_server_is_retried_on_the_next_and_cools_down
         now[0] = 60.0  # cooled down: a gets its turn again (and fails over again)
         servers.behaviours["a"] = ok
         served = {(await http.get("/v1/models")).json()["served_by"] for _ in range(3)}
-        assert served == {"a", "c"} or served == {"a", "b", "c"} - {"b"}
+        assert served == {"a", "c"} and servers.hits["b"] == 2  # b, still overloaded, passed its turn on
 
 
 async def test_when_every_server_fails_the_last_failure_is_what_the_caller_sees() -> None:
     async with client(Servers(a=down, b=overloaded)) as http:
         response = await http.post("/v1/score", json={})
-    assert response.status_code in (429,) or response is None
+    assert response.status_code == 429  # a is down, so b's 429 is the last answer
     async with client(Servers(a=overloaded, b=down)) as http:
         with pytest.raises(httpx.ConnectError):
             await http.post("/v1/score", json={})
