@@ -66,21 +66,28 @@ def plain_tokenizer() -> Any:
     )
 
 
+def llama_config(tokenizer: Any, **changes: Any) -> Any:
+    """A tiny Llama config for `tokenizer` (32 wide, 2 layers); `changes` override any field."""
+    from transformers import LlamaConfig
+
+    fields: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return LlamaConfig(**{**fields, **changes})
+
+
 def llama_reward_model(tokenizer: Any, seed: int = 0) -> Any:
     import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    cfg = llama_config(tokenizer, num_labels=1)
     torch.manual_seed(seed)
     return LlamaForSequenceClassification(cfg).eval()
 
@@ -107,20 +114,10 @@ def bert_reward_model(tokenizer: Any, seed: int = 0) -> Any:
 def save_causal_lm(directory: Path, seed: int = 0) -> Path:
     """A tiny random Llama causal LM + the chat tokenizer, saved: a directory LocalGenerator serves."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tok = chat_tokenizer()
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    cfg = llama_config(tok, eos_token_id=tok.eos_token_id)
     torch.manual_seed(seed)
     directory.mkdir(parents=True, exist_ok=True)
     LlamaForCausalLM(cfg).eval().save_pretrained(directory)

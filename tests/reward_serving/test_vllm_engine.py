@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.formats import parse_message
-from tests.tiny import chat_tokenizer
+from tests.tiny import chat_tokenizer, llama_config
 
 pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm")
@@ -24,19 +24,17 @@ CONVERSATIONS = [
 
 def save_llama(directory: Path) -> Path:
     """A small llama reward model with 64-dim heads, a size every vLLM attention backend supports."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     tokenizer = chat_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    config = llama_config(
+        tokenizer,
         hidden_size=128,
         intermediate_size=256,
-        num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=512,
         num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     LlamaForSequenceClassification(config).save_pretrained(directory)
