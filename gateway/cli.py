@@ -73,6 +73,11 @@ def resolve_settings(args: Mapping[str, Any], environ: Mapping[str, str] | None 
     return settings.replace(**flags)
 
 
+def embedded_reward_settings(settings: GatewaySettings) -> ServerSettings:
+    """The in-process reward server's settings: the gateway's models directory, device and dtype."""
+    return ServerSettings(models_dir=settings.models_dir, device=settings.device, dtype=settings.reward_dtype)
+
+
 @asynccontextmanager
 async def criteria_backend(
     settings: GatewaySettings, environ: Mapping[str, str] | None = None
@@ -87,7 +92,7 @@ async def criteria_backend(
         if settings.reward_server_url:
             client = reward_server_client(settings.reward_server_url, timeout_s=settings.criteria_timeout_s)
         else:
-            reward_app = create_reward_app(ServerSettings(models_dir=settings.models_dir, device=settings.device))
+            reward_app = create_reward_app(embedded_reward_settings(settings))
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=reward_app), base_url="http://reward-server")
             await stack.enter_async_context(reward_app.router.lifespan_context(reward_app))
         await stack.enter_async_context(client)
@@ -120,7 +125,7 @@ async def gateway(settings: GatewaySettings, environ: Mapping[str, str] | None =
         if settings.reward_server_url:
             client = reward_server_client(settings.reward_server_url, timeout_s=settings.criteria_timeout_s)
         else:
-            reward_app = create_reward_app(ServerSettings(models_dir=settings.models_dir, device=settings.device))
+            reward_app = create_reward_app(embedded_reward_settings(settings))
             transport = httpx.ASGITransport(app=reward_app)
             client = httpx.AsyncClient(transport=transport, base_url="http://reward-server")
             lifespans.append(partial(reward_app.router.lifespan_context, reward_app))

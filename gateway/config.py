@@ -67,6 +67,13 @@ class GatewaySettings:
         default="auto",
         metadata={"help": "where embedded reward models and the local model run", "choices": ("auto", "cpu", "cuda")},
     )
+    reward_dtype: Literal["auto", "float32", "bfloat16"] = field(
+        default="auto",
+        metadata={
+            "help": "embedded reward models' weights (auto: bfloat16 on CUDA, float32 on CPU)",
+            "choices": ("auto", "float32", "bfloat16"),
+        },
+    )
     local_model: str = field(
         default="",
         metadata={

@@ -1,6 +1,6 @@
 """TorchRewardEngine: a reward-model directory (contract 2) loaded with transformers, scored on one thread.
 
-Owns loading (bf16 on CUDA, float32 on CPU, SDPA attention), rendering with `formats.render_responses`
+Owns loading (dtype `auto`: bf16 on CUDA, float32 on CPU; SDPA attention), rendering with `formats.render_responses`
 (a prompt shared by several conversations is rendered once), right padding, and scoring with
 `formats.pool_rewards` under `torch.inference_mode` on ONE dedicated worker thread, so the event loop never
 runs a forward pass. Must not import the web layer (server, starlette, httpx).
@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 _FALLBACK_MAX_LENGTH = 2048  # only for directories whose rewardgate.json lacks max_length
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
 def resolve_device(device: str) -> torch.device:
     """`auto` is CUDA when present, else CPU."""
     if device == "auto":
@@ -37,6 +40,15 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
     return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on CUDA and float32 on CPU; `bfloat16` on a CPU pays off where it has AMX (see BENCHMARKS)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)  # type: ignore[no-any-return]
 
 
 class TorchRewardEngine:
@@ -74,7 +86,9 @@ class TorchRewardEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rm-{name}")
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str = "auto", compile_blocks: bool = False) -> TorchRewardEngine:
+    def load(
+        cls, path: str | Path, *, device: str = "auto", dtype: str = "auto", compile_blocks: bool = False
+    ) -> TorchRewardEngine:
         """Load a reward-model directory written by the trainer (blocking: call it off the event loop)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -82,9 +96,10 @@ class TorchRewardEngine:
         card_path = path / CARD_FILE
         card: dict[str, Any] = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
         target = resolve_device(device)
-        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=resolve_dtype(dtype, target), attn_implementation="sdpa"
+        )
         if model.config.num_labels != 1:
             raise ModelLoadError(f"{path}: a reward model has num_labels=1, this one has {model.config.num_labels}")
         model.to(target).eval()
@@ -189,6 +204,7 @@ def compile_repeated_blocks(model: Any) -> None:
 def torch_loader(
     *,
     device: str = "auto",
+    dtype: str = "auto",
     batcher: BatcherConfig | None = None,
     on_batch: Callable[[BatchStats], None] | None = None,
     compile_blocks: bool = False,
@@ -196,7 +212,7 @@ def torch_loader(
     """The registry's loader for the torch engine: a model directory -> engine behind its own batcher."""
 
     def load(version: ModelVersion) -> BatchedModel:
-        engine = TorchRewardEngine.load(version.path, device=device, compile_blocks=compile_blocks)
+        engine = TorchRewardEngine.load(version.path, device=device, dtype=dtype, compile_blocks=compile_blocks)
         return BatchedModel(engine, batcher, on_batch=on_batch)
 
     return load

@@ -57,6 +57,13 @@ class ServerSettings:
         default="auto",
         metadata={"help": "where models run (auto: CUDA when present)", "choices": ("auto", "cpu", "cuda")},
     )
+    dtype: Literal["auto", "float32", "bfloat16"] = field(
+        default="auto",
+        metadata={
+            "help": "model weights (auto: bfloat16 on CUDA, float32 on CPU; bfloat16 suits CPUs with AMX)",
+            "choices": ("auto", "float32", "bfloat16"),
+        },
+    )
     engine: Literal["torch", "vllm"] = field(
         default="torch",
         metadata={"help": "scoring engine (vllm needs the optional extra)", "choices": ("torch", "vllm")},
@@ -307,6 +314,7 @@ def _default_loader(settings: ServerSettings, metrics: RewardServerMetrics) -> L
 
         return vllm_loader(
             device=settings.device,
+            dtype=settings.dtype,
             max_queue_requests=settings.max_queue_requests,
             retry_after_s=settings.retry_after_s,
         )
@@ -314,6 +322,7 @@ def _default_loader(settings: ServerSettings, metrics: RewardServerMetrics) -> L
 
     return torch_loader(
         device=settings.device,
+        dtype=settings.dtype,
         batcher=settings.batcher_config(),
         on_batch=metrics.record_batch,
         compile_blocks=settings.compile,

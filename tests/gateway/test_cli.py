@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.cli import build_parser, gateway, main, resolve_settings
+from gateway.cli import build_parser, embedded_reward_settings, gateway, main, resolve_settings
 from gateway.config import GatewaySettings
 from tests.gateway.fakes import KEY, MESSAGES, fake_upstream
 from tests.tiny import save_causal_lm, save_reward_model
@@ -36,8 +36,8 @@ def test_settings_precedence_file_env_flags(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"nope": 1}, {"port": "eighty"}, {"device": "tpu"}, {"max_n": [1]}],
-    ids=["unknown", "type", "choice", "list"],
+    [{"nope": 1}, {"port": "eighty"}, {"device": "tpu"}, {"reward_dtype": "float16"}, {"max_n": [1]}],
+    ids=["unknown", "type", "choice", "dtype", "list"],
 )
 def test_bad_settings_are_refused(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -51,6 +51,14 @@ def test_serve_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     for flag in ("--models-dir", "--store-url", "--reward-server-url", "--api-keys", "--max-n", "--max-body-bytes"):
         assert flag in out
+
+
+def test_the_embedded_reward_server_gets_the_models_dir_device_and_dtype() -> None:
+    argv = ["serve", "--models-dir", "m", "--device", "cpu", "--reward-dtype", "bfloat16"]
+    args = vars(build_parser().parse_args(argv))
+    reward = embedded_reward_settings(resolve_settings(args, environ={}))
+    assert (reward.models_dir, reward.device, reward.dtype) == ("m", "cpu", "bfloat16")
+    assert embedded_reward_settings(GatewaySettings()).dtype == "auto"
 
 
 async def test_composition_root_wires_an_embedded_reward_server(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ def test_flags_parse_into_settings() -> None:
         "cpu",
         "--engine",
         "vllm",
+        "--dtype",
+        "bfloat16",
         "--max-batch-tokens",
         "4096",
         "--max-queue-requests",
@@ -39,7 +41,7 @@ def test_flags_parse_into_settings() -> None:
     args = vars(build_parser().parse_args(argv))
     args.pop("log_level")
     settings = ServerSettings(**args)
-    assert (settings.device, settings.engine, settings.compile) == ("cpu", "vllm", True)
+    assert (settings.device, settings.engine, settings.dtype, settings.compile) == ("cpu", "vllm", "bfloat16", True)
     assert (settings.max_batch_tokens, settings.max_queue_requests, settings.port) == (4096, 8, 9000)
     assert settings.batcher_config().max_wait_s == 0.0005 and settings.memory_budget_bytes() == 2 * 2**30
 
@@ -49,3 +51,5 @@ def test_models_dir_is_required_and_choices_are_checked() -> None:
         build_parser().parse_args([])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--models-dir", "/m", "--device", "tpu"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--models-dir", "/m", "--dtype", "float16"])

@@ -11,6 +11,7 @@ import torch
 
 from gateway.formats import Message, parse_message, pool_rewards, render_conversation
 from gateway.reward_serving.engine import TorchRewardEngine
+from gateway.reward_serving.errors import ModelLoadError
 
 CONVERSATIONS = [
     [
@@ -88,3 +89,25 @@ async def test_score_tokens_runs_on_the_dedicated_worker_thread(engine: TorchRew
     finally:
         hook.remove()
     assert threads and threads[0].startswith("rm-") and threads[0] != threading.main_thread().name
+
+
+def test_bfloat16_on_cpu_loads_bf16_weights_and_scores_within_bf16_rounding(
+    engine: TorchRewardEngine, store: Path
+) -> None:
+    """`--dtype bfloat16` (for CPUs with AMX): same ranking inputs, scores within bf16 rounding of float32."""
+    model_dir = store / ("tiny-rm/v1" if engine.model.config.model_type == "llama" else "bert-rm/v1")
+    half = TorchRewardEngine.load(model_dir, device="cpu", dtype="bfloat16")
+    try:
+        assert next(half.model.parameters()).dtype == torch.bfloat16
+        scores, reference = half.score(CONVERSATIONS), engine.score(CONVERSATIONS)
+    finally:
+        half.close()
+    assert all(isinstance(s, float) for s in scores)
+    spread = max(reference) - min(reference)
+    assert scores == pytest.approx(reference, abs=0.05 * spread + 1e-3)
+    assert scores != reference  # really computed in bf16, not float32 again
+
+
+def test_an_unknown_dtype_is_a_load_error_naming_it(store: Path) -> None:
+    with pytest.raises(ModelLoadError, match="dtype 'float8' is not one of auto, float32, bfloat16"):
+        TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu", dtype="float8")
