@@ -190,6 +190,7 @@ def _train(cfg: TrainConfig, dist: Distributed) -> TrainResult:
                 elapsed = dist.agree(time.perf_counter() - t0)  # rank 0's clock: all ranks stop at the same step
                 left = (cfg.time_budget_s - elapsed) / (elapsed / (step - first_step))
                 total_steps = min(planned_steps, step + max(0, int(left)))
+                warmup = min(warmup, int(cfg.warmup_ratio * total_steps))  # a short budget still gets its decay
             if step % cfg.log_every == 0 or i + 1 == len(order):
                 row = _mean_stats(window) | {
                     "kind": "train",
