@@ -313,6 +313,11 @@ async def run_dtype(args: argparse.Namespace, store: Path, dtype: str, bodies: l
     results = await serve_levels(args, dtype, apps, bodies)
     print_ratios(dtype, results, "one_at_a_time")
     if args.vllm:  # the peer, alone on the machine: the same server with the vLLM engine (it batches itself)
+        # vLLM's automatic binding keeps one CPU for its front end: on this 2-CPU machine it would compute on
+        # one CPU while our engine uses both. The same CPUs for both, then (set the variable to override).
+        cpus = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpus)
+        print(f"vLLM binds its compute threads to CPUs {os.environ['VLLM_CPU_OMP_THREADS_BIND']}", flush=True)
         vllm_app = create_app(ServerSettings(models_dir=str(store), device="cpu", dtype=dtype, engine="vllm"))
         results |= await serve_levels(args, dtype, {"vllm": vllm_app}, bodies)
         print_ratios(dtype, results, "vllm")
