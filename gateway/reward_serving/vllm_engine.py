@@ -109,7 +109,12 @@ class VllmRewardEngine:
                 raise InferenceError("vLLM returned no output for a conversation")
             return float(final.outputs.data.reshape(-1)[0])
 
-        return list(await asyncio.gather(*(one(row) for row in rows)))
+        try:
+            return list(await asyncio.gather(*(one(row) for row in rows)))
+        except InferenceError:
+            raise
+        except Exception as exc:  # vLLM's own errors (engine dead, a refused request) as the server's inference error
+            raise InferenceError(f"vLLM could not score: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         if self.llm is not None:

@@ -22,7 +22,7 @@ pytest.importorskip("vllm")
 torch = pytest.importorskip("torch")
 
 from gateway.reward_serving.engine import TorchRewardEngine  # noqa: E402  (after the skips: needs torch)
-from gateway.reward_serving.errors import ModelLoadError  # noqa: E402
+from gateway.reward_serving.errors import InferenceError, ModelLoadError  # noqa: E402
 from gateway.reward_serving.server import ServerSettings, create_app  # noqa: E402
 from gateway.reward_serving.vllm_engine import VllmRewardEngine, VllmServable  # noqa: E402
 
@@ -109,6 +109,10 @@ async def test_vllm_scores_as_the_torch_engine_batches_across_requests_and_abort
             await asyncio.sleep(0.05)
         assert engine.llm.get_num_unfinished_requests() == 0
         assert await engine.score_rows(ids[:1]) == pytest.approx(scores[:1], abs=tolerance, rel=tolerance)
+
+        # vLLM's own refusals surface as the server's inference error (a 500 that says what failed).
+        with pytest.raises(InferenceError, match=r"vLLM could not score: .*maximum context length is 256"):
+            await engine.score_rows([ids[0] * 100])
 
         # The reward server with the vLLM servable answers /v1/score as the torch engine scores.
         class Shared(VllmServable):
