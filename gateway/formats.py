@@ -444,6 +444,35 @@ def render_conversation(
     return render_responses(tokenizer, conversation[:-1], [conversation[-1]], max_length, tools)[0]
 
 
+def group_by_prompt(conversations: Sequence[Sequence[Message]]) -> list[list[int]]:
+    """Indices of the conversations grouped by prompt (every message but the last), groups in first-seen order:
+    the N candidates of one best-of-N request form one group."""
+    groups: dict[str, list[int]] = {}
+    for i, conversation in enumerate(conversations):
+        if not conversation:
+            raise ValueError(f"conversation {i} is empty")
+        key = json.dumps([m.to_dict() for m in conversation[:-1]], sort_keys=True, ensure_ascii=False, default=str)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def render_many(
+    tokenizer: Any,
+    conversations: Sequence[Sequence[Message]],
+    max_length: int,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> list[tuple[int, ...]]:
+    """Token ids per conversation, in order (each as `render_conversation` would give); a prompt shared by
+    several conversations is rendered once."""
+    out: list[tuple[int, ...]] = [()] * len(conversations)
+    for indices in group_by_prompt(conversations):
+        prompt = conversations[indices[0]][:-1]
+        responses = [conversations[i][-1] for i in indices]
+        for i, item in zip(indices, render_responses(tokenizer, prompt, responses, max_length, tools), strict=True):
+            out[i] = item.input_ids
+    return out
+
+
 def pool_rewards(model: Any, input_ids: Any, attention_mask: Any) -> Any:
     """One scalar reward per row of a right-padded batch: THE pooling rule of trainer and server.
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from gateway.formats import Message, parse_message, pool_rewards, render_responses
+from gateway.formats import Message, parse_message, pool_rewards, render_many
 
 from .batcher import BatchedModel, BatcherConfig, BatchStats, TokenIds, plan_batches
 from .errors import ModelLoadError
@@ -117,19 +117,7 @@ class TorchRewardEngine:
         self, conversations: Sequence[Sequence[Message]], tools: Sequence[Mapping[str, Any]] | None = None
     ) -> list[TokenIds]:
         """Token ids per conversation, in order; the last message of each is the response scored."""
-        groups: dict[str, list[int]] = {}
-        for i, conversation in enumerate(conversations):
-            if not conversation:
-                raise ValueError(f"conversation {i} is empty")
-            groups.setdefault(_prompt_key(conversation[:-1]), []).append(i)
-        out: list[TokenIds] = [()] * len(conversations)
-        for indices in groups.values():
-            prompt = conversations[indices[0]][:-1]
-            responses = [conversations[i][-1] for i in indices]
-            rendered = render_responses(self.tokenizer, prompt, responses, self.max_length, tools)
-            for i, item in zip(indices, rendered, strict=True):
-                out[i] = item.input_ids
-        return out
+        return render_many(self.tokenizer, conversations, self.max_length, tools)
 
     # ------------------------------------------------------------ score (the worker thread)
 
@@ -216,10 +204,6 @@ def torch_loader(
         return BatchedModel(engine, batcher, on_batch=on_batch)
 
     return load
-
-
-def _prompt_key(prompt: Sequence[Message]) -> str:
-    return json.dumps([m.to_dict() for m in prompt], sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _max_length(card: Mapping[str, Any], config: Any, path: Path) -> int:

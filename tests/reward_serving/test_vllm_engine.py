@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -109,6 +111,29 @@ async def test_vllm_scores_as_the_torch_engine_batches_across_requests_and_abort
             await asyncio.sleep(0.05)
         assert engine.llm.get_num_unfinished_requests() == 0
         assert await engine.score_rows(ids[:1]) == pytest.approx(scores[:1], abs=tolerance, rel=tolerance)
+
+        # Shared-prompt reuse: candidates submitted together still compute their common prompt once.
+        assert engine.prefix_block is not None  # a decoder with last-token pooling: vLLM caches prefixes
+        prompt = [{"role": "user", "content": "Tell me about my order. " * 20}]  # ~175 tokens, under max_length
+        group = [[*prompt, {"role": "assistant", "content": a}] for a in ("Soon.", "Tomorrow.", "No idea.")]
+        rows = engine.render([[parse_message(m, "m") for m in c] for c in group])
+        cached: list[int] = []
+        encode = engine.llm.encode
+
+        async def spy(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            async for output in encode(*args, **kwargs):
+                cached.append(output.num_cached_tokens)
+                yield output
+
+        engine.llm.encode = spy
+        try:
+            grouped = await engine.score_rows(rows)
+        finally:
+            engine.llm.encode = encode
+        assert sorted(cached)[0] == 0 and sorted(cached)[1] >= engine.prefix_block  # one computed it, two reused
+        torch_engine = TorchRewardEngine.load(store / "rm" / "v1", device=vllm_device())
+        assert grouped == pytest.approx(torch_engine.score(group), abs=tolerance, rel=tolerance)
+        torch_engine.close()
 
         # vLLM's own refusals surface as the server's inference error (a 500 that says what failed).
         with pytest.raises(InferenceError, match=r"vLLM could not score: .*maximum context length is 256"):
