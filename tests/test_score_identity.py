@@ -2,8 +2,8 @@
 
 A model is trained by `trainer.train`, written to a model store, and served by the reward server
 over HTTP (ASGI transport). Both sides run fp32 on CPU; they batch differently (the trainer sorts
-one list, the server merges concurrent requests), so the tolerance is float32 summation-order noise:
-1e-5 absolute.
+one list, the server merges concurrent requests and may compute a prompt shared by a request's
+conversations once), so the tolerance is float32 summation-order noise: 1e-5 absolute.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ Must not import torch: the engine is injected as an async callable that scores o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ class BatcherConfig:
     max_wait_s: float = 0.002  # how long the oldest request may wait for others to join its batch
     max_queue_requests: int = 512  # requests admitted (queued or being scored); more get 429
     max_batch_requests: int | None = None  # None merges across requests; 1 = one request at a time
+    keep_requests_together: bool = False  # a request's rows in one pass where they fit (shared-prompt engines)
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
@@ -56,20 +58,33 @@ class BatchStats:
     inference_seconds: float
 
 
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int, groups: Sequence[int] | None = None
+) -> list[list[int]]:
     """Indices grouped into batches: sorted by length, each batch's padded size within the budget.
 
     Sorting makes neighbours similar in length, so right padding wastes little and more rows fit the
-    budget. A row longer than the budget alone still gets a batch of its own.
+    budget. A row longer than the budget alone still gets a batch of its own. With `groups` (a group id
+    per row, e.g. its request), the rows of a group stay next to each other, groups ordered by their
+    shortest row: an engine that computes a shared prompt once wants a request's candidates in one pass.
     """
+    if groups is None:
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    else:
+        shortest: dict[int, int] = {}
+        for i, group in enumerate(groups):
+            shortest[group] = min(shortest.get(group, lengths[i]), lengths[i])
+        order = sorted(range(len(lengths)), key=lambda i: (shortest[groups[i]], groups[i], lengths[i]))
     batches: list[list[int]] = []
     current: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        rows = len(current) + 1
-        if current and (rows * lengths[index] > max_batch_tokens or rows > max_batch_size):
+    longest = 0  # of `current`: with groups the order is not by length, so the widest row may be any
+    for index in order:
+        rows, width = len(current) + 1, max(longest, lengths[index])
+        if current and (rows * width > max_batch_tokens or rows > max_batch_size):
             batches.append(current)
-            current = []
+            current, width = [], lengths[index]
         current.append(index)
+        longest = width
     if current:
         batches.append(current)
     return batches
@@ -214,7 +229,9 @@ class Batcher:
     async def _dispatch(self, window: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
         items = [(request, i, ids) for request in window for i, ids in enumerate(request.items)]
-        plan = plan_batches([len(ids) for _, _, ids in items], self.config.max_batch_tokens, self.config.max_batch_size)
+        lengths = [len(ids) for _, _, ids in items]
+        groups = [id(request) for request, _, _ in items] if self.config.keep_requests_together else None
+        plan = plan_batches(lengths, self.config.max_batch_tokens, self.config.max_batch_size, groups)
         for batch in plan:
             live = [items[j] for j in batch if not items[j][0].cancelled]  # a cancelled request's work is dropped
             if not live:
@@ -258,7 +275,10 @@ class Batcher:
 
 
 class TokenEngine(Protocol):
-    """What `BatchedModel` needs from an engine: render on any thread, score on its own worker thread."""
+    """What `BatchedModel` needs from an engine: render on any thread, score on its own worker thread.
+
+    An engine that also has `shares_prefixes = True` (it computes a prompt shared by rows of one pass once)
+    gets each request's rows planned into one pass where the budget allows."""
 
     @property
     def memory_bytes(self) -> int: ...
@@ -283,6 +303,8 @@ class BatchedModel:
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.engine = engine
+        if getattr(engine, "shares_prefixes", False):  # its candidates share a prompt: keep them in one pass
+            config = dataclasses.replace(config or BatcherConfig(), keep_requests_together=True)
         self.batcher = Batcher(engine.score_tokens, config, on_batch=on_batch)
 
     @property

@@ -1,9 +1,11 @@
 """TorchRewardEngine: a reward-model directory (contract 2) loaded with transformers, scored on one thread.
 
-Owns loading (dtype `auto`: bf16 on CUDA, float32 on CPU; SDPA attention), rendering with `formats.render_responses`
+Owns loading (dtype `auto`: bf16 on CUDA, float32 on CPU; SDPA attention), rendering with `formats.render_many`
 (a prompt shared by several conversations is rendered once), right padding, and scoring with
 `formats.pool_rewards` under `torch.inference_mode` on ONE dedicated worker thread, so the event loop never
-runs a forward pass. Must not import the web layer (server, starlette, httpx).
+runs a forward pass. Shared-prompt reuse for decoders: rows of one pass that share a prompt (the N candidates
+of a best-of-N request, which the batcher keeps together for this engine) compute it once and score each
+answer on its KV cache (`_score_shared_prefix`). Must not import the web layer (server, starlette, httpx).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from .registry import CARD_FILE, Loader, ModelVersion
 logger = logging.getLogger(__name__)
 
 _FALLBACK_MAX_LENGTH = 2048  # only for directories whose rewardgate.json lacks max_length
+# Rows of one batch that share at least this many leading tokens have them computed once (decoders only).
+MIN_SHARED_PREFIX = 64
 
 
 DTYPES = ("auto", "float32", "bfloat16")
@@ -67,6 +71,7 @@ class TorchRewardEngine:
         max_length: int,
         pad_token_id: int | None = None,
         name: str = "model",
+        share_prefixes: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -83,6 +88,8 @@ class TorchRewardEngine:
         # Any id works: pool_rewards reads the attention mask, never the pad id (TRL #937).
         self.pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
         self.memory_bytes = sum(t.numel() * t.element_size() for t in chain(model.parameters(), model.buffers()))
+        # Decoders (a `score` head read at the last token, as formats.pool_rewards) can reuse a shared prompt.
+        self.shares_prefixes = share_prefixes and getattr(model, "score", None) is not None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rm-{name}")
 
     @classmethod
@@ -106,7 +113,14 @@ class TorchRewardEngine:
         max_length = _max_length(card, model.config, path)
         if compile_blocks:
             compile_repeated_blocks(model)
-        engine = cls(model, tokenizer, max_length=max_length, name=path.parent.name + "-" + path.name)
+        # Compiled layers were measured on padded passes only; the shared-prompt path stays off with them.
+        engine = cls(
+            model,
+            tokenizer,
+            max_length=max_length,
+            name=path.parent.name + "-" + path.name,
+            share_prefixes=not compile_blocks,
+        )
         if compile_blocks:  # compile now, so a model that does not compile fails to load, not to score
             engine.score_batch([[engine.pad_token_id] * 8, [engine.pad_token_id] * 5])
         return engine
@@ -122,9 +136,36 @@ class TorchRewardEngine:
     # ------------------------------------------------------------ score (the worker thread)
 
     def score_batch(self, batch: Sequence[Sequence[int]]) -> list[float]:
-        """One forward pass over right-padded rows; raw scores in row order. Blocking."""
-        if not batch:
-            return []
+        """Raw scores for token-id rows, in row order. Blocking.
+
+        Rows of a decoder that share a prompt of at least `MIN_SHARED_PREFIX` tokens (the candidates of one
+        best-of-N request) have it computed once: one pass over the prompt, its KV cache repeated for each
+        row, one pass over the answers (`_score_shared_prefix`). The other rows go through one right-padded
+        pass (`formats.pool_rewards`).
+        """
+        scores = [0.0] * len(batch)
+        rest = list(range(len(batch)))
+        if self.shares_prefixes:
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, row in enumerate(batch):
+                if len(row) > MIN_SHARED_PREFIX:
+                    groups.setdefault(tuple(row[:MIN_SHARED_PREFIX]), []).append(i)
+            for indices in groups.values():
+                prefix = _common_prefix([batch[i] for i in indices])
+                if len(indices) < 2 or prefix < MIN_SHARED_PREFIX:
+                    continue
+                rows = [batch[i] for i in indices]
+                for i, score in zip(indices, self._score_shared_prefix(rows, prefix), strict=True):
+                    scores[i] = score
+                taken = set(indices)
+                rest = [i for i in rest if i not in taken]
+        if rest:
+            for i, score in zip(rest, self._score_padded([batch[i] for i in rest]), strict=True):
+                scores[i] = score
+        return scores
+
+    def _score_padded(self, batch: Sequence[Sequence[int]]) -> list[float]:
+        """One forward pass over right-padded rows (formats.pool_rewards, the trainer's rule)."""
         lengths = torch.tensor([len(row) for row in batch])
         width = int(lengths.max())
         ids = torch.tensor([[*row, *([self.pad_token_id] * (width - len(row)))] for row in batch])
@@ -136,6 +177,31 @@ class TorchRewardEngine:
                 self.model, ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
             )
             return [float(s) for s in scores.float().cpu().tolist()]
+
+    def _score_shared_prefix(self, rows: Sequence[Sequence[int]], prefix: int) -> list[float]:
+        """Rows whose first `prefix` tokens are equal: the prefix once, then every row's rest on its KV cache.
+
+        The same numbers as `_score_padded` up to rounding (a causal decoder's prefix states do not depend on
+        what follows; tested), read at each row's last token by the same `score` head.
+        """
+        backbone = getattr(self.model, self.model.base_model_prefix)
+        tails = [row[prefix:] for row in rows]
+        width = max(len(tail) for tail in tails)
+        ids = torch.tensor([[*tail, *([self.pad_token_id] * (width - len(tail)))] for tail in tails])
+        positions = torch.arange(prefix, prefix + width).unsqueeze(0).expand(len(rows), -1)
+        last = torch.tensor([len(tail) - 1 for tail in tails])
+        with torch.inference_mode():
+            cache = backbone(input_ids=torch.tensor([rows[0][:prefix]], device=self.device), use_cache=True)
+            cache = cache.past_key_values
+            cache.batch_repeat_interleave(len(rows))
+            hidden = backbone(
+                input_ids=ids.to(self.device),
+                past_key_values=cache,
+                position_ids=positions.to(self.device),
+                use_cache=False,
+            ).last_hidden_state
+            scores = self.model.score(hidden[torch.arange(len(rows), device=self.device), last.to(self.device)])
+            return [float(s) for s in scores[:, 0].float().cpu().tolist()]
 
     async def score_tokens(self, batch: Sequence[TokenIds]) -> list[float]:
         """`score_batch` on this engine's dedicated worker thread."""
@@ -204,6 +270,16 @@ def torch_loader(
         return BatchedModel(engine, batcher, on_batch=on_batch)
 
     return load
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all rows share, leaving every row at least one token of its own."""
+    limit = min(len(row) for row in rows) - 1
+    first = rows[0]
+    for position in range(limit):
+        if any(row[position] != first[position] for row in rows[1:]):
+            return position
+    return max(0, limit)
 
 
 def _max_length(card: Mapping[str, Any], config: Any, path: Path) -> int:

@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
-from gateway.reward_serving.batcher import Batcher, BatcherConfig, BatchStats, plan_batches
+from gateway.formats import Message, parse_message
+from gateway.reward_serving.batcher import BatchedModel, Batcher, BatcherConfig, BatchStats, plan_batches
 from gateway.reward_serving.errors import InferenceError, OverloadedError, UnavailableError, error_reply
 
-from .fakes import FakeScorer, until
+from .fakes import FakeEngine, FakeScorer, until
 
 pytestmark = pytest.mark.anyio
 
@@ -33,6 +34,36 @@ def test_plan_batches_sorts_by_length_and_respects_the_padded_budget() -> None:
         assert len(batch) <= 3
         assert len(batch) * max(lengths[i] for i in batch) <= 12
     assert plan_batches([50, 2], max_batch_tokens=10, max_batch_size=8) == [[1], [0]]  # too long: alone
+
+
+def test_plan_batches_can_keep_each_group_together_in_length_order() -> None:
+    lengths = [9, 2, 8, 3, 7, 1]
+    groups = [0, 1, 0, 1, 2, 2]  # request 2 has the shortest row, then request 1, then request 0
+    assert plan_batches(lengths, max_batch_tokens=100, max_batch_size=8, groups=groups) == [[5, 4, 1, 3, 2, 0]]
+    assert plan_batches(lengths, max_batch_tokens=18, max_batch_size=8, groups=groups) == [[5, 4], [1, 3], [2, 0]]
+
+
+async def test_requests_stay_whole_in_a_pass_for_an_engine_that_shares_prompts() -> None:
+    class SharingEngine(FakeEngine):
+        shares_prefixes = True
+
+    def conversation(answer: str) -> list[Message]:
+        return [parse_message({"role": "user", "content": "q"}, "m"), parse_message(answer_of(answer), "m")]
+
+    def answer_of(text: str) -> dict[str, str]:
+        return {"role": "assistant", "content": text}
+
+    scorer = FakeScorer()
+    # The wait outlasts the three renders, so one window holds all three requests.
+    model = BatchedModel(SharingEngine(scorer), BatcherConfig(max_batch_tokens=60, max_wait_s=0.2))
+    assert model.batcher.config.keep_requests_together
+    answers = [["aaaaaaaaa", "aa"], ["bbbbbbbbbb", "bbb"], ["c"]]
+    await asyncio.gather(*(model.score([conversation(a) for a in group]) for group in answers))
+    # Length order alone would give c, aa, bbb, aaaaaaaaa, bbbbbbbbbb; kept whole, a request's rows are neighbours.
+    texts = ["".join(chr(i) for i in row) for batch in scorer.batches for row in batch]
+    assert texts == ["c", "aa", "aaaaaaaaa", "bbb", "bbbbbbbbbb"]
+    assert len(scorer.batches) == 1
+    await model.aclose()
 
 
 async def test_concurrent_requests_are_merged_into_one_batch() -> None:

@@ -78,6 +78,32 @@ def test_a_shared_prompt_renders_as_each_conversation_would_alone(engine: TorchR
     ]
 
 
+def test_candidates_sharing_a_long_prompt_compute_it_once_with_the_same_scores(engine: TorchRewardEngine) -> None:
+    prompt = [{"role": "user", "content": "Tell me about my order, please. " * 12}]
+    answers = ("Soon.", "Tomorrow, by noon.", "No idea.")
+    conversations = [[*prompt, {"role": "assistant", "content": a}] for a in answers] + [CONVERSATIONS[4]]
+    rows = engine.render([parsed(c) for c in conversations])
+    shapes: list[tuple[int, ...]] = []
+    backbone = getattr(engine.model, engine.model.base_model_prefix)
+    hook = backbone.register_forward_hook(
+        lambda _m, args, kwargs, _o: shapes.append(tuple(kwargs.get("input_ids", args[0] if args else None).shape)),
+        with_kwargs=True,
+    )
+    try:
+        scores = engine.score_batch(rows)
+    finally:
+        hook.remove()
+    assert scores == pytest.approx([alone(engine, c) for c in conversations], abs=1e-5)
+    if engine.model.config.model_type == "llama":  # a decoder: the prompt once, then the three answers
+        assert engine.shares_prefixes
+        prefix = shapes[0][1]
+        assert shapes[0] == (1, prefix) and prefix >= 64 and rows[0][:prefix] == rows[1][:prefix] == rows[2][:prefix]
+        assert shapes[1] == (3, max(len(r) for r in rows[:3]) - prefix)  # only the answers' tokens
+        assert shapes[2] == (1, len(rows[3]))  # the unrelated conversation: its own padded pass
+    else:  # an encoder attends both ways: no reuse, one padded pass
+        assert not engine.shares_prefixes and shapes == [(4, max(len(r) for r in rows))]
+
+
 def test_conversations_group_by_prompt_in_first_seen_order() -> None:
     conversations = [parsed(c) for c in CONVERSATIONS]
     assert group_by_prompt(conversations) == [[0, 1, 3], [2], [4]]  # 0, 1, 3: one prompt, three answers
