@@ -11,8 +11,10 @@ answer on its KV cache (`_score_shared_prefix`). Must not import the web layer (
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
@@ -88,8 +90,12 @@ class TorchRewardEngine:
         # Any id works: pool_rewards reads the attention mask, never the pad id (TRL #937).
         self.pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
         self.memory_bytes = sum(t.numel() * t.element_size() for t in chain(model.parameters(), model.buffers()))
-        # Decoders (a `score` head read at the last token, as formats.pool_rewards) can reuse a shared prompt.
-        self.shares_prefixes = share_prefixes and getattr(model, "score", None) is not None
+        # Decoders (a `score` head read at the last token, as formats.pool_rewards) can reuse a shared prompt,
+        # given the backbone takes a KV cache: `past_key_values` (transformers 5.23 deprecates the name, to go in
+        # 5.40 for `cache`), whichever its signature lists; neither listed, no reuse.
+        backbone_params = inspect.signature(getattr(model, model.base_model_prefix).forward).parameters
+        self._cache_kwarg = next((k for k in ("past_key_values", "cache") if k in backbone_params), None)
+        self.shares_prefixes = share_prefixes and getattr(model, "score", None) is not None and bool(self._cache_kwarg)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rm-{name}")
 
     @classmethod
@@ -154,8 +160,13 @@ class TorchRewardEngine:
                 prefix = _common_prefix([batch[i] for i in indices])
                 if len(indices) < 2 or prefix < MIN_SHARED_PREFIX:
                     continue
-                rows = [batch[i] for i in indices]
-                for i, score in zip(indices, self._score_shared_prefix(rows, prefix), strict=True):
+                try:
+                    shared = self._score_shared_prefix([batch[i] for i in indices], prefix)
+                except Exception:  # an architecture whose cache does not fit this path: padded passes from now on
+                    logger.exception("shared-prompt scoring failed; this model is scored in padded passes only")
+                    self.shares_prefixes = False
+                    break
+                for i, score in zip(indices, shared, strict=True):
                     scores[i] = score
                 taken = set(indices)
                 rest = [i for i in rest if i not in taken]
@@ -190,15 +201,16 @@ class TorchRewardEngine:
         ids = torch.tensor([[*tail, *([self.pad_token_id] * (width - len(tail)))] for tail in tails])
         positions = torch.arange(prefix, prefix + width).unsqueeze(0).expand(len(rows), -1)
         last = torch.tensor([len(tail) - 1 for tail in tails])
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`past_key_values` is deprecated", FutureWarning)  # handled above
             cache = backbone(input_ids=torch.tensor([rows[0][:prefix]], device=self.device), use_cache=True)
             cache = cache.past_key_values
             cache.batch_repeat_interleave(len(rows))
             hidden = backbone(
                 input_ids=ids.to(self.device),
-                past_key_values=cache,
                 position_ids=positions.to(self.device),
                 use_cache=False,
+                **{str(self._cache_kwarg): cache},
             ).last_hidden_state
             scores = self.model.score(hidden[torch.arange(len(rows), device=self.device), last.to(self.device)])
             return [float(s) for s in scores[:, 0].float().cpu().tolist()]

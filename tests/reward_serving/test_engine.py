@@ -104,6 +104,25 @@ def test_candidates_sharing_a_long_prompt_compute_it_once_with_the_same_scores(e
         assert not engine.shares_prefixes and shapes == [(4, max(len(r) for r in rows))]
 
 
+def test_a_model_whose_cache_does_not_fit_falls_back_to_padded_passes(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu")
+    try:
+
+        def broken(rows: Any, prefix: int) -> list[float]:
+            raise TypeError("this cache cannot be repeated")
+
+        monkeypatch.setattr(engine, "_score_shared_prefix", broken)
+        prompt = [{"role": "user", "content": "Tell me about my order, please. " * 12}]
+        conversations = [[*prompt, {"role": "assistant", "content": a}] for a in ("Soon.", "No idea.")]
+        scores = engine.score_batch(engine.render([parsed(c) for c in conversations]))
+        assert scores == pytest.approx([alone(engine, c) for c in conversations], abs=1e-5)
+        assert engine.shares_prefixes is False
+    finally:
+        engine.close()
+
+
 def test_conversations_group_by_prompt_in_first_seen_order() -> None:
     conversations = [parsed(c) for c in CONVERSATIONS]
     assert group_by_prompt(conversations) == [[0, 1, 3], [2], [4]]  # 0, 1, 3: one prompt, three answers
