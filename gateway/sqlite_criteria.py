@@ -45,7 +45,8 @@ def insert_criterion(
             f"INSERT INTO criteria ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
             (slug, version, kind, spec, description, created_at),
         )
-    return criterion_versions(db, slug)[-1]
+    # The version this call wrote: another store may have added a newer one since the commit.
+    return next(d for d in criterion_versions(db, slug) if d.version == version)
 
 
 def set_alignment(db: sqlite3.Connection, slug: str, version: int, report: str) -> CriterionDefinition:

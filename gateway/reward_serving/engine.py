@@ -60,9 +60,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 class TorchRewardEngine:
     """Scores token-id rows with a `*ForSequenceClassification` (num_labels=1) model.
 
-    `score_batch` is the blocking forward pass (one right-padded batch); `score_tokens` runs it on the
-    engine's own single worker thread; `score` renders and scores conversations in one blocking call, for
-    tests and for checking trainer/server identity.
+    `score_batch` scores one planned batch, blocking (right-padded, or prompt-once for rows that share one
+    on a decoder); `score_tokens` runs it on the engine's own single worker thread; `score` renders and
+    scores conversations in one blocking call, for tests and for checking trainer/server identity.
     """
 
     def __init__(
