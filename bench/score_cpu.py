@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -233,7 +234,7 @@ def measure_ceiling(
 
         def rate(passes: list[list[tuple[int, ...]]]) -> float:
             tokens, started = 0, time.perf_counter()
-            for rows in passes * 1000:  # cycles until the time is up
+            for rows in itertools.cycle(passes):  # until the time is up
                 engine.score_batch(rows)
                 tokens += sum(len(row) for row in rows)
                 if time.perf_counter() - started > seconds:

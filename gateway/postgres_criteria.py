@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from gateway.criteria.definitions import CriterionDefinition
-from gateway.store import CriterionExistsError, CriterionNotFoundError, _format_time
+from gateway.store import CriterionNotFoundError, _format_time, next_criterion_version
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -39,14 +39,7 @@ async def insert_criterion(
 ) -> CriterionDefinition:
     async with conn.transaction():  # the version number is read and taken under the slug's lock
         await conn.execute(_CRITERION_LOCK, (slug,))
-        existing = await criterion_versions(conn, slug)
-        if existing and not new_version:
-            raise CriterionExistsError(f"criterion {slug!r} exists (v1..v{existing[-1].version}): add a version")
-        if not existing and new_version:
-            raise CriterionNotFoundError(slug)
-        if existing and existing[-1].kind != kind:
-            raise CriterionExistsError(f"criterion {slug!r} is a {existing[-1].kind} criterion, not {kind}")
-        version = existing[-1].version + 1 if existing else 1
+        version = next_criterion_version(slug, kind, await criterion_versions(conn, slug), new_version)
         sql = (f"INSERT INTO criteria ({_CRITERION_COLUMNS}) VALUES (%s, %s, %s, %s::jsonb, %s, %s, NULL)"
                f" RETURNING {_CRITERION_COLUMNS}")  # fmt: skip
         row = await (await conn.execute(sql, (slug, version, kind, spec, description, created_at))).fetchall()

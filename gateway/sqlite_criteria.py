@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.criteria.definitions import CriterionDefinition
 from gateway.sqlite_transaction import write_transaction
-from gateway.store import CriterionExistsError, CriterionNotFoundError
+from gateway.store import CriterionNotFoundError, next_criterion_version
 
 COLUMNS = "slug, version, kind, spec, description, created_at, alignment"
 
@@ -33,14 +33,7 @@ def insert_criterion(
     db: sqlite3.Connection, slug: str, kind: str, spec: str, description: str, created_at: str, new_version: bool
 ) -> CriterionDefinition:
     with write_transaction(db):  # the version number is read and taken under the write lock
-        existing = criterion_versions(db, slug)
-        if existing and not new_version:
-            raise CriterionExistsError(f"criterion {slug!r} exists (v1..v{existing[-1].version}): add a version")
-        if not existing and new_version:
-            raise CriterionNotFoundError(slug)
-        if existing and existing[-1].kind != kind:
-            raise CriterionExistsError(f"criterion {slug!r} is a {existing[-1].kind} criterion, not {kind}")
-        version = existing[-1].version + 1 if existing else 1
+        version = next_criterion_version(slug, kind, criterion_versions(db, slug), new_version)
         db.execute(
             f"INSERT INTO criteria ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
             (slug, version, kind, spec, description, created_at),

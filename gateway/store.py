@@ -81,6 +81,18 @@ class CriterionExistsError(InvalidInputError):
     """A create names a slug that exists, or a new version would change the slug's kind."""
 
 
+def next_criterion_version(slug: str, kind: str, existing: Sequence[CriterionDefinition], new_version: bool) -> int:
+    """The version a create_criterion call takes, given the slug's versions read under the write lock
+    (both backends): v1 for a new slug, the next one with `new_version`, else the errors LogStore documents."""
+    if existing and not new_version:
+        raise CriterionExistsError(f"criterion {slug!r} exists (v1..v{existing[-1].version}): add a version")
+    if not existing and new_version:
+        raise CriterionNotFoundError(slug)
+    if existing and existing[-1].kind != kind:
+        raise CriterionExistsError(f"criterion {slug!r} is a {existing[-1].kind} criterion, not {kind}")
+    return existing[-1].version + 1 if existing else 1
+
+
 class DatasetNotFoundError(StoreError):
     def __init__(self, dataset: str) -> None:
         self.dataset = dataset
