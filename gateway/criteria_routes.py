@@ -50,7 +50,7 @@ async def create_criterion(request: Request, app: CriteriaApp) -> Response:
     definition = await app.criteria.create(
         slug=body.get("slug"), kind=body.get("kind"), spec=body.get("spec"), description=body.get("description", "")
     )
-    return JSONResponse(definition.to_json(), status_code=201)
+    return JSONResponse(definition.model_dump(mode="json"), status_code=201)
 
 
 async def add_version(request: Request, app: CriteriaApp) -> Response:
@@ -64,16 +64,16 @@ async def add_version(request: Request, app: CriteriaApp) -> Response:
         description=body.get("description", current.description),
         new_version=True,
     )
-    return JSONResponse(definition.to_json(), status_code=201)
+    return JSONResponse(definition.model_dump(mode="json"), status_code=201)
 
 
 async def list_criteria(request: Request, app: CriteriaApp) -> Response:
-    data = [d.to_json() for d in await app.criteria.list_definitions()]
+    data = [d.model_dump(mode="json") for d in await app.criteria.list_definitions()]
     return JSONResponse({"object": "list", "data": data})
 
 
 async def get_criterion(request: Request, app: CriteriaApp) -> Response:
-    return JSONResponse((await app.criteria.get(request.path_params["id"])).to_json())
+    return JSONResponse((await app.criteria.get(request.path_params["id"])).model_dump(mode="json"))
 
 
 async def align(request: Request, app: CriteriaApp) -> Response:

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from gateway.criteria.definitions import CriterionDefinition
+from gateway.protocol import CriterionDefinition
 from gateway.store import CriterionNotFoundError, _format_time, next_criterion_version
 
 Conn = psycopg.AsyncConnection[Any]
@@ -26,7 +26,18 @@ _CRITERION_LOCK = (
 
 
 def _definitions(rows: list[Any]) -> list[CriterionDefinition]:
-    return [CriterionDefinition(r[0], r[1], r[2], r[3], r[4], _format_time(r[5]), r[6]) for r in rows]
+    return [
+        CriterionDefinition(
+            slug=r[0],
+            version=r[1],
+            kind=r[2],
+            spec=r[3],
+            description=r[4],
+            created_at=_format_time(r[5]),
+            alignment=r[6],
+        )
+        for r in rows
+    ]
 
 
 async def criterion_versions(conn: Conn, slug: str) -> list[CriterionDefinition]:

@@ -32,9 +32,9 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
 from gateway import postgres_criteria, postgres_datasets, postgres_jobs
-from gateway.criteria.definitions import CriterionDefinition
 from gateway.formats import SPLITS
 from gateway.postgres_schema import migrate
+from gateway.protocol import CriterionDefinition
 from gateway.store import (
     JOB_FIELDS,
     MAX_PAGE,

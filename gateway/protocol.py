@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, computed_field, field_serializer
 
 GATEWAY_FIELDS = frozenset({"store", "metadata"})  # read by the gateway, never forwarded
 
@@ -108,3 +108,32 @@ class ModelEntry(BaseModel):
 class ModelListing(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelEntry]
+
+
+class CriterionDefinition(BaseModel):
+    """One immutable version of an LLM-judge or rule criterion: the store's record, the resolvers' input and the
+    wire shape of GET /v1/criteria/{id} at once. `version` is a number here and "vN" on the wire; `spec` belongs
+    to the kind (each kind validates it); `alignment` is this version's latest alignment report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    slug: str
+    version: int
+    kind: str
+    spec: dict[str, Any]
+    description: str = ""
+    created_at: str = ""  # ISO 8601, UTC
+    alignment: dict[str, Any] | None = None
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented spelling
+    @property
+    def id(self) -> str:
+        return f"{self.slug}@v{self.version}"
+
+    @property
+    def version_name(self) -> str:
+        return f"v{self.version}"
+
+    @field_serializer("version")
+    def _version_on_the_wire(self, version: int) -> str:
+        return f"v{version}"

@@ -10,7 +10,7 @@ import json
 import sqlite3
 from typing import Any
 
-from gateway.criteria.definitions import CriterionDefinition
+from gateway.protocol import CriterionDefinition
 from gateway.sqlite_transaction import write_transaction
 from gateway.store import CriterionNotFoundError, next_criterion_version
 
@@ -19,7 +19,15 @@ COLUMNS = "slug, version, kind, spec, description, created_at, alignment"
 
 def definitions(rows: list[Any]) -> list[CriterionDefinition]:
     return [
-        CriterionDefinition(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], None if r[6] is None else json.loads(r[6]))
+        CriterionDefinition(
+            slug=r[0],
+            version=r[1],
+            kind=r[2],
+            spec=json.loads(r[3]),
+            description=r[4],
+            created_at=r[5],
+            alignment=None if r[6] is None else json.loads(r[6]),
+        )
         for r in rows
     ]
 

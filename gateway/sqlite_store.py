@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from gateway import sqlite_criteria, sqlite_datasets, sqlite_jobs
-from gateway.criteria.definitions import CriterionDefinition
 from gateway.formats import SPLITS
+from gateway.protocol import CriterionDefinition
 from gateway.sqlite_transaction import write_transaction
 from gateway.store import (
     JOB_FIELDS,

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeVar
 
-from gateway.criteria.definitions import CriterionDefinition
 from gateway.formats import PairError, parse_pair
+from gateway.protocol import CriterionDefinition
 
 T = TypeVar("T")
 

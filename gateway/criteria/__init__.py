@@ -46,6 +46,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.formats import Message
+from gateway.protocol import CriterionDefinition
 
 from .base import (
     CriteriaError,
@@ -62,7 +63,7 @@ from .base import (
     normalize_reward,
     rank,
 )
-from .definitions import SLUG, CriterionDefinition, CriterionSpecError, DefinitionSource, InMemoryDefinitions
+from .definitions import SLUG, CriterionSpecError, DefinitionSource, InMemoryDefinitions
 from .llm_judge import JudgeCatalog, JudgeModel, JudgeReply
 from .llm_judge import validate_spec as validate_judge_spec
 from .reward_model import RewardModelCatalog, RewardModelCriterion

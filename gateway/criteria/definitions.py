@@ -1,13 +1,14 @@
 """Stored criterion definitions: the versioned records behind LLM-judge and rule criteria, the source the
 resolvers read them from, and the selection of `slug` / `slug@vN` among a slug's versions. Pure: no I/O.
 
-A definition is (slug, version, kind, spec): `spec` is a JSON object whose shape belongs to the kind (each
-kind's module validates it with its own `validate_spec`). Versions are immutable and numbered from 1 per
+A definition (gateway.protocol.CriterionDefinition, the store's record too) is (slug, version, kind, spec):
+`spec` is a JSON object whose shape belongs to the kind (each kind's module validates it with its own
+`validate_spec`). Versions are immutable and numbered from 1 per
 slug; `slug` means the newest. A slug belongs to one kind for all its versions. Where definitions live (the
 store, the config file, memory in tests) is the `DefinitionSource`'s business; `InMemoryDefinitions` is the
 simplest one.
 
-May import only criteria.base and formats (DESIGN.md import rules).
+May import only criteria.base, formats and protocol (DESIGN.md import rules).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from gateway.protocol import CriterionDefinition
 
 from .base import CriterionRef, UnknownCriterionError
 
@@ -31,39 +33,6 @@ class CriterionSpecError(ValueError):
         super().__init__(f"{field_name}: {problem}")
         self.field = field_name
         self.problem = problem
-
-
-@dataclass(frozen=True, slots=True)
-class CriterionDefinition:
-    """One immutable version of a criterion. `alignment` is the latest alignment report of this version."""
-
-    slug: str
-    version: int
-    kind: str
-    spec: Mapping[str, Any]
-    description: str = ""
-    created_at: str = ""  # ISO 8601, UTC
-    alignment: Mapping[str, Any] | None = field(default=None, compare=False)
-
-    @property
-    def id(self) -> str:
-        return f"{self.slug}@v{self.version}"
-
-    @property
-    def version_name(self) -> str:
-        return f"v{self.version}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "slug": self.slug,
-            "version": self.version_name,
-            "kind": self.kind,
-            "description": self.description,
-            "spec": dict(self.spec),
-            "created_at": self.created_at,
-            "alignment": None if self.alignment is None else dict(self.alignment),
-        }
 
 
 class DefinitionSource(Protocol):

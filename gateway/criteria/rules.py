@@ -41,9 +41,10 @@ import referencing
 import referencing.exceptions
 
 from gateway.formats import Message
+from gateway.protocol import CriterionDefinition
 
 from .base import CriterionRef, CriterionResult, FailedCriterion
-from .definitions import CriterionDefinition, CriterionSpecError, DefinitionSource, select_version
+from .definitions import CriterionSpecError, DefinitionSource, select_version
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import pytest
 
 from gateway.criteria import CriterionRef, UnknownCriterionError
-from gateway.criteria.definitions import CachedDefinitions, CriterionDefinition, InMemoryDefinitions, select_version
+from gateway.criteria.definitions import CachedDefinitions, InMemoryDefinitions, select_version
+from gateway.protocol import CriterionDefinition
 
 pytestmark = pytest.mark.anyio
 
@@ -18,7 +19,7 @@ def anyio_backend() -> str:
 
 
 def rule(slug: str, version: int) -> CriterionDefinition:
-    return CriterionDefinition(slug, version, "rule", {"type": "json"})
+    return CriterionDefinition(slug=slug, version=version, kind="rule", spec={"type": "json"})
 
 
 def test_select_version_newest_pinned_unknown_and_other_kinds() -> None:

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.criteria import CriterionRef, CriterionResult, FailedCriterion, UnknownCriterionError, score_all
-from gateway.criteria.definitions import CriterionDefinition, CriterionSpecError, InMemoryDefinitions
+from gateway.criteria.definitions import CriterionSpecError, InMemoryDefinitions
 from gateway.criteria.llm_judge import (
     JudgeCatalog,
     JudgeOutputError,
@@ -28,6 +28,7 @@ from gateway.criteria.llm_judge import (
     validate_spec,
 )
 from gateway.formats import Message
+from gateway.protocol import CriterionDefinition
 
 PROMPT = [Message("system", "You are a support bot."), Message("user", "How do I reset my password?")]
 INSTRUCTIONS = "The answer must not apologise."
@@ -343,7 +344,7 @@ class FakeJudge:
 
 
 def judge_definition(version: int = 1, slug: str = "no-apologies", **spec: Any) -> CriterionDefinition:
-    return CriterionDefinition(slug, version, "llm_judge", {**SPEC, **spec})
+    return CriterionDefinition(slug=slug, version=version, kind="llm_judge", spec={**SPEC, **spec})
 
 
 def answers(*texts: str) -> list[Message]:
@@ -463,7 +464,7 @@ async def test_the_catalog_selects_versions_of_its_own_kind() -> None:
         [
             judge_definition(1, model="openai:gpt-4o-mini"),
             judge_definition(2, model="anthropic/claude-3-5-haiku"),
-            CriterionDefinition("has-link", 1, "regex", {"pattern": "https?://"}),
+            CriterionDefinition(slug="has-link", version=1, kind="regex", spec={"pattern": "https?://"}),
             judge_definition(1, slug="broken", temperature=9),
         ]
     )

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from gateway.criteria import UnknownCriterionError, score_all
 from gateway.criteria.base import CriterionRef, CriterionResult, FailedCriterion
-from gateway.criteria.definitions import CriterionDefinition, CriterionSpecError, InMemoryDefinitions
+from gateway.criteria.definitions import CriterionSpecError, InMemoryDefinitions
 from gateway.criteria.rules import MAX_PATTERN_CHARS, MAX_TEXT_CHARS, RuleCatalog, RuleCriterion, validate_spec
 from gateway.formats import Message
+from gateway.protocol import CriterionDefinition
 
 PROMPT = [Message("user", "Where is my order?")]
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
@@ -228,7 +229,7 @@ def test_validate_spec_returns_a_normalised_deep_copy() -> None:
 
 
 def rule(slug: str, version: int, spec: dict[str, Any], kind: str = "rule") -> CriterionDefinition:
-    return CriterionDefinition(slug, version, kind, spec)
+    return CriterionDefinition(slug=slug, version=version, kind=kind, spec=spec)
 
 
 V1 = {"type": "regex", "pattern": "sorry", "must": "not_match"}
