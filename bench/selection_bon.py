@@ -109,7 +109,7 @@ def main() -> None:
         replay = json.loads(run([sys.executable, "-m", "gateway", "eval", "replay", "--data", str(replay_file),
                                  "--max-candidates", str(CANDIDATES), "--out", str(picks), *common]))  # fmt: skip
         results["replay"] = replay
-        from gateway.evaluation import published_picks_report
+        from gateway.criteria.evaluation import published_picks_report
 
         labelled = [{**r, "labels": [None if v is None else v - 1 for v in r["judge_preference"]]} for r in rows]
         results["published"] = published_picks_report(labelled, labels_field="labels", max_candidates=CANDIDATES)

@@ -1,12 +1,18 @@
-"""`rewardgate serve`: the composition root. Builds the router, the log store and the reward-server client, wires
-them into the gateway app, and runs it with uvicorn. Flags are generated from `GatewaySettings`.
+"""The composition root. `open_services(settings)` wires every part of the gateway ONCE, under one exit stack that
+closes them in reverse: the store, the providers behind the router, the reward server (embedded in this process
+or at reward_server_url), the criteria, the chat, dataset and training-job services. `build_app` hands it to the
+app's lifespan (gateway.proxy) for `rewardgate serve` and the tests; `rewardgate eval` enters it directly.
 
 The one module (with __main__.py) that may import gateway.reward_serving.server: in embedded mode (no
-reward_server_url) the reward server runs in this process and the reward-model criterion talks to it through
-httpx.ASGITransport, the same wire contract as over the network. Its lifespan runs inside the gateway's, so models
-are closed at shutdown. With `local_model` set, it also loads reward_serving.generator's LocalGenerator (imported
-only then: it needs torch) and registers it as LiteLLM's custom provider `local`, so `local:<name>` needs no key and
-no network. Must not import torch at module level (the reward engine and the generator import it when used).
+reward_server_url) the reward server runs in this process and the reward-model criteria talk to it through
+httpx.ASGITransport, the same wire contract as over the network. With `local_model` set, it also loads
+reward_serving.generator's LocalGenerator (imported only then: it needs torch) and registers it as LiteLLM's
+custom provider `local`, so `local:<name>` needs no key and no network. Must not import torch at module level.
+
+    rewardgate serve [--config FILE] [--<setting> VALUE ...]        the OpenAI-compatible gateway
+    rewardgate eval pairs|replay|logs --criterion ID ...           a criterion offline (gateway.criteria.evaluation)
+
+Settings: defaults < --config file < REWARDGATE_* environment < flags (one flag per GatewaySettings field).
 """
 
 from __future__ import annotations
@@ -14,29 +20,132 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gzip
+import json
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
+from gateway.api import Services
 from gateway.config import GatewaySettings
-from gateway.criteria import RewardModelCatalog
-from gateway.criteria_service import CriteriaService, router_judge
-from gateway.eval_cli import add_eval_commands, run_eval
-from gateway.providers import LOCAL_PROVIDER, local_provider_config, providers_from_env, register_local_models
+from gateway.criteria import DEFAULT_KINDS, CriteriaError, Criterion, CriterionKind, RewardModelCatalog
+from gateway.criteria.evaluation import pairwise_accuracy, parse_replay_rows, replay, replay_report
+from gateway.criteria.reward_client import reward_server_client
+from gateway.formats import DatasetError, load_pairs
+from gateway.metrics import GatewayMetrics
 from gateway.proxy import create_app
-from gateway.reward_client import reward_server_client
 from gateway.reward_serving.server import ServerSettings
 from gateway.reward_serving.server import create_app as create_reward_app
-from gateway.router import Router
-from gateway.store import open_store
+from gateway.service.chat import ChatService
+from gateway.service.criteria import CriteriaService, load_criteria_file, router_judge
+from gateway.service.datasets import DatasetService
+from gateway.service.feedback import FeedbackService
+from gateway.service.jobs import JobService
+from gateway.store import LogQuery, open_store
+from gateway.upstream.providers import (
+    LOCAL_PROVIDER,
+    ProviderConfig,
+    local_provider_config,
+    providers_from_env,
+    register_local_models,
+)
+from gateway.upstream.router import Router
 
 logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- the wiring
+
+
+@asynccontextmanager
+async def open_services(
+    settings: GatewaySettings,
+    *,
+    environ: Mapping[str, str] | None = None,
+    router: Router | None = None,
+    wrap_reward: Callable[[ASGIApp], ASGIApp] | None = None,
+    kinds: Sequence[CriterionKind] = DEFAULT_KINDS,
+) -> AsyncIterator[Services]:
+    """Every long-lived part, opened in dependency order and closed in reverse. `router` replaces the providers
+    read from `environ` (tests: fake upstreams); `wrap_reward` wraps the embedded reward server (tests: faults);
+    `kinds` are the criterion kinds (tests: a toy kind)."""
+    async with AsyncExitStack() as stack:
+        store = await open_store(settings.store_url, busy_timeout_s=settings.store_busy_timeout_s)
+        stack.push_async_callback(store.aclose)
+        configs = providers_from_env(environ)
+        if settings.local_model:
+            settings = await _serve_local_model(settings, configs, stack)
+        router = router or Router.from_configs(configs, default_provider="openai")
+        await stack.enter_async_context(router)
+        reward = await stack.enter_async_context(_reward_client(settings, wrap_reward))
+        catalog = RewardModelCatalog(
+            reward,
+            timeout_s=min(5.0, settings.criteria_timeout_s),  # the listing, bounded like the scoring
+            score_timeout_s=settings.criteria_timeout_s,
+        )
+        metrics = GatewayMetrics()
+        criteria = CriteriaService(store=store, catalog=catalog, judge=router_judge(router), kinds=kinds)
+        datasets = DatasetService(store)
+        jobs = JobService(settings, store=store, datasets=datasets, metrics=metrics)
+        chat = ChatService(settings, router=router, store=store, criteria=criteria, metrics=metrics)
+        if settings.criteria_file:  # once the reward server is up: a slug may not shadow a reward model's
+            added = await criteria.sync(load_criteria_file(settings.criteria_file))
+            logger.info("criteria file %s: %d new version(s)", settings.criteria_file, len(added))
+        await stack.enter_async_context(jobs)  # resumes interrupted training jobs; stops trainers at exit
+        feedback = FeedbackService(store)
+        yield Services(settings, store, metrics, chat, criteria, datasets, feedback, jobs, reward)
+
+
+def build_app(settings: GatewaySettings, **wiring: Any) -> Starlette:
+    """The gateway app over `open_services(settings, **wiring)`; enter its lifespan (uvicorn does) to open them."""
+    return create_app(partial(open_services, settings, **wiring))
+
+
+async def _serve_local_model(
+    settings: GatewaySettings, configs: list[ProviderConfig], stack: AsyncExitStack
+) -> GatewaySettings:
+    """Load the local model, register it as `local:<name>`, and list it among the upstream models."""
+    from gateway.reward_serving.generator import LocalGenerator
+
+    name = settings.local_model_name or Path(settings.local_model).name
+    generator = await stack.enter_async_context(LocalGenerator(settings.local_model, device=settings.device))
+    stack.callback(await asyncio.to_thread(register_local_models, {name: generator.complete}))
+    configs.append(local_provider_config())
+    if f"{LOCAL_PROVIDER}:{name}" in settings.upstream_models:
+        return settings
+    return settings.replace(upstream_models=(*settings.upstream_models, f"{LOCAL_PROVIDER}:{name}"))
+
+
+@asynccontextmanager
+async def _reward_client(
+    settings: GatewaySettings, wrap: Callable[[ASGIApp], ASGIApp] | None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The reward-model criteria's client: to the servers at reward_server_url, or to one run in this process."""
+    if settings.reward_server_url:
+        async with reward_server_client(settings.reward_server_url, timeout_s=settings.criteria_timeout_s) as client:
+            yield client
+        return
+    reward_app = create_reward_app(embedded_reward_settings(settings))
+    transport = httpx.ASGITransport(app=wrap(reward_app) if wrap else reward_app)
+    client = httpx.AsyncClient(transport=transport, base_url="http://reward-server")
+    async with reward_app.router.lifespan_context(reward_app), client:
+        yield client
+
+
+def embedded_reward_settings(settings: GatewaySettings) -> ServerSettings:
+    """The in-process reward server's settings: the gateway's models directory, device and dtype."""
+    return ServerSettings(models_dir=settings.models_dir, device=settings.device, dtype=settings.reward_dtype)
+
+
+# ---------------------------------------------------------------- the command line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,13 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the OpenAI-compatible gateway")
     _settings_flags(serve)
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    add_eval_commands(commands, _settings_flags)
+    _eval_commands(commands)
     return parser
 
 
-def _settings_flags(serve: argparse.ArgumentParser) -> None:
+def _settings_flags(command: argparse.ArgumentParser) -> None:
     """--config and one flag per GatewaySettings field."""
-    serve.add_argument("--config", help="TOML or JSON settings file (then REWARDGATE_* env, then these flags)")
+    command.add_argument("--config", help="TOML or JSON settings file (then REWARDGATE_* env, then these flags)")
     for spec in dataclasses.fields(GatewaySettings):
         default = spec.default
         listed = ", comma-separated" if isinstance(default, tuple) else ""
@@ -61,7 +170,7 @@ def _settings_flags(serve: argparse.ArgumentParser) -> None:
         if spec.metadata.get("secret"):
             options["help"] = f"{spec.metadata['help']} (prefer REWARDGATE_{spec.name.upper()}: flags show in ps)"
         # SUPPRESS: only the flags given override the file and the environment
-        serve.add_argument("--" + spec.name.replace("_", "-"), default=argparse.SUPPRESS, **options)
+        command.add_argument("--" + spec.name.replace("_", "-"), default=argparse.SUPPRESS, **options)
 
 
 def resolve_settings(args: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -73,83 +182,12 @@ def resolve_settings(args: Mapping[str, Any], environ: Mapping[str, str] | None 
     return settings.replace(**flags)
 
 
-def embedded_reward_settings(settings: GatewaySettings) -> ServerSettings:
-    """The in-process reward server's settings: the gateway's models directory, device and dtype."""
-    return ServerSettings(models_dir=settings.models_dir, device=settings.device, dtype=settings.reward_dtype)
-
-
-@asynccontextmanager
-async def criteria_backend(
-    settings: GatewaySettings, environ: Mapping[str, str] | None = None
-) -> AsyncIterator[CriteriaService]:
-    """The criteria service with everything behind it started (store, providers, the reward server: embedded or
-    at reward_server_url), for `rewardgate eval`; all closed on exit."""
-    async with AsyncExitStack() as stack:
-        store = await open_store(settings.store_url, busy_timeout_s=settings.store_busy_timeout_s)
-        stack.push_async_callback(store.aclose)
-        router = Router.from_configs(providers_from_env(environ), default_provider="openai")
-        await stack.enter_async_context(router)
-        if settings.reward_server_url:
-            client = reward_server_client(settings.reward_server_url, timeout_s=settings.criteria_timeout_s)
-        else:
-            reward_app = create_reward_app(embedded_reward_settings(settings))
-            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=reward_app), base_url="http://reward-server")
-            await stack.enter_async_context(reward_app.router.lifespan_context(reward_app))
-        await stack.enter_async_context(client)
-        catalog = RewardModelCatalog(
-            client, timeout_s=min(5.0, settings.criteria_timeout_s), score_timeout_s=settings.criteria_timeout_s
-        )
-        yield CriteriaService(store=store, catalog=catalog, judge=router_judge(router))
-
-
-@asynccontextmanager
-async def gateway(settings: GatewaySettings, environ: Mapping[str, str] | None = None) -> AsyncIterator[Starlette]:
-    """The wired gateway app; the store and the reward-server client are closed on exit. Enter the app's own
-    lifespan (uvicorn does) to start the providers and, embedded, the reward server."""
-    async with AsyncExitStack() as stack:
-        store = await open_store(settings.store_url, busy_timeout_s=settings.store_busy_timeout_s)
-        stack.push_async_callback(store.aclose)
-        configs = providers_from_env(environ)
-        lifespans: list[Callable[[], AbstractAsyncContextManager[Any]]] = []
-        if settings.local_model:
-            from gateway.reward_serving.generator import LocalGenerator
-
-            name = settings.local_model_name or Path(settings.local_model).name
-            generator = LocalGenerator(settings.local_model, device=settings.device)
-            stack.callback(await asyncio.to_thread(register_local_models, {name: generator.complete}))
-            configs.append(local_provider_config())
-            lifespans.append(lambda: generator)  # loads the model at start-up, stops its worker thread at shutdown
-            if f"{LOCAL_PROVIDER}:{name}" not in settings.upstream_models:
-                settings = settings.replace(upstream_models=(*settings.upstream_models, f"{LOCAL_PROVIDER}:{name}"))
-        router = Router.from_configs(configs, default_provider="openai")
-        if settings.reward_server_url:
-            client = reward_server_client(settings.reward_server_url, timeout_s=settings.criteria_timeout_s)
-        else:
-            reward_app = create_reward_app(embedded_reward_settings(settings))
-            transport = httpx.ASGITransport(app=reward_app)
-            client = httpx.AsyncClient(transport=transport, base_url="http://reward-server")
-            lifespans.append(partial(reward_app.router.lifespan_context, reward_app))
-
-        await stack.enter_async_context(client)
-        lifespan = partial(_all_of, lifespans) if lifespans else None
-        yield create_app(settings, router=router, store=store, criteria_client=client, lifespan=lifespan)
-
-
-@asynccontextmanager
-async def _all_of(lifespans: Sequence[Callable[[], AbstractAsyncContextManager[Any]]]) -> AsyncIterator[None]:
-    """Enter each lifespan in order; exit them in reverse."""
-    async with AsyncExitStack() as stack:
-        for lifespan in lifespans:
-            await stack.enter_async_context(lifespan())
-        yield
-
-
 async def serve(settings: GatewaySettings, log_level: str = "info") -> None:
     import uvicorn
 
-    async with gateway(settings) as app:
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on")
-        await uvicorn.Server(config).serve()
+    app = build_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on")
+    await uvicorn.Server(config).serve()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     if args["command"] == "eval":
-        return asyncio.run(run_eval(args, partial(criteria_backend, settings)))
+        return asyncio.run(evaluate(args, settings))
     with asyncio.Runner(loop_factory=_fast_loop()) as runner:
         runner.run(serve(settings, log_level))
     return 0
@@ -176,3 +214,96 @@ def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
+
+
+# ---------------------------------------------------------------- rewardgate eval
+
+
+def _eval_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    evaluate = commands.add_parser("eval", help="evaluate a criterion offline (pairs, best-of-N replay, stored logs)")
+    kinds = evaluate.add_subparsers(dest="eval_command", required=True)
+    pairs = kinds.add_parser("pairs", help="pairwise accuracy on a preference JSONL, beside the length baseline")
+    pairs.add_argument("--data", required=True, help="preference JSONL (contract 1; .gz works)")
+    pairs.add_argument("--split", default="all", choices=("all", "TRAIN", "TEST"))
+    pairs.add_argument("--skip-invalid", action="store_true", help="evaluate the valid lines of a file with bad ones")
+    rows = kinds.add_parser("replay", help="best-of-N replay over stored candidates, beside random/longest/oracle")
+    rows.add_argument("--data", required=True, help="JSONL rows: messages, candidates, optional labels (.gz works)")
+    rows.add_argument("--max-candidates", type=int, default=0, help="consider the first K candidates (0 = all)")
+    rows.add_argument("--labels-field", default="labels", help="the per-candidate label list of each row")
+    rows.add_argument("--out", help="write one JSON line per row: id and pick")
+    rows.add_argument("--skip-invalid", action="store_true")
+    logs = kinds.add_parser("logs", help="score stored logs' candidates and write the results into the store")
+    logs.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="filter; repeatable")
+    logs.add_argument("--model", help="filter by the requested model")
+    logs.add_argument("--limit", type=int, default=1000, help="at most this many logs, newest first")
+    for command in (pairs, rows, logs):
+        command.add_argument("--criterion", required=True, help="'slug' or 'slug@vN' of any kind")
+        command.add_argument("--concurrency", type=int, default=8, help="scoring calls in flight")
+        _settings_flags(command)
+
+
+async def evaluate(args: dict[str, Any], settings: GatewaySettings, environ: Mapping[str, str] | None = None) -> int:
+    """`rewardgate eval`: the same wiring as `serve`, without running training jobs here. Prints one JSON report;
+    exit status 0, 1 when the input has bad lines (reported, unless --skip-invalid), 2 for a bad criterion id."""
+    try:
+        async with open_services(settings.replace(training_worker=False), environ=environ) as services:
+            criterion = await services.criteria.resolve_id(args["criterion"])
+            if args["eval_command"] == "pairs":
+                return await _pairs(args, criterion)
+            if args["eval_command"] == "replay":
+                return await _replay(args, criterion)
+            return await _logs(args, services.criteria, criterion)
+    except CriteriaError as exc:
+        print(f"rewardgate eval: {exc}", file=sys.stderr)
+        return 2
+
+
+def _print(report: dict[str, Any]) -> None:
+    print(json.dumps(report, indent=2))
+
+
+async def _pairs(args: dict[str, Any], criterion: Criterion) -> int:
+    try:
+        loaded = load_pairs(args["data"], skip_invalid=args["skip_invalid"])
+    except DatasetError as exc:
+        print("\n".join(str(e) for e in exc.errors), file=sys.stderr)
+        print(f"rewardgate eval: {exc} (--skip-invalid evaluates the rest)", file=sys.stderr)
+        return 1
+    pairs = loaded.pairs if args["split"] == "all" else loaded.split(args["split"])
+    report = await pairwise_accuracy(criterion, pairs, concurrency=args["concurrency"])
+    _print({"criterion": _name(criterion), "data": args["data"], "split": args["split"],
+            "skipped_lines": len(loaded.skipped), **report.to_json()})  # fmt: skip
+    return 0
+
+
+async def _replay(args: dict[str, Any], criterion: Criterion) -> int:
+    path = Path(args["data"])
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        rows, errors = parse_replay_rows(fh, labels_field=args["labels_field"], max_candidates=args["max_candidates"])
+    if errors and not args["skip_invalid"]:
+        print("\n".join(str(e) for e in errors), file=sys.stderr)
+        return 1
+    picks = await replay(criterion, rows, concurrency=args["concurrency"])
+    if args.get("out"):
+        with open(args["out"], "w", encoding="utf-8") as out:
+            out.writelines(json.dumps({"id": r.id, "pick": p}) + "\n" for r, p in zip(rows, picks, strict=True))
+    _print({"criterion": _name(criterion), "data": args["data"], "skipped_lines": len(errors),
+            **replay_report(rows, picks)})  # fmt: skip
+    return 0
+
+
+async def _logs(args: dict[str, Any], service: CriteriaService, criterion: Criterion) -> int:
+    metadata = dict(item.partition("=")[::2] for item in args["metadata"])
+    report = await service.score_logs(
+        criterion,
+        LogQuery(metadata=metadata, model=args["model"]),
+        limit=args["limit"],
+        concurrency=args["concurrency"],
+    )
+    _print({"criterion": _name(criterion), **report})
+    return 0
+
+
+def _name(criterion: Criterion) -> dict[str, Any]:
+    return {"slug": criterion.slug, "version": criterion.version, "kind": criterion.kind}

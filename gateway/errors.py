@@ -1,64 +1,19 @@
-"""The gateway's exception tree and the ONE mapping from any exception to (status, OpenAI error envelope, headers).
-
-Imports the other packages' errors only to map them; must not import starlette, torch, trainer or reward_serving.
+"""The gateway's own exception tree: the errors its layers raise for a client's request. Imports nothing; the ONE
+mapping from any exception (these, and the store's, the providers' and the criteria's) to a response is
+gateway.api.errors.error_reply.
 
     GatewayError                      500 internal_error
      ├── InvalidRequestError          400 invalid_request_error  (`param` names the field: n, stream, body...)
      │    ├── RequestTooLargeError    413 invalid_request_error
      │    └── HeadersTooLargeError    431 invalid_request_error  (the request's header fields, all together)
      ├── AuthenticationError          401 authentication_error   (code invalid_api_key)
-     └── NotFoundError                404 not_found_error
-
-    Mapped from other packages (never re-wrapped at the raise site):
-    providers.ProviderError           its own `.status` and `.code` (UnknownModelError 404, ForbiddenFieldError 400,
-                                      UpstreamError: the upstream's status, timeouts 504, AllCandidatesFailed ...)
-    criteria.CriteriaError            400, param "op-criteria" (malformed header, unknown id or version)
-    criteria.CriterionSpecError       400, param "spec.FIELD" (a definition's spec is invalid)
-    store.MetadataError               400, param "metadata.KEY" (or "metadata")
-    store.CriterionExistsError        409 (the slug is taken, or a new version would change its kind)
-    store.DatasetExistsError          409, code dataset_exists (the name is taken)
-    store.InvalidEntriesError         400, code invalid_entries, + top-level "invalid": [{index, line, error}]
-    store.InvalidInputError           400 (bad cursor, limit, datetime)
-    store.LogNotFoundError            404
-    store.CriterionNotFoundError      404
-    store.DatasetNotFoundError        404, code dataset_not_found
-    store.JobNotFoundError            404, code job_not_found
-    store.EntryNotFoundError          404, code entry_not_found
-    store.StoreBusyError / Closed     503 + Retry-After: 1
-    store.StoreError                  500
-    anything else                     500, logged with its traceback, answered without internals
+     ├── NotFoundError                404 not_found_error
+     └── CriterionFailedError         502 api_error              (a criterion could not judge: /v1/criteria/judge)
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any, ClassVar
-
-from gateway.criteria import CriteriaError
-from gateway.criteria.definitions import CriterionSpecError
-from gateway.providers import ProviderError, UpstreamError
-from gateway.router import AllCandidatesFailed
-from gateway.store import (
-    CriterionExistsError,
-    CriterionNotFoundError,
-    DatasetExistsError,
-    DatasetNotFoundError,
-    EntryNotFoundError,
-    InvalidEntriesError,
-    JobNotFoundError,
-    LogNotFoundError,
-    MetadataError,
-    StoreBusyError,
-    StoreClosedError,
-    StoreError,
-)
-from gateway.store import (
-    InvalidInputError as StoreInputError,
-)
-
-logger = logging.getLogger(__name__)
-
-Reply = tuple[int, dict[str, Any], dict[str, str]]
+from typing import ClassVar
 
 
 class GatewayError(Exception):
@@ -98,62 +53,8 @@ class NotFoundError(GatewayError):
     type = "not_found_error"
 
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
+class CriterionFailedError(GatewayError):
+    """The criterion could not judge the output (judge unavailable, malformed verdict, reward server down)."""
 
-
-def _type_for(status: int) -> str:
-    if status == 429:
-        return "rate_limit_error"
-    return _TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-
-
-def _envelope(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def error_reply(exc: BaseException) -> Reply:
-    """(status, {"error": {message, type, param, code}}, extra headers) for any exception; the only decider."""
-    if isinstance(exc, GatewayError):
-        return exc.status, _envelope(exc.message, exc.type, exc.param, exc.code), {}
-    if isinstance(exc, ProviderError):
-        retry_after = exc.retry_after if isinstance(exc, UpstreamError | AllCandidatesFailed) else None
-        headers = {"Retry-After": retry_after} if retry_after else {}
-        param = "model" if exc.code == "model_not_found" else None
-        return exc.status, _envelope(str(exc), _type_for(exc.status), param, exc.code), headers
-    if isinstance(exc, CriteriaError):
-        return 400, _envelope(str(exc), "invalid_request_error", "op-criteria", "invalid_criteria"), {}
-    if isinstance(exc, CriterionSpecError):
-        return 400, _envelope(str(exc), "invalid_request_error", exc.field, "invalid_criterion_spec"), {}
-    if isinstance(exc, CriterionExistsError):
-        return 409, _envelope(str(exc), "invalid_request_error", "slug", "criterion_exists"), {}
-    if isinstance(exc, CriterionNotFoundError):
-        return 404, _envelope(str(exc), "not_found_error", "id", "criterion_not_found"), {}
-    if isinstance(exc, DatasetExistsError):
-        return 409, _envelope(str(exc), "invalid_request_error", "name", "dataset_exists"), {}
-    if isinstance(exc, InvalidEntriesError):
-        body = _envelope(str(exc), "invalid_request_error", "entries", "invalid_entries")
-        return 400, {**body, "invalid": [{"index": e.index, "line": e.line, "error": e.error} for e in exc.invalid]}, {}
-    if isinstance(exc, JobNotFoundError):
-        return 404, _envelope(str(exc), "not_found_error", "id", "job_not_found"), {}
-    if isinstance(exc, DatasetNotFoundError):
-        return 404, _envelope(str(exc), "not_found_error", "dataset", "dataset_not_found"), {}
-    if isinstance(exc, EntryNotFoundError):
-        return 404, _envelope(str(exc), "not_found_error", "entry_id", "entry_not_found"), {}
-    if isinstance(exc, MetadataError):
-        param = "metadata" if exc.key is None else f"metadata.{exc.key}"
-        return 400, _envelope(str(exc), "invalid_request_error", param, "invalid_metadata"), {}
-    if isinstance(exc, StoreInputError):
-        return 400, _envelope(str(exc), "invalid_request_error", None, "invalid_value"), {}
-    if isinstance(exc, LogNotFoundError):
-        return 404, _envelope(str(exc), "not_found_error", "id", "log_not_found"), {}
-    if isinstance(exc, StoreBusyError | StoreClosedError):
-        return (
-            503,
-            _envelope("the log store is busy; retry shortly", "api_error", None, "store_unavailable"),
-            {"Retry-After": "1"},
-        )
-    if isinstance(exc, StoreError):
-        logger.error("log store error", exc_info=exc)
-        return 500, _envelope("the log store failed", "api_error", None, "store_error"), {}
-    logger.error("unexpected error", exc_info=exc)
-    return 500, _envelope("internal server error", "api_error", None, "internal_error"), {}
+    status = 502
+    type = "api_error"

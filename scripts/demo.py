@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import gateway
+from gateway.cli import build_app
 from gateway.config import GatewaySettings
 
 SLUG = "support-rm"
@@ -69,10 +69,10 @@ class BackgroundGateway:
     async def _serve(self) -> None:
         import uvicorn
 
-        async with gateway(self.settings, environ={}) as app:  # environ={}: no provider key is read or needed
-            config = uvicorn.Config(app, log_level="warning", lifespan="on")
-            self.server = uvicorn.Server(config)
-            await self.server.serve(sockets=[self.socket])
+        app = build_app(self.settings, environ={})  # environ={}: no provider key is read or needed
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        await self.server.serve(sockets=[self.socket])
 
     def start(self, timeout_s: float = 300.0) -> None:
         """Start, and wait until it accepts requests (the lifespan has loaded the local model)."""

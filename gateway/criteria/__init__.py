@@ -26,12 +26,12 @@ Combination rule:
 5. A failing criterion (reward server down, 5xx, timeout, bad response, a bug) never fails the request: it
    gives error results (`errorCode`, `errorMessage`) for the candidates it could not score.
 
-Kinds: `CRITERION_KINDS` maps a kind to its resolver class; a new scorer is one module, one line there and
-one test file. When several kinds know a slug, the first kind in the registry wins. When a kind's backend
-cannot be reached and no other kind knows the slug, the criterion is kept and errors on every candidate:
-an outage is reported per candidate, not turned into a 400.
+Kinds: gateway.criteria.registry lists them (a new kind is one module exporting a CriterionKind and one line
+there). Resolvers are asked in the registry's order: when several kinds know a slug, the first wins. When a
+kind's backend cannot be reached and no other kind knows the slug, the criterion is kept and errors on every
+candidate: an outage is reported per candidate, not turned into a 400.
 
-May import only its own modules, formats, protocol and reward_serving.protocol (DESIGN.md import rules).
+May import only its own modules, the root vocabulary and reward_serving.protocol (DESIGN.md import rules).
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
 
 from gateway.formats import Message
 from gateway.protocol import CriterionDefinition
@@ -63,23 +62,26 @@ from .base import (
     normalize_reward,
     rank,
 )
-from .definitions import SLUG, CriterionSpecError, DefinitionSource, InMemoryDefinitions
+from .definitions import SLUG, CachedDefinitions, CriterionSpecError, DefinitionSource, InMemoryDefinitions
+from .kinds import Backends, CriterionKind
 from .llm_judge import JudgeCatalog, JudgeModel, JudgeReply
-from .llm_judge import validate_spec as validate_judge_spec
+from .registry import DEFAULT_KINDS, CriterionRegistry
 from .reward_model import RewardModelCatalog, RewardModelCriterion
 from .rules import RuleCatalog
-from .rules import validate_spec as validate_rule_spec
 
 __all__ = [
-    "CRITERION_KINDS",
+    "DEFAULT_KINDS",
     "MAX_CRITERIA",
     "SLUG",
-    "SPEC_VALIDATORS",
+    "Backends",
+    "CachedDefinitions",
     "CriteriaError",
     "CriteriaHeaderError",
     "Criterion",
     "CriterionDefinition",
+    "CriterionKind",
     "CriterionRef",
+    "CriterionRegistry",
     "CriterionResolver",
     "CriterionResult",
     "CriterionSpecError",
@@ -90,6 +92,7 @@ __all__ = [
     "JudgeCatalog",
     "JudgeModel",
     "JudgeReply",
+    "OnScored",
     "RewardModelCatalog",
     "RewardModelCriterion",
     "RuleCatalog",
@@ -105,23 +108,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The registry: kind -> resolver class, in precedence order (a kind is one module and one line here).
-CRITERION_KINDS: Mapping[str, type[CriterionResolver]] = MappingProxyType(
-    {
-        "reward_model": RewardModelCatalog,
-        "rule": RuleCatalog,
-        "llm_judge": JudgeCatalog,
-    }
-)
-# The kinds defined by stored definitions, and the check of each one's spec (reward models come from the
-# reward server's model store instead).
-SPEC_VALIDATORS: Mapping[str, Callable[[object], dict[str, Any]]] = MappingProxyType(
-    {
-        "rule": validate_rule_spec,
-        "llm_judge": validate_judge_spec,
-    }
-)
 MAX_CRITERIA = 16
+OnScored = Callable[[Criterion, float, Sequence[CriterionResult]], None]  # criterion, seconds, its results
 _VERSION = re.compile(r"v([0-9]{1,9})")
 _EXAMPLE = '["support-rm", "no-apologies@v2", {"id": "tone@v1", "weight": 2.0}]'
 
@@ -204,13 +192,12 @@ async def resolve_criteria(
     refs: Sequence[CriterionRef], resolvers: Sequence[CriterionResolver]
 ) -> list[tuple[Criterion, float]]:
     """(criterion, weight) per reference, in header order; raises UnknownCriterionError for the first
-    reference (in header order) that no kind knows. `resolvers` are asked in CRITERION_KINDS order."""
-    order = list(CRITERION_KINDS)
+    reference (in header order) that no kind knows. `resolvers` are asked in the order given: the registry's
+    precedence order (CriterionRegistry.resolvers)."""
     kinds = [r.kind for r in resolvers]
-    if len(set(kinds)) != len(kinds) or not set(kinds) <= set(order):
-        raise ValueError(f"resolvers must be of distinct registered kinds ({', '.join(order)}), got {kinds}")
-    ordered = sorted(resolvers, key=lambda r: order.index(r.kind))
-    answers = await asyncio.gather(*(_resolve_one(ref, ordered) for ref in refs))
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"resolvers must be of distinct kinds, got {kinds}")
+    answers = await asyncio.gather(*(_resolve_one(ref, resolvers) for ref in refs))
     resolved: list[tuple[Criterion, float]] = []
     for answer, ref in zip(answers, refs, strict=True):
         if isinstance(answer, UnknownCriterionError):
@@ -249,16 +236,18 @@ async def score_all(
     candidates: Sequence[Message | None],
     *,
     timeout_s: float | None = None,
+    on_scored: OnScored | None = None,
 ) -> list[Scored]:
     """Score every produced candidate (None: the provider failed it) with every criterion, concurrently, and
     combine (see the module docstring). One Scored per candidate, in the provider's order; never raises for a
-    criterion's failure. Order them with `rank`."""
+    criterion's failure. Order them with `rank`. `on_scored(criterion, seconds, results)` hears each criterion
+    as it finishes (the service's metrics), so no wrapper around the criteria is needed to time them."""
     slugs = [criterion.slug for criterion, _ in criteria]
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"criteria must have distinct slugs, got {slugs}")
     live = [i for i, candidate in enumerate(candidates) if candidate is not None]
     produced = [c for c in candidates if c is not None]
-    per_criterion = await asyncio.gather(*(_guarded(c, prompt, produced, timeout_s) for c, _ in criteria))
+    per_criterion = await asyncio.gather(*(_guarded(c, prompt, produced, timeout_s, on_scored) for c, _ in criteria))
     weights = {criterion.slug: weight for criterion, weight in criteria}
     row = {index: j for j, index in enumerate(live)}
     out: list[Scored] = []
@@ -273,11 +262,26 @@ async def score_all(
 
 
 async def _guarded(
+    criterion: Criterion,
+    prompt: Sequence[Message],
+    candidates: Sequence[Message],
+    timeout_s: float | None,
+    on_scored: OnScored | None,
+) -> list[CriterionResult]:
+    """The criterion's results, reported to `on_scored` with the time they took."""
+    if not candidates:
+        return []
+    started = time.perf_counter()
+    results = await _results(criterion, prompt, candidates, timeout_s)
+    if on_scored is not None:
+        on_scored(criterion, time.perf_counter() - started, results)
+    return results
+
+
+async def _results(
     criterion: Criterion, prompt: Sequence[Message], candidates: Sequence[Message], timeout_s: float | None
 ) -> list[CriterionResult]:
     """The criterion's results, or one error result per candidate: a criterion never fails the request."""
-    if not candidates:
-        return []
 
     def errors(code: str, message: str) -> list[CriterionResult]:
         return [CriterionResult.error(code, message, version=criterion.version) for _ in candidates]

@@ -45,10 +45,11 @@ from gateway.protocol import CriterionDefinition
 
 from .base import CriterionRef, CriterionResult, FailedCriterion
 from .definitions import CriterionSpecError, DefinitionSource, select_version
+from .kinds import Backends, CriterionKind
 
 logger = logging.getLogger(__name__)
 
-KIND = "llm_judge"
+KIND_NAME = "llm_judge"
 MAX_INSTRUCTIONS = 20_000
 MAX_EXPLANATION = 4_000  # characters kept in a result: the judge's reasoning, not an essay
 _SPEC_KEYS = ("model", "instructions", "temperature", "max_tokens", "timeout_s")
@@ -304,7 +305,7 @@ class LlmJudgeCriterion:
     """One judge definition at one version; `score` asks the judge about every candidate concurrently, at
     most `max_concurrency` calls at once per request, each under the spec's timeout."""
 
-    kind: ClassVar[str] = KIND
+    kind: ClassVar[str] = KIND_NAME
 
     def __init__(self, definition: CriterionDefinition, judge: JudgeModel, *, max_concurrency: int = 8) -> None:
         if max_concurrency < 1:
@@ -353,7 +354,7 @@ class JudgeCatalog:
     """Resolves header references against stored definitions of kind "llm_judge". A stored version whose
     spec no longer validates resolves to a criterion that errors ("invalid_spec") on every candidate."""
 
-    kind: ClassVar[str] = KIND
+    kind: ClassVar[str] = KIND_NAME
 
     def __init__(self, definitions: DefinitionSource, judge: JudgeModel, *, max_concurrency: int = 8) -> None:
         self._definitions = definitions
@@ -361,11 +362,18 @@ class JudgeCatalog:
         self._max_concurrency = max_concurrency
 
     async def resolve(self, ref: CriterionRef) -> LlmJudgeCriterion | FailedCriterion | None:
-        definition = select_version(ref, await self._definitions.criterion_versions(ref.slug), KIND)
+        definition = select_version(ref, await self._definitions.criterion_versions(ref.slug), KIND_NAME)
         if definition is None:
             return None
         try:
             return LlmJudgeCriterion(definition, self._judge, max_concurrency=self._max_concurrency)
         except CriterionSpecError as exc:
             logger.error("judge definition %s is invalid: %s", definition.id, exc)
-            return FailedCriterion(definition.slug, definition.version_name, KIND, "invalid_spec", str(exc))
+            return FailedCriterion(definition.slug, definition.version_name, KIND_NAME, "invalid_spec", str(exc))
+
+
+def _resolver(backends: Backends) -> JudgeCatalog:
+    return JudgeCatalog(backends.definitions, backends.judge, max_concurrency=backends.judge_concurrency)
+
+
+KIND = CriterionKind(KIND_NAME, _resolver, validate_spec)

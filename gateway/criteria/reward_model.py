@@ -27,6 +27,7 @@ from gateway.formats import Message, PairError, parse_message
 from gateway.reward_serving.protocol import ModelCard, ModelList, ScoreResponse
 
 from .base import CriterionRef, CriterionResult, CriterionUnavailableError, UnknownCriterionError, normalize_reward
+from .kinds import Backends, CriterionKind
 
 logger = logging.getLogger(__name__)
 
@@ -208,3 +209,10 @@ def _status_error(response: httpx.Response) -> tuple[str, str]:
     if 400 <= status < 500:
         return "invalid_request", message
     return "reward_server_error", message
+
+
+def _resolver(backends: Backends) -> RewardModelCatalog:
+    return backends.reward_models  # one catalog: the gateway's model listing reads the same cached one
+
+
+KIND = CriterionKind("reward_model", _resolver)

@@ -45,6 +45,7 @@ from gateway.protocol import CriterionDefinition
 
 from .base import CriterionRef, CriterionResult, FailedCriterion
 from .definitions import CriterionSpecError, DefinitionSource, select_version
+from .kinds import Backends, CriterionKind
 
 logger = logging.getLogger(__name__)
 
@@ -362,3 +363,10 @@ class RuleCatalog:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return criterion
+
+
+def _resolver(backends: Backends) -> RuleCatalog:
+    return RuleCatalog(backends.definitions)
+
+
+KIND = CriterionKind("rule", _resolver, validate_spec)

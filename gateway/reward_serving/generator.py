@@ -1,7 +1,7 @@
 """LocalGenerator: a causal-LM directory served as OpenAI-shaped chat completions, in process, on one worker thread.
 
 Here because reward_serving/ is the one part of gateway/ that may import torch and transformers (DESIGN import
-rules); the composition root hands `complete` to LiteLLM's custom provider `local` (gateway.providers). Owns
+rules); the composition root hands `complete` to LiteLLM's custom provider `local` (gateway.upstream.providers). Owns
 loading (bf16 on CUDA, float32 on CPU), the tokenizer's chat template, OpenAI's sampling parameters and usage.
 All n samples of a request come from ONE `generate` call (num_return_sequences=n). Must not import the web layer.
 """

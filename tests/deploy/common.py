@@ -28,7 +28,7 @@ from gateway.reward_serving.cli import build_parser as reward_server_parser
 from gateway.reward_serving.metrics import RewardServerMetrics
 from gateway.reward_serving.registry import ScoreResult
 from gateway.reward_serving.server import ServerSettings, create_app
-from gateway.training import JobSpec, trainer_argv
+from gateway.service.training import JobSpec, trainer_argv
 from trainer.cli import build_parser as trainer_parser
 
 ROOT = Path(__file__).resolve().parents[2]

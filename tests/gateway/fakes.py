@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +20,14 @@ from aiohttp import web
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.api import Services
+from gateway.cli import build_app
 from gateway.config import GatewaySettings
+from gateway.criteria import DEFAULT_KINDS, CriterionKind
 from gateway.metrics import GatewayMetrics
-from gateway.providers import ProviderConfig
-from gateway.proxy import create_app
-from gateway.reward_client import reward_server_client
-from gateway.reward_serving.server import ServerSettings
-from gateway.reward_serving.server import create_app as create_reward_app
-from gateway.router import RetryPolicy, Router
-from gateway.store import LogStore, open_store
+from gateway.store import LogStore
+from gateway.upstream.providers import ProviderConfig
+from gateway.upstream.router import RetryPolicy, Router
 
 KEY = "sk-provider-key-0123456789abcdef"  # the provider's key: must never reach a client or a log
 ANSWERS = [
@@ -170,7 +169,7 @@ class Gateway:
     app: Starlette
     client: httpx.AsyncClient  # to the gateway, over ASGI
     store: LogStore
-    reward: httpx.AsyncClient  # to the embedded reward server, over ASGI
+    reward: httpx.AsyncClient  # to the reward server the criteria use (embedded), over ASGI
     metrics: GatewayMetrics
 
 
@@ -192,36 +191,25 @@ async def running_gateway(
     settings: GatewaySettings | None = None,
     wrap_reward: Callable[[ASGIApp], ASGIApp] | None = None,
     reward_url: str | None = None,
+    kinds: Sequence[CriterionKind] = DEFAULT_KINDS,
 ) -> AsyncIterator[Gateway]:
-    """The gateway app with its lifespan entered (providers started, embedded reward server running)."""
+    """The gateway app as `rewardgate serve` wires it (gateway.cli.build_app), lifespan entered, with the fake
+    upstream's router, the store in tmp_path (unless `settings` names one) and the reward server embedded from
+    `models_dir` (or at `reward_url`)."""
     settings = settings or GatewaySettings(upstream_models=("fake:ok", "gpt-4o-mini"))
-    reward_app = create_reward_app(ServerSettings(models_dir=str(models_dir), device="cpu"))
-    reward_asgi = wrap_reward(reward_app) if wrap_reward else reward_app
     tmp_path.mkdir(parents=True, exist_ok=True)
-    store = await open_store(str(tmp_path / "logs.db"))
-    metrics = GatewayMetrics()
+    changes: dict[str, object] = {"models_dir": str(models_dir), "device": "cpu"}
+    if settings.store_url == GatewaySettings().store_url:
+        changes["store_url"] = str(tmp_path / "logs.db")
     if reward_url is not None:
-        criteria_client = reward_server_client(reward_url, timeout_s=5.0)
-    else:
-        criteria_client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=reward_asgi), base_url="http://reward-server"
-        )
-    reward = httpx.AsyncClient(transport=httpx.ASGITransport(app=reward_app), base_url="http://reward-server")
-    app = create_app(
-        settings,
-        router=make_router(upstream),
-        store=store,
-        criteria_client=criteria_client,
-        metrics=metrics,
-        lifespan=lambda: reward_app.router.lifespan_context(reward_app),
-    )
-    try:
-        async with criteria_client, reward, app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-                yield Gateway(app, client, store, reward, metrics)
-    finally:
-        await store.aclose()
+        changes["reward_server_url"] = reward_url
+    settings = settings.replace(**changes)
+    app = build_app(settings, router=make_router(upstream), wrap_reward=wrap_reward, kinds=kinds)
+    async with app.router.lifespan_context(app):
+        services: Services = app.state.services
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield Gateway(app, client, services.store, services.reward, services.metrics)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

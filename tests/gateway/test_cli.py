@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.cli import build_parser, embedded_reward_settings, gateway, main, resolve_settings
+from gateway.cli import build_app, build_parser, embedded_reward_settings, main, resolve_settings
 from gateway.config import GatewaySettings
 from tests.gateway.fakes import KEY, MESSAGES, fake_upstream
 from tests.tiny import save_causal_lm, save_reward_model
@@ -66,7 +66,8 @@ async def test_composition_root_wires_an_embedded_reward_server(tmp_path: Path) 
     settings = GatewaySettings(models_dir=str(tmp_path / "models"), store_url=f"sqlite:///{tmp_path / 'logs.db'}")
     async with fake_upstream() as upstream:
         environ = {"OPENAI_BASE_URL": upstream.url, "OPENAI_API_KEY": KEY}
-        async with gateway(settings, environ) as app, app.router.lifespan_context(app):
+        app = build_app(settings, environ=environ)
+        async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
                 body = {"model": "openai:ok", "messages": MESSAGES, "n": 2, "store": True}
@@ -91,7 +92,8 @@ async def test_composition_root_serves_a_local_model_with_no_key(tmp_path: Path)
         local_model_name="tiny",
         device="cpu",
     )
-    async with gateway(settings, environ={}) as app, app.router.lifespan_context(app):
+    app = build_app(settings, environ={})
+    async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             models = (await client.get("/v1/models")).json()

@@ -112,23 +112,20 @@ def test_bad_input_and_unknown_criteria(setup: dict[str, str], capsys: pytest.Ca
 async def test_an_llm_judge_evaluates_pairs_through_the_providers(
     setup: dict[str, str], capsys: pytest.CaptureFixture[str], anyio_backend: str
 ) -> None:
-    from functools import partial
-
-    from gateway.cli import criteria_backend
+    from gateway.cli import evaluate, open_services
     from gateway.config import GatewaySettings
-    from gateway.eval_cli import run_eval
     from tests.gateway.fakes import KEY, fake_upstream
 
     async with fake_upstream() as upstream:
         settings = GatewaySettings(models_dir=setup["models"], store_url=setup["store"], device="cpu")
-        backend = partial(criteria_backend, settings, {"OPENAI_BASE_URL": upstream.url, "OPENAI_API_KEY": KEY})
-        async with backend() as service:
+        environ = {"OPENAI_BASE_URL": upstream.url, "OPENAI_API_KEY": KEY}
+        async with open_services(settings, environ=environ) as services:
             spec = {"model": "openai:judge", "instructions": "Must explain how to reset a password."}
-            await service.create(slug="pw", kind="llm_judge", spec=spec)
+            await services.criteria.create(slug="pw", kind="llm_judge", spec=spec)
         data = write(Path(setup["tmp"]) / "p.jsonl", [pair(LONG, SHORT), pair(SHORT, LONG)])
         args = {"eval_command": "pairs", "criterion": "pw", "data": data, "split": "all", "skip_invalid": False,
                 "concurrency": 4}  # fmt: skip
-        assert await run_eval(args, backend) == 0
+        assert await evaluate(args, settings, environ) == 0
     report = json.loads(capsys.readouterr().out)
     # the fake judge passes answers mentioning a password (0.9) and fails the rest (0.2): right, then wrong
     assert report["criterion"]["kind"] == "llm_judge" and report["accuracy"] == pytest.approx(0.5)

@@ -21,12 +21,12 @@ from typing import Any, Literal
 import httpx
 from aiohttp import web
 
+from gateway.api import Services
+from gateway.cli import build_app
 from gateway.config import GatewaySettings
-from gateway.providers import ProviderConfig
-from gateway.proxy import create_app
-from gateway.reward_client import reward_server_client
-from gateway.router import RetryPolicy, Router
-from gateway.store import LogStore, open_store
+from gateway.store import LogStore
+from gateway.upstream.providers import ProviderConfig
+from gateway.upstream.router import RetryPolicy, Router
 
 KEY = "sk-fault-provider-key-0123456789"
 SLUG = "rm"  # the reward server's one model
@@ -315,22 +315,21 @@ async def running_gateway(
     settings = settings or settings_for(tmp_path)
     tmp_path.mkdir(parents=True, exist_ok=True)
     db_path = tmp_path / "logs.db"
-    store = await open_store(str(db_path), busy_timeout_s=busy_timeout_s)
+    settings = settings.replace(
+        store_url=str(db_path), store_busy_timeout_s=busy_timeout_s, reward_server_url=reward_url
+    )
     configs = [
         ProviderConfig("fake", "openai", upstream.url + "/v1", KEY, native_n=False, max_connections=max_connections),
         ProviderConfig("native", "openai", upstream.url + "/v1", KEY, native_n=True, max_connections=max_connections),
     ]
     retry = RetryPolicy(attempts=attempts, base_delay=0.01, max_delay=0.02)
     router = Router.from_configs(configs, default_provider="fake", retry=retry)
-    criteria_client = reward_server_client(reward_url, timeout_s=settings.criteria_timeout_s)
-    app = create_app(settings, router=router, store=store, criteria_client=criteria_client)
-    try:
-        async with criteria_client, app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
-                yield Gateway(client, store, db_path, settings)
-    finally:
-        await store.aclose()
+    app = build_app(settings, router=router)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
+            services: Services = app.state.services
+            yield Gateway(client, services.store, db_path, services.settings)
 
 
 def assert_log_matches(log: dict[str, Any], reply: dict[str, Any], request: dict[str, Any] | None = None) -> None:

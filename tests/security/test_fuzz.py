@@ -21,15 +21,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.api.openapi import gateway_spec
 from gateway.criteria import MAX_CRITERIA, SLUG, CriteriaHeaderError, CriterionRef, parse_criteria_header
 from gateway.criteria.alignment import LabelledSetError, parse_labelled_set
-from gateway.datasets import read_entries, read_jsonl
 from gateway.errors import InvalidRequestError
 from gateway.formats import DatasetError, LineError, PreferencePair, iter_pairs, load_pairs
-from gateway.openapi import gateway_spec
 from gateway.reward_serving.errors import InvalidRequestError as ScoreInputError
 from gateway.reward_serving.openapi import reward_server_spec
 from gateway.reward_serving.server import ScoreCall, parse_score_request
+from gateway.service.datasets import read_entries, read_jsonl
 from tests.gateway.fakes import MESSAGES, Gateway, fake_upstream, running_gateway
 
 PROPERTY = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,8 +13,8 @@ from jsonschema import Draft202012Validator
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from gateway.api.openapi import chat_example, gateway_spec
 from gateway.config import GatewaySettings
-from gateway.openapi import chat_example, gateway_spec
 from gateway.protocol import ChatCompletionRequest
 from gateway.reward_serving.openapi import reward_server_spec, score_example
 from gateway.reward_serving.protocol import ScoreRequest

@@ -33,8 +33,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.openapi import gateway_spec
 from gateway.config import GatewaySettings
-from gateway.openapi import gateway_spec
 from gateway.reward_serving.openapi import reward_server_spec
 from gateway.reward_serving.server import ServerSettings
 from gateway.reward_serving.server import create_app as create_reward_app

@@ -27,11 +27,11 @@ import uvicorn
 from aiohttp import web
 from starlette.routing import Route
 
+from gateway.api.ui import UI_DIR
 from gateway.config import GatewaySettings
-from gateway.providers import LiteLLMProvider, ProviderConfig, UpstreamError
 from gateway.proxy import MAX_HEADER_BYTES
-from gateway.router import FORBIDDEN_FIELDS
-from gateway.ui_routes import UI_DIR
+from gateway.upstream.providers import LiteLLMProvider, ProviderConfig, UpstreamError
+from gateway.upstream.router import FORBIDDEN_FIELDS
 from tests.gateway.fakes import KEY, MESSAGES, FakeUpstream, Gateway, running_gateway, until
 from tests.tiny import save_reward_model
 
@@ -492,7 +492,7 @@ async def test_litellm_gets_only_chat_parameters_and_the_configured_base() -> No
 
 
 def test_header_limit_is_documented_on_every_operation() -> None:
-    from gateway.openapi import gateway_spec
+    from gateway.api.openapi import gateway_spec
 
     for path, item in gateway_spec()["paths"].items():
         for operation in item.values():

@@ -28,9 +28,9 @@ import httpx
 import pytest
 import uvicorn
 
+from gateway.api.ui import UI_DIR
 from gateway.config import GatewaySettings
 from gateway.store import CandidateRecord, Latencies
-from gateway.ui_routes import UI_DIR
 from tests.gateway.fakes import MESSAGES, FakeUpstream, Gateway, fake_upstream, running_gateway, until
 from tests.tiny import save_base, save_reward_model
 

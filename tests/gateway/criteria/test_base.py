@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import gateway.criteria as criteria
 from gateway.criteria import (
     MAX_CRITERIA,
     CriteriaError,
@@ -318,18 +317,3 @@ async def test_an_unreachable_backend_becomes_a_criterion_that_errors_not_a_400(
     assert failed == FailedCriterion("rm", "v2", "reward_model", "reward_server_unavailable", "connection refused")
     [scored] = await score_all([(failed, weight)], PROMPT, _answers("x"))
     assert scored.score is None and scored.results["rm"].to_json()["errorCode"] == "reward_server_unavailable"
-
-
-@pytest.mark.anyio
-async def test_the_registry_orders_kinds_and_rejects_unregistered_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert list(criteria.CRITERION_KINDS) == ["reward_model", "rule", "llm_judge"]
-    with pytest.raises(ValueError, match="registered kinds"):
-        await resolve_criteria([CriterionRef("a")], [FakeResolver("no_such_kind")])
-    with pytest.raises(ValueError, match="distinct"):
-        await resolve_criteria([CriterionRef("a")], [FakeResolver("reward_model"), FakeResolver("reward_model")])
-    # The first kind in the registry wins a shared slug, and a kind that knows the slug beats one that is down.
-    rm, judge = Fake("a", kind="reward_model"), Fake("a", kind="llm_judge")
-    resolvers = [FakeResolver("llm_judge", {"a": judge}), FakeResolver("reward_model", {"a": rm})]
-    assert await resolve_criteria([CriterionRef("a")], resolvers) == [(rm, 1.0)]
-    resolvers = [FakeResolver("llm_judge", {"a": judge}), FakeResolver("reward_model", unavailable=True)]
-    assert await resolve_criteria([CriterionRef("a")], resolvers) == [(judge, 1.0)]

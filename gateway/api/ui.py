@@ -1,5 +1,5 @@
 """The web console's files: GET /ui (the single page) and GET /ui/static/{name} (its scripts and styles), served
-from the package's gateway/ui/ folder. proxy.create_app mounts ROUTES with its error path and metrics; the shell
+from the package's gateway/ui/ folder. gateway.proxy mounts ROUTES behind its middleware; the shell
 needs no key (the page's API calls carry it). Must not import torch, trainer or reward_serving internals.
 
 Only plain names of files that exist in gateway/ui/ with a known type are served (no folders, no dot files, no
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.api import Route, Services
 from gateway.errors import NotFoundError
 
-UI_DIR = Path(__file__).resolve().parent / "ui"
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -43,11 +42,11 @@ _HEADERS = {
 }
 
 
-async def index(request: Request, app: Any) -> Response:
+async def index(request: Request, services: Services) -> Response:
     return await _serve(request, "index.html")
 
 
-async def static(request: Request, app: Any) -> Response:
+async def static(request: Request, services: Services) -> Response:
     return await _serve(request, request.path_params["name"])
 
 
@@ -67,9 +66,7 @@ async def _serve(request: Request, name: str) -> Response:
     return Response(body, media_type=CONTENT_TYPES[suffix], headers=headers)
 
 
-Handler = Callable[[Request, Any], Awaitable[Response]]
-# (path, handler, method), as proxy.create_app mounts them.
-ROUTES: tuple[tuple[str, Handler, str], ...] = (
+ROUTES: tuple[Route, ...] = (
     ("/ui", index, "GET"),
     ("/ui/static/{name}", static, "GET"),
 )

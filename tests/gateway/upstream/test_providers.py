@@ -1,4 +1,4 @@
-"""gateway.providers and gateway.router over real HTTP, against a fake OpenAI-compatible upstream (aiohttp.web on
+"""gateway.upstream.providers and gateway.upstream.router over real HTTP, against a fake OpenAI-compatible upstream (aiohttp.web on
 127.0.0.1). No test sleeps to wait: they await events or poll with a deadline; retry delays go to an injected sleep.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.providers import (
+from gateway.upstream.providers import (
     ChatProvider,
     ForbiddenFieldError,
     InvalidUpstreamResponse,
@@ -31,7 +31,7 @@ from gateway.providers import (
     UpstreamTimeout,
     providers_from_env,
 )
-from gateway.router import (
+from gateway.upstream.router import (
     AllCandidatesFailed,
     Candidate,
     CandidateError,

@@ -1,13 +1,14 @@
-"""gateway.errors.error_reply: the one mapping from any exception to (status, OpenAI envelope, headers)."""
+"""gateway.api.errors.error_reply: the one mapping from any exception to (status, OpenAI envelope, headers)."""
 
 from __future__ import annotations
 
 import pytest
 
+from gateway.api.errors import error_reply
 from gateway.criteria import UnknownCriterionError
-from gateway.errors import AuthenticationError, InvalidRequestError, RequestTooLargeError, error_reply
-from gateway.providers import UnknownModelError, UpstreamError, UpstreamTimeout
+from gateway.errors import AuthenticationError, InvalidRequestError, RequestTooLargeError
 from gateway.store import InvalidInputError, LogNotFoundError, MetadataError, StoreBusyError, StoreError
+from gateway.upstream.providers import UnknownModelError, UpstreamError, UpstreamTimeout
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from gateway.cli import resolve_settings
-from gateway.reward_client import SpreadTransport, reward_server_client
+from gateway.criteria.reward_client import SpreadTransport, reward_server_client
 from tests.gateway.fakes import until
 
 pytestmark = pytest.mark.anyio

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from gateway.providers import (
+from gateway.upstream.providers import (
     LiteLLMProvider,
     UpstreamError,
     local_provider_config,
     register_local_models,
 )
-from gateway.router import Candidate, Router
+from gateway.upstream.router import Candidate, Router
 from tests.tiny import save_causal_lm
 
 pytestmark = [

@@ -2,7 +2,8 @@
 
 `OpenAICompatibleProvider` forwards the chat-completions body as-is over one pooled aiohttp session (OpenAI, vLLM,
 most hosted open-model APIs); `LiteLLMProvider` translates for the rest (anthropic, gemini, bedrock...) and imports
-LiteLLM lazily, off the event loop. Model names, retries, fallbacks and best-of-N candidates are `gateway.router`'s.
+LiteLLM lazily, off the event loop. Model names, retries, fallbacks and best-of-N candidates are the router's
+(gateway.upstream.router).
 The offline `local` provider is LiteLLM's custom-provider mechanism: `register_local_models` puts a `CustomLLM` in
 `litellm.custom_provider_map` that answers `local/<name>` with an injected in-process generator (the composition
 root injects gateway.reward_serving.generator's), so `local:smollm2` goes through the same LiteLLMProvider path as

@@ -1,8 +1,9 @@
 """Model names -> providers, and best-of-N candidates: retries, fallbacks, partial results.
 
 Owns the model-name rules, the refusal of client-chosen upstreams, retry/backoff (honouring Retry-After) and fallback
-models; calls providers only through `gateway.providers.ChatProvider`. Must not import starlette, torch, transformers
-or trainer. Next (not here yet): the proxy that calls this module.
+models; calls providers only through `gateway.upstream.providers.ChatProvider`. Knows nothing of criteria, the
+store or HTTP serving: must not import gateway.criteria, gateway.store, gateway.service, gateway.api, starlette,
+torch, transformers or trainer.
 
 Decisions: `provider:model` and `provider/model` split at the first `:` or `/` (`vllm:meta-llama/Llama-3.1-8B` ->
 provider `vllm`, model `meta-llama/Llama-3.1-8B`); a bare name goes to the default provider, so an unchanged OpenAI
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Self
 
-from gateway.providers import (
+from gateway.upstream.providers import (
     ChatProvider,
     ForbiddenFieldError,
     ProviderConfig,

@@ -2,8 +2,8 @@
 model through the provider router), the definitions' lifecycle (create, new version, read, list, sync from the
 criteria file), one-off judging (OpenPipe's POST /v1/criteria/judge) and alignment against labelled sets.
 
-Used by the best-of-N service, the criteria routes and `rewardgate eval`. Must not import starlette, torch,
-trainer or reward_serving internals.
+Used by the chat service, the criteria API and `rewardgate eval`. The kinds come from a registry (gateway.criteria
+.registry) the composition root passes in. Must not import starlette, torch, trainer or reward_serving internals.
 
 Definitions file (`criteria_file` setting; JSON list or TOML `[[criteria]]` tables), each entry
 `{slug, kind: "rule" | "llm_judge", spec, description?}`: at start-up an entry whose kind, spec or description
@@ -22,28 +22,29 @@ from pathlib import Path
 from typing import Any
 
 from gateway.criteria import (
+    DEFAULT_KINDS,
     SLUG,
-    SPEC_VALIDATORS,
+    Backends,
+    CachedDefinitions,
     Criterion,
     CriterionDefinition,
+    CriterionKind,
     CriterionRef,
-    CriterionResolver,
+    CriterionRegistry,
     CriterionResult,
     CriterionUnavailableError,
-    JudgeCatalog,
     JudgeModel,
     JudgeReply,
     RewardModelCatalog,
-    RuleCatalog,
     parse_criteria_header,
     resolve_criteria,
 )
 from gateway.criteria.alignment import LabelledRow, alignment_report, score_rows
-from gateway.criteria.definitions import CachedDefinitions
 from gateway.errors import InvalidRequestError
 from gateway.formats import Message, loose_message
-from gateway.router import Router
+from gateway.reward_serving.protocol import ModelCard
 from gateway.store import MAX_PAGE, CriterionExistsError, CriterionNotFoundError, LogQuery, LogRecord, LogStore
+from gateway.upstream.router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +90,27 @@ def load_criteria_file(path: str | Path) -> list[dict[str, Any]]:
 
 class CriteriaService:
     def __init__(
-        self, *, store: LogStore, catalog: RewardModelCatalog, judge: JudgeModel, judge_concurrency: int = 8
+        self,
+        *,
+        store: LogStore,
+        catalog: RewardModelCatalog,
+        judge: JudgeModel,
+        kinds: Sequence[CriterionKind] = DEFAULT_KINDS,
+        judge_concurrency: int = 8,
     ) -> None:
         self._store = store
         self._catalog = catalog
+        self._registry = CriterionRegistry(kinds)
         self._definitions = CachedDefinitions(store)
-        self.resolvers: tuple[CriterionResolver, ...] = (
-            catalog,
-            RuleCatalog(self._definitions),
-            JudgeCatalog(self._definitions, judge, max_concurrency=judge_concurrency),
-        )
+        self.resolvers = self._registry.resolvers(Backends(self._definitions, catalog, judge, judge_concurrency))
+
+    async def reward_models(self) -> list[ModelCard]:
+        """The reward server's model versions; empty (and logged) while it cannot list them."""
+        try:
+            return await self._catalog.models()
+        except CriterionUnavailableError as exc:
+            logger.warning("reward models not listed: %s", exc.message)
+            return []
 
     async def resolve(self, refs: Sequence[CriterionRef]) -> list[tuple[Criterion, float]]:
         return await resolve_criteria(refs, self.resolvers)
@@ -121,12 +133,14 @@ class CriteriaService:
                 f"slug: {slug!r} is not 1 to 128 letters, digits, '.', '_' or '-' starting with a letter or digit",
                 param="slug",
             )
-        if kind not in SPEC_VALIDATORS:
-            raise InvalidRequestError(f"kind: expected one of {sorted(SPEC_VALIDATORS)}, got {kind!r}", param="kind")
+        validate = self._registry.spec_validator(kind)
+        if validate is None:
+            defined = list(self._registry.defined)
+            raise InvalidRequestError(f"kind: expected one of {defined}, got {kind!r}", param="kind")
         if not isinstance(description, str):
             raise InvalidRequestError("description: must be a string", param="description")
         assert isinstance(kind, str)
-        checked = SPEC_VALIDATORS[kind](spec)
+        checked = validate(spec)
         if not new_version and await self._is_reward_model(slug):
             raise CriterionExistsError(f"{slug!r} is a reward model's slug: choose another")
         created = await self._store.create_criterion(
@@ -165,9 +179,10 @@ class CriteriaService:
             try:
                 slug, kind, description = entry.get("slug"), entry.get("kind"), entry.get("description", "")
                 versions = await self._store.criterion_versions(slug) if isinstance(slug, str) else ()
-                if versions and kind in SPEC_VALIDATORS:
+                validate = self._registry.spec_validator(kind)
+                if versions and validate is not None:
                     newest = versions[-1]
-                    spec = SPEC_VALIDATORS[str(kind)](entry.get("spec"))
+                    spec = validate(entry.get("spec"))
                     if (newest.kind, dict(newest.spec), newest.description) == (kind, spec, description):
                         continue
                 added.append(
@@ -203,7 +218,7 @@ class CriteriaService:
             "criterion": {"slug": criterion.slug, "version": criterion.version, "kind": criterion.kind},
             **alignment_report(rows, results, threshold=threshold),
         }
-        if criterion.kind in SPEC_VALIDATORS and criterion.version is not None:
+        if self._registry.spec_validator(criterion.kind) is not None and criterion.version is not None:
             await self._store.set_alignment(criterion.slug, int(criterion.version.removeprefix("v")), report)
             report["stored"] = True
         else:

@@ -1,33 +1,17 @@
-"""Server-sent events for chat completions: event framing of an upstream's byte stream, the error event sent when
-an upstream fails mid-stream, a finished completion re-sent as `chat.completion.chunk` events, and the
-accumulator that rebuilds the choices of a streamed completion (so `store: true` works with `stream: true`).
+"""Reading an upstream's server-sent event stream: regrouping its bytes at event boundaries (so a relay never
+sends half an event, and an error event can follow a whole one), and rebuilding the choices of a streamed chat
+completion from its `chat.completion.chunk` events (so `store: true` works with `stream: true`).
 
-Pure: no I/O, no starlette; imports nothing from the project.
-
-Mid-stream errors: once the first bytes are sent the HTTP status is fixed, so a later upstream failure ends the
-stream with one `data: {"error": {...}}` event (OpenAI's envelope; the `openai` SDK raises APIError on it) and no
-`[DONE]`. The relay forwards whole events only, so the error event never lands inside a half-sent one.
+Pure: no I/O; imports nothing from the project.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
-import orjson
-
-DONE = b"data: [DONE]\n\n"
 _BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
-
-
-def _event(payload: Mapping[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def error_event(body: Mapping[str, Any]) -> bytes:
-    """The event that ends a failed stream; `body` is the gateway's error envelope {"error": {...}}."""
-    return _event(body)
 
 
 async def whole_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -55,29 +39,6 @@ def _after_last_boundary(data: bytes) -> int:
         if at >= 0:
             cut = max(cut, at + len(boundary))
     return cut
-
-
-def completion_events(completion: Mapping[str, Any], *, include_usage: bool) -> Iterator[bytes]:
-    """A finished chat completion as the events a streaming client expects: per choice (in `choices` order) one
-    delta with the whole message, then one with its finish_reason and the choice's other fields (such as
-    `criteria_results`); usage in a last chunk with no choices when `include_usage`; then [DONE]."""
-    head = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"]}
-    head["model"] = completion["model"]
-    extras = {k: v for k, v in completion.items() if k not in {"id", "object", "created", "model", "choices", "usage"}}
-    for choice in completion["choices"]:
-        message = choice.get("message") or {}
-        delta: dict[str, Any] = {"role": message.get("role", "assistant"), "content": message.get("content")}
-        if message.get("tool_calls"):
-            delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
-        if message.get("refusal") is not None:
-            delta["refusal"] = message["refusal"]
-        yield _event({**head, "choices": [{"index": choice["index"], "delta": delta, "finish_reason": None}]})
-        rest = {k: v for k, v in choice.items() if k not in {"index", "message", "finish_reason"}}
-        last = {"index": choice["index"], "delta": {}, "finish_reason": choice.get("finish_reason"), **rest}
-        yield _event({**head, "choices": [last], **extras})
-    if include_usage:
-        yield _event({**head, "choices": [], "usage": completion.get("usage")})
-    yield DONE
 
 
 class StreamAccumulator:

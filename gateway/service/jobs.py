@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewaySettings
-from gateway.datasets import DatasetService
 from gateway.errors import InvalidRequestError
 from gateway.metrics import GatewayMetrics
+from gateway.service.datasets import DatasetService
+from gateway.service.training import Hyperparameters, JobRunner, JobSpec, JobState, JobUpdate, base_models
 from gateway.store import MAX_PAGE, CriterionExistsError, JobRecord, LogStore, new_id
-from gateway.training import Hyperparameters, JobRunner, JobSpec, JobState, JobUpdate, base_models
 
 logger = logging.getLogger(__name__)
 _SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")  # the trainer's rule for --slug

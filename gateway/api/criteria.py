@@ -1,6 +1,6 @@
 """The criteria API: definitions (create, list, read, new version), alignment against a labelled set, and
-OpenPipe's offline judge. Thin handlers over gateway/criteria_service.py; proxy.create_app mounts them with its
-authentication, error path and metrics. Must not import torch, trainer or reward_serving internals.
+OpenPipe's offline judge. Thin handlers over gateway.service.criteria; gateway.proxy mounts them behind its
+middleware. Must not import torch, trainer or reward_serving internals.
 
     POST /v1/criteria                   {slug, kind: "rule" | "llm_judge", spec, description?}  -> 201, v1
     GET  /v1/criteria                   every version of every definition
@@ -15,49 +15,30 @@ authentication, error path and metrics. Must not import torch, trainer or reward
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.bodies import read_bytes, read_json
-from gateway.config import GatewaySettings
+from gateway.api import Route, Services
+from gateway.api.bodies import known_fields, read_bytes, read_json
 from gateway.criteria.alignment import LabelledRow, LabelledSetError, parse_labelled_row, parse_labelled_set
-from gateway.criteria_service import CriteriaService
-from gateway.errors import GatewayError, InvalidRequestError
+from gateway.errors import CriterionFailedError, InvalidRequestError
 from gateway.formats import PairError, parse_message
 
 
-class CriteriaApp(Protocol):
-    @property
-    def settings(self) -> GatewaySettings: ...
-
-    @property
-    def criteria(self) -> CriteriaService: ...
-
-
-class CriterionFailedError(GatewayError):
-    """The criterion could not judge the output (judge unavailable, malformed verdict, reward server down)."""
-
-    status = 502
-    type = "api_error"
-
-
-async def create_criterion(request: Request, app: CriteriaApp) -> Response:
-    body = await read_json(request, app.settings.max_body_bytes)
-    _known(body, {"slug", "kind", "spec", "description"})
-    definition = await app.criteria.create(
+async def create_criterion(request: Request, services: Services) -> Response:
+    body = await read_json(request, services.settings.max_body_bytes)
+    known_fields(body, {"slug", "kind", "spec", "description"})
+    definition = await services.criteria.create(
         slug=body.get("slug"), kind=body.get("kind"), spec=body.get("spec"), description=body.get("description", "")
     )
     return JSONResponse(definition.model_dump(mode="json"), status_code=201)
 
 
-async def add_version(request: Request, app: CriteriaApp) -> Response:
-    body = await read_json(request, app.settings.max_body_bytes)
-    _known(body, {"spec", "description"})
-    current = await app.criteria.get(request.path_params["slug"])
-    definition = await app.criteria.create(
+async def add_version(request: Request, services: Services) -> Response:
+    body = await read_json(request, services.settings.max_body_bytes)
+    known_fields(body, {"spec", "description"})
+    current = await services.criteria.get(request.path_params["slug"])
+    definition = await services.criteria.create(
         slug=current.slug,
         kind=current.kind,
         spec=body.get("spec"),
@@ -67,23 +48,23 @@ async def add_version(request: Request, app: CriteriaApp) -> Response:
     return JSONResponse(definition.model_dump(mode="json"), status_code=201)
 
 
-async def list_criteria(request: Request, app: CriteriaApp) -> Response:
-    data = [d.model_dump(mode="json") for d in await app.criteria.list_definitions()]
+async def list_criteria(request: Request, services: Services) -> Response:
+    data = [d.model_dump(mode="json") for d in await services.criteria.list_definitions()]
     return JSONResponse({"object": "list", "data": data})
 
 
-async def get_criterion(request: Request, app: CriteriaApp) -> Response:
-    return JSONResponse((await app.criteria.get(request.path_params["id"])).model_dump(mode="json"))
+async def get_criterion(request: Request, services: Services) -> Response:
+    return JSONResponse((await services.criteria.get(request.path_params["id"])).model_dump(mode="json"))
 
 
-async def align(request: Request, app: CriteriaApp) -> Response:
+async def align(request: Request, services: Services) -> Response:
     threshold: object = 0.5
     try:
         if request.headers.get("content-type", "").startswith("application/x-ndjson"):
-            rows = parse_labelled_set((await read_bytes(request, app.settings.max_body_bytes)).splitlines())
+            rows = parse_labelled_set((await read_bytes(request, services.settings.max_body_bytes)).splitlines())
         else:
-            body = await read_json(request, app.settings.max_body_bytes)
-            _known(body, {"rows", "threshold"})
+            body = await read_json(request, services.settings.max_body_bytes)
+            known_fields(body, {"rows", "threshold"})
             threshold = body.get("threshold", 0.5)
             rows = _rows(body.get("rows"))
     except LabelledSetError as exc:
@@ -91,12 +72,12 @@ async def align(request: Request, app: CriteriaApp) -> Response:
         raise InvalidRequestError(f"{len(exc.errors)} invalid labelled row(s): {report}", param="rows") from None
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
         raise InvalidRequestError(f"threshold: expected a number in 0..1, got {threshold!r}", param="threshold")
-    return JSONResponse(await app.criteria.align(request.path_params["id"], rows, threshold=float(threshold)))
+    return JSONResponse(await services.criteria.align(request.path_params["id"], rows, threshold=float(threshold)))
 
 
-async def judge(request: Request, app: CriteriaApp) -> Response:
-    body = await read_json(request, app.settings.max_body_bytes)
-    _known(body, {"criterion_id", "criterion_version", "input", "output"})
+async def judge(request: Request, services: Services) -> Response:
+    body = await read_json(request, services.settings.max_body_bytes)
+    known_fields(body, {"criterion_id", "criterion_version", "input", "output"})
     criterion_id = body.get("criterion_id")
     version = body.get("criterion_version")
     if not isinstance(criterion_id, str):
@@ -118,7 +99,7 @@ async def judge(request: Request, app: CriteriaApp) -> Response:
         raise InvalidRequestError(str(exc), param=str(exc).split(":")[0]) from None
     if output.role != "assistant":
         raise InvalidRequestError(f"output.role: must be 'assistant', got {output.role!r}", param="output.role")
-    criterion, result = await app.criteria.judge(criterion_id, prompt, output)
+    criterion, result = await services.criteria.judge(criterion_id, prompt, output)
     if not result.ok:
         message = f"{criterion.slug}@{criterion.version}: {result.error_message}"
         raise CriterionFailedError(message, code=result.error_code)
@@ -139,13 +120,6 @@ async def judge(request: Request, app: CriteriaApp) -> Response:
     )
 
 
-def _known(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        allowed_list = ", ".join(sorted(allowed))
-        raise InvalidRequestError(f"unknown field {unknown[0]!r} (allowed: {allowed_list})", param=unknown[0])
-
-
 def _rows(raw: object) -> list[LabelledRow]:
     if not isinstance(raw, list) or not raw:
         raise InvalidRequestError("rows: expected a non-empty list of labelled rows", param="rows")
@@ -160,9 +134,8 @@ def _rows(raw: object) -> list[LabelledRow]:
     return rows
 
 
-Handler = Callable[[Request, Any], Awaitable[Response]]
-# (path, handler, method), in matching order: /judge before /{id}.
-ROUTES: tuple[tuple[str, Handler, str], ...] = (
+# In matching order: /judge before /{id}.
+ROUTES: tuple[Route, ...] = (
     ("/v1/criteria/judge", judge, "POST"),
     ("/v1/criteria", create_criterion, "POST"),
     ("/v1/criteria", list_criteria, "GET"),

@@ -197,9 +197,9 @@ async def test_training_jobs_are_counted_by_state_in_the_metrics(
 async def test_with_two_replicas_the_worker_runs_what_the_other_creates_and_stops_what_it_cancels(
     tmp_path: Path, upstream: FakeUpstream, base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gateway.jobs
+    import gateway.service.jobs
 
-    monkeypatch.setattr(gateway.jobs, "POLL_S", 0.05)
+    monkeypatch.setattr(gateway.service.jobs, "POLL_S", 0.05)
     front = settings_for(tmp_path).replace(training_worker=False)
     models = tmp_path / "models"
     async with (

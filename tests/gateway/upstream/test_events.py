@@ -1,5 +1,5 @@
-"""gateway/sse.py as pure code: event framing, the completion -> chunks rendering, and the accumulator that
-rebuilds streamed choices (content, tool calls, usage), including on arbitrary bytes."""
+"""gateway.upstream.events as pure code: regrouping an upstream's bytes at event boundaries, and the accumulator
+that rebuilds streamed choices (content, tool calls, usage), including on arbitrary bytes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.sse import DONE, StreamAccumulator, completion_events, error_event, whole_events
+from gateway.upstream.events import StreamAccumulator, whole_events
 
 pytestmark = pytest.mark.anyio
 
@@ -19,6 +19,9 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+DONE = b"data: [DONE]\n\n"
 
 
 def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -111,50 +114,3 @@ def test_accumulator_never_raises(data: bytes) -> None:
     acc.feed(data)
     acc.feed(b"\n\n")
     acc.choices()
-
-
-def test_completion_events_round_trip_through_the_accumulator() -> None:
-    completion = {
-        "id": "chatcmpl-rg-1",
-        "object": "chat.completion",
-        "created": 5,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "best"},
-                "finish_reason": "stop",
-                "criteria_results": {"rm": {"status": "success", "score": 1.5}},
-            },
-            {
-                "index": 1,
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
-                },
-                "finish_reason": "tool_calls",
-            },
-        ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
-        "rewardgate": {"log_id": "log-1"},
-    }
-    events = list(completion_events(completion, include_usage=True))
-    assert events[-1] == DONE
-    parsed = [json.loads(e[6:]) for e in events[:-1]]
-    assert all(p["object"] == "chat.completion.chunk" and p["id"] == "chatcmpl-rg-1" for p in parsed)
-    assert parsed[1]["choices"][0]["criteria_results"] == {"rm": {"status": "success", "score": 1.5}}
-    assert parsed[1]["rewardgate"] == {"log_id": "log-1"}
-    assert parsed[-1]["choices"] == [] and parsed[-1]["usage"]["total_tokens"] == 7
-    acc = StreamAccumulator()
-    acc.feed(b"".join(events))
-    assert [c["message"] for c in acc.choices()] == [c["message"] for c in completion["choices"]]
-    assert [c["finish_reason"] for c in acc.choices()] == ["stop", "tool_calls"]
-    without_usage = list(completion_events(completion, include_usage=False))
-    assert len(without_usage) == len(events) - 1
-
-
-def test_error_event_is_one_data_event_with_the_envelope() -> None:
-    body = {"error": {"message": "boom", "type": "api_error", "param": None, "code": "upstream_error"}}
-    event = error_event(body)
-    assert event.startswith(b"data: ") and event.endswith(b"\n\n") and json.loads(event[6:]) == body

@@ -1,6 +1,7 @@
 """The datasets service (docs/LIFECYCLE.md, "Datasets" and "Feedback"): named lists of seed-format preference pairs
 (DESIGN contract 1) filled by uploads, by stored best-of-N logs and by user feedback, and exported as the JSONL the
-trainer reads. Used by gateway/dataset_routes.py. Must not import starlette, torch, trainer or reward_serving.
+trainer reads. Used by gateway.api.datasets and gateway.service.feedback. Must not import starlette, torch,
+trainer or reward_serving.
 
 Decisions where LIFECYCLE.md is silent:
 - Every pair is normalised by gateway.formats (any accepted shape is stored in the seed shape) and its split is
@@ -25,16 +26,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gateway.criteria.definitions import SLUG
-from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.criteria import SLUG
+from gateway.errors import InvalidRequestError
 from gateway.formats import LineError, PairError, PreferencePair, iter_pairs, parse_pair
 from gateway.store import (
     MAX_PAGE,
     CandidateRecord,
-    DatasetNotFoundError,
     DatasetRecord,
     EntryError,
     EntryPage,
+    EntrySource,
     InvalidEntriesError,
     LogNotFoundError,
     LogQuery,
@@ -44,8 +45,7 @@ from gateway.store import (
     preference_pair,
 )
 
-THREAD_KEY = "rg_thread"  # the metadata key that groups the regenerations of one answer into a thread
-_DATASET_ID = re.compile(r"ds_[0-9A-HJKMNP-TV-Z]{26}")
+DATASET_ID = re.compile(r"ds_[0-9A-HJKMNP-TV-Z]{26}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Upload:
     invalid: tuple[EntryError, ...]
 
 
-def _checked(pair: PreferencePair) -> PreferencePair:
+def storable(pair: PreferencePair) -> PreferencePair:
     # JSON readers accept NaN and Infinity (e.g. inside metadata); the store and the trainer's files do not.
     try:
         json.dumps(pair.to_json(), allow_nan=False)
@@ -73,7 +73,7 @@ def read_jsonl(body: bytes) -> Upload:
         try:
             if isinstance(item, LineError):
                 raise PairError(item.reason)
-            pairs.append(_checked(item))
+            pairs.append(storable(item))
         except PairError as exc:
             invalid.append(EntryError(index, line, str(exc)))
     return Upload(tuple(pairs), tuple(invalid))
@@ -87,7 +87,7 @@ def read_entries(entries: object) -> Upload:
     invalid: list[EntryError] = []
     for index, raw in enumerate(entries):
         try:
-            pairs.append(_checked(parse_pair(raw)))
+            pairs.append(storable(parse_pair(raw)))
         except PairError as exc:
             invalid.append(EntryError(index, index + 1, str(exc)))
         except RecursionError:
@@ -113,15 +113,16 @@ class Added:
         return {"added": self.added, "skipped": skipped, "dataset": self.dataset.to_json()}
 
 
-def _produced(log: LogRecord) -> list[CandidateRecord]:
+def produced(log: LogRecord) -> list[CandidateRecord]:
     """The candidates the provider produced, best-ranked first."""
     return [c for c in log.candidates if c.status == "ok" and c.message is not None]
 
 
-def _feedback_entry(
-    log: LogRecord, chosen: CandidateRecord, rejected: CandidateRecord, meta: dict[str, Any]
+def pair_entry(
+    log: LogRecord, chosen: CandidateRecord, rejected: CandidateRecord, meta: dict[str, Any], source: EntrySource
 ) -> NewEntry:
-    """The log's prompt (request messages, tools, tool_choice) with `chosen` over `rejected`; PairError if invalid."""
+    """The log's prompt (request messages, tools, tool_choice) with `chosen` over `rejected`, as a dataset entry of
+    `source`; PairError if the format refuses the pair."""
     messages = log.request.get("messages")
     if not isinstance(messages, list):
         raise PairError("the logged request has no messages list")
@@ -131,12 +132,12 @@ def _feedback_entry(
         "metadata": meta,
     }
     record.update({key: log.request[key] for key in ("tools", "tool_choice") if log.request.get(key) is not None})
-    return NewEntry(_checked(parse_pair(record)).to_json(), "feedback", log.id)
+    return NewEntry(storable(parse_pair(record)).to_json(), source, log.id)
 
 
 def _why_no_pair(log: LogRecord) -> str:
     """Why gateway.store.preference_pair made nothing of this log."""
-    scored = [c for c in _produced(log) if c.score is not None]
+    scored = [c for c in produced(log) if c.score is not None]
     if len(scored) < 2:
         return f"fewer than two scored candidates ({len(scored)})"
     best = max(scored, key=lambda c: c.score or 0.0)
@@ -144,7 +145,7 @@ def _why_no_pair(log: LogRecord) -> str:
     if best.score == worst.score:
         return f"the best and worst candidates tie (score {best.score})"
     try:
-        _feedback_entry(log, best, worst, {})
+        pair_entry(log, best, worst, {}, "log")
     except PairError as exc:
         return f"no valid pair: {exc}"
     return "no valid pair"
@@ -164,12 +165,6 @@ def _when(value: object, name: str) -> datetime | None:
     return parsed
 
 
-def _text(value: object, name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidRequestError(f"{name}: required, a non-empty string", param=name)
-    return value
-
-
 class DatasetService:
     def __init__(self, store: LogStore) -> None:
         self._store = store
@@ -177,7 +172,7 @@ class DatasetService:
     # ------------------------------------------------------------ datasets and entries
 
     async def create(self, *, name: object, description: object = "") -> DatasetRecord:
-        if not isinstance(name, str) or not SLUG.fullmatch(name) or _DATASET_ID.fullmatch(name):
+        if not isinstance(name, str) or not SLUG.fullmatch(name) or DATASET_ID.fullmatch(name):
             raise InvalidRequestError(
                 f"name: {name!r} is not 1 to 128 letters, digits, '.', '_' or '-' starting with a letter or digit"
                 " (and not shaped like a dataset id)",
@@ -277,115 +272,3 @@ class DatasetService:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
-
-    # ------------------------------------------------------------ feedback
-
-    async def feedback(self, body: Mapping[str, Any]) -> Added:
-        """(a) `{"log_id", "choice_index", "dataset"}`: the chosen choice over every other produced candidate;
-        (b) `{"thread", "dataset", "accepted_log_id"?}`: the accepted response over the thread's first one."""
-        dataset = _text(body.get("dataset"), "dataset")
-        by_choice = "log_id" in body
-        if by_choice == ("thread" in body):
-            raise InvalidRequestError("give either log_id + choice_index, or thread", param="log_id")
-        allowed = {"log_id", "choice_index", "dataset"} if by_choice else {"thread", "accepted_log_id", "dataset"}
-        extra = sorted(set(body) - allowed)
-        if extra:
-            raise InvalidRequestError(
-                f"unknown field {extra[0]!r} (allowed: {', '.join(sorted(allowed))})", param=extra[0]
-            )
-        skipped: list[tuple[int | str, str]] = []
-        if by_choice:
-            entries, skipped = await self._choice(_text(body["log_id"], "log_id"), body.get("choice_index"))
-        else:
-            accepted = body.get("accepted_log_id")
-            accepted_id = None if accepted is None else _text(accepted, "accepted_log_id")
-            entries = [await self._thread(_text(body["thread"], "thread"), accepted_id)]
-        target = await self._feedback_dataset(dataset)
-        result = await self._store.add_entries(target.id, entries)
-        return Added(result.dataset, result.added, skipped=tuple(skipped))
-
-    async def _feedback_dataset(self, dataset: str) -> DatasetRecord:
-        """The named dataset, created when a valid name does not exist yet."""
-        try:
-            return await self._store.get_dataset(dataset)
-        except DatasetNotFoundError:
-            if not SLUG.fullmatch(dataset) or _DATASET_ID.fullmatch(dataset):
-                raise
-        return await self._store.create_dataset(name=dataset, exist_ok=True)
-
-    async def _choice(self, log_id: str, choice_index: object) -> tuple[list[NewEntry], list[tuple[int | str, str]]]:
-        if isinstance(choice_index, bool) or not isinstance(choice_index, int) or choice_index < 0:
-            raise InvalidRequestError("choice_index: required, a choice's index (0 = the best)", param="choice_index")
-        log = await self._store.get_log(log_id)
-        chosen = next((c for c in log.candidates if c.rank == choice_index), None)
-        if chosen is None:
-            raise InvalidRequestError(
-                f"choice_index: log {log_id} has no choice {choice_index} ({len(log.candidates)} choices)",
-                param="choice_index",
-            )
-        produced = _produced(log)
-        if chosen not in produced:
-            raise InvalidRequestError(
-                f"choice {choice_index} of log {log_id} was not produced: {chosen.error}",
-                param="choice_index",
-                code="no_pair",
-            )
-        if len(produced) < 2:
-            raise InvalidRequestError(
-                f"log {log_id} has fewer than two produced candidates: no pair to make", param="log_id", code="no_pair"
-            )
-        entries: list[NewEntry] = []
-        skipped: list[tuple[int | str, str]] = []
-        for other in produced:
-            if other is chosen:
-                continue
-            meta = {
-                "log_id": log_id,
-                "feedback": "choice",
-                "chosen_choice": choice_index,
-                "rejected_choice": other.rank,
-            }
-            try:
-                entries.append(_feedback_entry(log, chosen, other, meta))
-            except PairError as exc:
-                skipped.append((other.rank if other.rank is not None else other.index, str(exc)))
-        if not entries:
-            reasons = "; ".join(f"choice {ref}: {why}" for ref, why in skipped)
-            raise InvalidRequestError(f"no valid pair from log {log_id}: {reasons}", param="log_id", code="no_pair")
-        return entries, skipped
-
-    async def _thread(self, thread: str, accepted_id: str | None) -> NewEntry:
-        logs: list[LogRecord] = []  # newest first
-        cursor = None
-        while True:
-            page = await self._store.list_logs(LogQuery({THREAD_KEY: thread}), limit=MAX_PAGE, cursor=cursor)
-            logs += page.logs
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
-        if not logs:
-            raise NotFoundError(
-                f"no stored log has metadata {THREAD_KEY}={thread!r}", param="thread", code="thread_not_found"
-            )
-        first, accepted = logs[-1], logs[0]
-        if accepted_id is not None:
-            found = next((log for log in logs if log.id == accepted_id), None)
-            if found is None:
-                await self._store.get_log(accepted_id)  # 404 when there is no such log at all
-                raise InvalidRequestError(
-                    f"accepted_log_id: log {accepted_id} is not in thread {thread!r}", param="accepted_log_id"
-                )
-            accepted = found
-        if accepted.id == first.id:
-            why = "has one log" if len(logs) == 1 else "is accepted at its first response"
-            raise InvalidRequestError(f"thread {thread!r} {why}: no pair to make", param="thread", code="no_pair")
-        for log in (accepted, first):
-            if not _produced(log):
-                raise InvalidRequestError(f"log {log.id} has no produced response", param="thread", code="no_pair")
-        meta = {"thread": thread, "feedback": "thread", "accepted_log_id": accepted.id, "first_log_id": first.id}
-        try:
-            return _feedback_entry(accepted, _produced(accepted)[0], _produced(first)[0], meta)
-        except PairError as exc:
-            raise InvalidRequestError(
-                f"thread {thread!r}: no valid pair: {exc}", param="thread", code="no_pair"
-            ) from None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.training import (
+from gateway.service.training import (
     Hyperparameters,
     JobRunner,
     JobSpec,

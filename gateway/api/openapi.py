@@ -14,8 +14,6 @@ from types import MappingProxyType
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
-from starlette.requests import Request
-from starlette.responses import Response
 
 from gateway.protocol import ChatCompletion, ChatCompletionRequest, ModelListing
 from gateway.store import MAX_PAGE, METADATA_MAX_KEY_CHARS, METADATA_MAX_KEYS, METADATA_MAX_VALUE_CHARS
@@ -51,12 +49,8 @@ def chat_example() -> Schema:
     }
 
 
-async def openapi_json(request: Request, app: object) -> Response:
-    return Response(_spec_bytes(), media_type="application/json")
-
-
 @functools.cache
-def _spec_bytes() -> bytes:
+def spec_bytes() -> bytes:
     return json.dumps(gateway_spec()).encode()
 
 

@@ -1,0 +1,49 @@
+"""The training-jobs API (docs/LIFECYCLE.md, "Training jobs"): thin handlers over gateway.service.jobs, mounted
+by gateway.proxy behind its middleware. Must not import torch or trainer.
+
+    POST /v1/reward-models               {dataset, slug, base_model?, hyperparameters?}  -> 201 job (PENDING/QUEUED)
+    GET  /v1/reward-models               every job, newest first
+    GET  /v1/reward-models/{id}          one job: state, progress, metrics, version
+    POST /v1/reward-models/{id}/cancel   -> the job, ERROR "cancelled" (400 once finished)
+    GET  /v1/base-models                 the trainer's offline aliases for the console's select
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.api import Route, Services
+from gateway.api.bodies import read_json
+from gateway.service.training import base_models
+
+
+async def create_job(request: Request, services: Services) -> Response:
+    job = await services.jobs.create(await read_json(request, services.settings.max_body_bytes))
+    return JSONResponse(job.to_json(), status_code=201)
+
+
+async def list_jobs(request: Request, services: Services) -> Response:
+    return JSONResponse({"object": "list", "data": [job.to_json() for job in await services.jobs.list_jobs()]})
+
+
+async def get_job(request: Request, services: Services) -> Response:
+    return JSONResponse((await services.jobs.get(request.path_params["id"])).to_json())
+
+
+async def cancel_job(request: Request, services: Services) -> Response:
+    return JSONResponse((await services.jobs.cancel(request.path_params["id"])).to_json())
+
+
+async def list_base_models(request: Request, services: Services) -> Response:
+    data = [{"id": b.id, "description": b.description, "default": b.default} for b in base_models()]
+    return JSONResponse({"object": "list", "data": data})
+
+
+ROUTES: tuple[Route, ...] = (
+    ("/v1/reward-models", create_job, "POST"),
+    ("/v1/reward-models", list_jobs, "GET"),
+    ("/v1/reward-models/{id}", get_job, "GET"),
+    ("/v1/reward-models/{id}/cancel", cancel_job, "POST"),
+    ("/v1/base-models", list_base_models, "GET"),
+)

@@ -1,0 +1,201 @@
+"""The chat-completions service behind POST /v1/chat/completions: pass-through (a JSON answer or a relayed stream)
+and the best-of-N pipeline generate -> score -> rank -> record, with frozen hand-offs in and out.
+
+The API layer parses every wire input into a `ChatRequest` before anything here runs (gateway.api.chat), so a
+client error never reaches the upstream or the store. This module owns the order of the work, the one store
+write per request, and the metrics of what it observes (upstream latency, candidates, scoring, each criterion).
+Rendering (completion JSON, stream chunks, store records) is gateway.service.render's. Must not import starlette
+or gateway.api.
+
+Decisions: without criteria the upstream's JSON (or its SSE bytes) goes back as it came; `store: true` then logs
+the one completion and the response carries `rewardgate.log_id`. Streamed, the bytes pass through unchanged
+(regrouped at event boundaries) while a copy is parsed to store the completion when the stream ends; there is no
+log id in the response then (the upstream's chunks carry none), and a stream the client abandons is not stored.
+A failure after the first event is stored with the stream and raised to the caller, which ends the stream with an
+error event. With criteria, every candidate is generated whole (ranking needs them whole), and if every candidate
+fails the request fails with the first failure's status (gateway.upstream.router.AllCandidatesFailed).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+
+from gateway.config import GatewaySettings
+from gateway.criteria import Criterion, CriterionResult, rank, score_all
+from gateway.formats import Message, loose_message
+from gateway.metrics import GatewayMetrics
+from gateway.service import render
+from gateway.service.criteria import CriteriaService
+from gateway.service.handoffs import ChatRequest, Passthrough, Ranked
+from gateway.store import CandidateRecord, LogRecord, LogStore
+from gateway.upstream.events import StreamAccumulator, whole_events
+from gateway.upstream.providers import ProviderError
+from gateway.upstream.router import Candidate, CandidateError, Router
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- the service
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        router: Router,
+        store: LogStore,
+        criteria: CriteriaService,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._settings = settings
+        self._router = router
+        self._store = store
+        self._criteria = criteria
+        self._metrics = metrics
+
+    async def passthrough(self, request: ChatRequest) -> Passthrough:
+        """One upstream completion, returned as the upstream sent it."""
+        started = time.perf_counter()
+        response = await self._router.complete(request.upstream, self._settings.upstream_timeout_s)
+        upstream_s = time.perf_counter() - started
+        self._metrics.record_upstream(self._provider(request.model), upstream_s)
+        log = None
+        if request.metadata is not None:
+            log = await self._record(request, render.passthrough_records(response), upstream_s)
+        return Passthrough(response, upstream_s, log)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[bytes]:
+        """The upstream's SSE bytes. The first event is awaited here, so upstream errors still get their status;
+        the returned generator closes the upstream in its `finally`, however the caller leaves."""
+        started = time.perf_counter()
+        upstream = whole_events(self._router.stream(request.upstream, self._settings.upstream_timeout_s))
+        try:
+            first = await anext(upstream, b"")
+        except BaseException:
+            await _aclose(upstream)
+            raise
+        copy = StreamAccumulator() if request.metadata is not None else None
+
+        async def relay() -> AsyncIterator[bytes]:
+            failure: BaseException | None = None
+            try:
+                chunk = first
+                while chunk:
+                    if copy is not None:
+                        copy.feed(chunk)
+                    yield chunk
+                    chunk = await anext(upstream, b"")
+            except Exception as exc:
+                failure = exc
+                logger.warning("upstream stream failed after the first event: %s", _describe(exc))
+            finally:
+                await _aclose(upstream)
+            if copy is not None:
+                failed = None if failure is None else _describe(failure)
+                records = render.stream_records(copy.choices(), failed, copy.unparsable)
+                await self._record(request, records, time.perf_counter() - started)
+            if failure is not None:
+                raise failure
+
+        return relay()
+
+    async def best_of_n(self, request: ChatRequest) -> Ranked:
+        """n candidates from the upstream, scored by every criterion, ranked, stored when asked."""
+        assert request.best_of_n is not None, "a pass-through request has no criteria"
+        wanted = request.best_of_n
+        criteria = await self._criteria.resolve(wanted.criteria)
+
+        started = time.perf_counter()
+        candidates = await self._router.generate_candidates(
+            request.upstream, wanted.n, self._settings.upstream_timeout_s
+        )
+        upstream_s = time.perf_counter() - started
+        self._record_candidates(candidates)
+
+        started = time.perf_counter()
+        answers = [_answer(c) for c in candidates]
+        scored = await score_all(
+            criteria,
+            wanted.prompt,
+            answers,
+            timeout_s=self._settings.criteria_timeout_s,
+            on_scored=self._record_criterion,
+        )
+        scoring_s = time.perf_counter() - started
+        self._metrics.scoring_duration.observe(scoring_s)
+
+        order = tuple(rank(scored))
+        versions = {c.slug: c.version for c, _ in criteria}
+        log = None
+        if request.metadata is not None:
+            records = render.best_of_n_records(candidates, scored, order)
+            stored_versions = {slug: v for slug, v in versions.items() if v is not None}
+            log = await self._record(request, records, upstream_s, scoring_s, stored_versions)
+        return Ranked(
+            id="chatcmpl-rg-" + secrets.token_hex(12),
+            created=int(time.time()),
+            request=request,
+            candidates=tuple(candidates),
+            scored=tuple(scored),
+            order=order,
+            versions=versions,
+            upstream_s=upstream_s,
+            scoring_s=scoring_s,
+            log=log,
+        )
+
+    # ------------------------------------------------------------ helpers
+
+    async def _record(
+        self,
+        request: ChatRequest,
+        records: Sequence[CandidateRecord],
+        upstream_s: float,
+        scoring_s: float | None = None,
+        criteria_versions: Mapping[str, str] | None = None,
+    ) -> LogRecord:
+        total_s = time.perf_counter() - request.started
+        latencies = render.latencies(upstream_s, scoring_s, total_s)
+        return await self._store.create_log(
+            model=request.model,
+            request=request.raw,
+            candidates=records,
+            latencies=latencies,
+            metadata=request.metadata,
+            criteria_versions=criteria_versions,
+        )
+
+    def _provider(self, model: str) -> str:
+        return self._router.resolve(model)[0].name
+
+    def _record_candidates(self, candidates: Sequence[Candidate | CandidateError]) -> None:
+        produced = [c for c in candidates if isinstance(c, Candidate)]
+        self._metrics.record_candidates(len(produced), len(candidates) - len(produced))
+        for model, latency_s in {(c.model, c.latency_s) for c in produced}:  # one per upstream response
+            self._metrics.record_upstream(self._provider(model), latency_s)
+
+    def _record_criterion(self, criterion: Criterion, seconds: float, results: Sequence[CriterionResult]) -> None:
+        codes = [r.error_code or "error" for r in results if not r.ok]
+        scores = [r.normalized for r in results if r.ok and r.normalized is not None]
+        self._metrics.record_criterion(criterion.slug, seconds, codes, scores)
+
+
+def _answer(candidate: Candidate | CandidateError) -> Message | None:
+    """The candidate's message as the criteria read it; None for one the provider failed to produce."""
+    return loose_message(candidate.choice.get("message"), "") if isinstance(candidate, Candidate) else None
+
+
+def _describe(exc: BaseException) -> str:
+    """A stored stream's failure: the error code and message a client was sent in the error event."""
+    if isinstance(exc, ProviderError):
+        return f"{exc.code}: {exc}"
+    return f"internal_error: {type(exc).__name__}"
+
+
+async def _aclose(iterator: AsyncIterator[bytes]) -> None:
+    if isinstance(iterator, AsyncGenerator):
+        await iterator.aclose()

@@ -1,0 +1,69 @@
+"""The frozen hand-offs of the chat pipeline: the request the API parsed (`ChatRequest`, with `BestOfN` when
+`op-criteria` is set) and the results the service returns (`Passthrough`, `Ranked`). Pure data: imports only the
+criteria vocabulary, formats and the store's records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.criteria import CriterionRef, Scored
+from gateway.formats import Message
+from gateway.store import LogRecord
+from gateway.upstream.router import Candidate, CandidateError
+
+
+@dataclass(frozen=True)
+class BestOfN:
+    """What `op-criteria` asks for, parsed: the criteria, n, and whether only the best choice goes back."""
+
+    criteria: tuple[CriterionRef, ...]
+    n: int
+    best_only: bool
+    prompt: tuple[Message, ...]  # the request's messages, as the criteria read them
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion as the API parsed it: every field checked, nothing left to refuse."""
+
+    model: str
+    raw: Mapping[str, Any]  # the body as received: what a log stores
+    upstream: Mapping[str, Any]  # the body for the upstream: the gateway's own fields removed
+    stream: bool
+    include_usage: bool  # stream_options.include_usage
+    metadata: Mapping[str, str] | None  # validated; None when the request is not to be stored
+    started: float  # perf_counter at arrival, before the body was read
+    best_of_n: BestOfN | None = None  # None: pass-through
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    """A pass-through answer: the upstream's completion as it came, and its log when stored."""
+
+    response: Mapping[str, Any]
+    upstream_s: float
+    log: LogRecord | None
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A best-of-N answer: every candidate in the provider's order with its scores, the ranking, and the log."""
+
+    id: str
+    created: int
+    request: ChatRequest
+    candidates: tuple[Candidate | CandidateError, ...]
+    scored: tuple[Scored, ...]  # one per candidate, same order
+    order: tuple[int, ...]  # candidate positions, best first
+    versions: Mapping[str, str | None]  # {slug: version} of every criterion that scored
+    upstream_s: float
+    scoring_s: float
+    log: LogRecord | None
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds spent waiting on others (upstream and criteria): what the overhead metric subtracts."""
+        return self.upstream_s + self.scoring_s
