@@ -1,25 +1,84 @@
 """What each dialect owns (gateway/store/sqlite.py, postgres.py): urls, the SQLite worker thread, the Postgres
-pool and its cancellation rule."""
+pool and its cancellation rule; and that the Dialect interface is the only thing the two backends differ in (one
+Store class over both, each dialect exactly the interface's methods)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from gateway.store import LogNotFoundError, Store, StoreBusyError, StoreError, open_store
+from gateway.store.dialect import Dialect
+from gateway.store.sqlite import SqliteDialect
 from tests.gateway.conftest import Backend
 from tests.gateway.store.conftest import T0, add
 
 pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# ---------------------------------------------------------------- one store, two dialects
+
+
+def _interface() -> dict[str, list[str]]:
+    """Dialect's methods -> their parameter names after self."""
+    methods = {name: fn for name, fn in vars(Dialect).items() if inspect.iscoroutinefunction(fn)}
+    return {name: list(inspect.signature(fn).parameters)[1:] for name, fn in methods.items()}
+
+
+def _methods(dialect: type) -> dict[str, list[str]]:
+    """The dialect class's public methods (all but the `open` factory) -> parameter names after self and, for
+    the SQL methods (decorated), after the connection."""
+    out = {}
+    for name, fn in vars(dialect).items():
+        if name.startswith("_") or name == "open" or not callable(fn):
+            continue
+        wrapped = getattr(fn, "__wrapped__", None)
+        out[name] = list(inspect.signature(wrapped or fn).parameters)[2 if wrapped else 1 :]
+    return out
+
+
+def test_both_dialects_are_exactly_the_dialect_interface() -> None:
+    pytest.importorskip("psycopg")
+    from gateway.store.postgres import PostgresDialect
+
+    assert len(_interface()) == 21
+    assert _methods(SqliteDialect) == _interface()
+    assert _methods(PostgresDialect) == _interface()
+
+
+async def test_open_store_builds_the_one_store_class_on_either_dialect(backend: Backend) -> None:
+    s = await open_store(backend.url)
+    try:
+        assert type(s) is Store
+        assert type(s.dialect).__name__ == {"sqlite": "SqliteDialect", "postgres": "PostgresDialect"}[backend.name]
+    finally:
+        await s.aclose()
+
+
+def test_a_sqlite_store_imports_no_psycopg(tmp_path: Path) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from gateway.store import open_store\n"
+        "async def main():\n"
+        f"    await (await open_store({str(tmp_path / 'x.db')!r})).aclose()\n"
+        "asyncio.run(main())\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('psycopg', 'psycopg_pool')], 'psycopg imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 # ---------------------------------------------------------------- SQLite

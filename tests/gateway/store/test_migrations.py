@@ -1,9 +1,10 @@
 """The schema migrations of both dialects (gateway/store/migrations.py): an old database of either is migrated
-and keeps its data, reopening is idempotent, a newer schema is refused. SQLite keeps its version in PRAGMA
-user_version, Postgres in rewardgate_schema."""
+and keeps its data, reopening is idempotent, a newer schema is refused, and no step's text ever changes (existing
+databases were built with it). SQLite keeps its version in PRAGMA user_version, Postgres in rewardgate_schema."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from datetime import UTC, datetime
@@ -18,11 +19,22 @@ from tests.gateway.store.conftest import REQUEST, all_logs, count_rows, pair
 
 pytestmark = pytest.mark.anyio
 SPEC = {"type": "json"}
+# sha256 (first 16 hex digits) of each step's statements joined by newlines, as released. Append; never edit.
+SQLITE_STEPS = ["b494f175a713bfee", "b857f4b73dcfb3cd", "66ff3431fa8ed769", "5c82ebcf925b248d", "893f11bf90eec9f0"]
+POSTGRES_STEPS = ["b1cda1704c6d03dc", "6cd36c6c6b291ba0", "51d1f341ad035ad3", "93e78a3fcd9fd3b6", "226c348a7f226ce7"]
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.parametrize(
+    ("steps", "released"), [(SQLITE_MIGRATIONS, SQLITE_STEPS), (POSTGRES_MIGRATIONS, POSTGRES_STEPS)]
+)
+def test_released_steps_are_never_edited(steps: tuple[tuple[str, ...], ...], released: list[str]) -> None:
+    assert [hashlib.sha256("\n".join(step).encode()).hexdigest()[:16] for step in steps][: len(released)] == released
+    assert len(SQLITE_MIGRATIONS) == len(POSTGRES_MIGRATIONS)  # step N means the same tables in both
 
 
 # ---------------------------------------------------------------- SQLite
