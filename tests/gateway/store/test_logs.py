@@ -1,24 +1,18 @@
 """The log store on both backends (tests/gateway/conftest.py): every operation, filters and cursors, exports,
-locking, atomicity; the migrations of each backend's own schema bookkeeping."""
+locking, atomicity. The migrations are test_migrations.py's, what only one dialect does test_dialects.py's."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-import socket
-import sqlite3
-import threading
 import time
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from gateway.formats import parse_line, split_for_prompt
-from gateway.sqlite_store import MIGRATIONS
 from gateway.store import (
     MAX_PAGE,
     CandidateRecord,
@@ -31,22 +25,15 @@ from gateway.store import (
     MetadataError,
     StoreBusyError,
     StoreClosedError,
-    StoreError,
     new_log_id,
     open_store,
     preference_pair,
     validate_metadata,
 )
 from tests.gateway.conftest import Backend
+from tests.gateway.store.conftest import REQUEST, T0, add, all_logs, failed, ok
 
 pytestmark = pytest.mark.anyio
-
-T0 = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
-REQUEST = {
-    "model": "openai:gpt-4o-mini",
-    "n": 3,
-    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
-}
 
 
 @pytest.fixture
@@ -54,52 +41,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[LogStore]:
-    s = await open_store(store_url)
-    yield s
-    await s.aclose()
-
-
-def ok(index: int, score: float, rank: int | None = None, text: str | None = None) -> CandidateRecord:
-    message = {"role": "assistant", "content": text or f"answer {index}", "refusal": None}
-    result = {"status": "success", "score": score, "explanation": "fine", "version": "v3"}
-    return CandidateRecord(index, message, "ok", "stop", None, score, rank, {"support-rm": result})
-
-
-def failed(index: int, score: float | None = None) -> CandidateRecord:
-    return CandidateRecord(index, None, "error", None, "upstream timed out", score=score)
-
-
-async def add(
-    s: LogStore,
-    at: datetime | None = None,
-    metadata: dict[str, str] | None = None,
-    model: str = "openai:gpt-4o-mini",
-    candidates: list[CandidateRecord] | None = None,
-    request: dict[str, Any] | None = None,
-) -> LogRecord:
-    return await s.create_log(
-        model=model,
-        request=request or REQUEST,
-        candidates=[ok(0, 0.9, 0), failed(1), ok(2, 0.5, 1)] if candidates is None else candidates,
-        latencies=Latencies(upstream_ms=120.0, scoring_ms=30.5, total_ms=160.25),
-        metadata=metadata,
-        criteria_versions={"support-rm": "v3"},
-        created_at=at,
-    )
-
-
-async def all_logs(s: LogStore, query: LogQuery | None = None) -> list[LogRecord]:
-    return list((await s.list_logs(query, limit=MAX_PAGE)).logs)
-
-
-def count_rows(path: Path, table: str) -> int:
-    with sqlite3.connect(path) as db:
-        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-
-
-# ---------------------------------------------------------------- create, get, ids, urls
+# ---------------------------------------------------------------- create, get, ids
 
 
 async def test_create_then_get_returns_everything_candidates_in_rank_order(store: LogStore) -> None:
@@ -132,33 +74,6 @@ async def test_the_injected_clock_dates_logs(store_url: str) -> None:
     log = await add(s)
     assert log.created_at == T0 and (await s.get_log(log.id)).created_at == T0
     await s.aclose()
-
-
-async def test_sqlite_urls_memory_and_unsupported_schemes(tmp_path: Path) -> None:
-    memory = await open_store(":memory:", clock=lambda: T0)
-    log = await add(memory)
-    assert (await memory.get_log(log.id)).created_at == T0
-    await memory.aclose()
-    for url in (f"sqlite:///{tmp_path}/a.db", str(tmp_path / "b.db")):  # sqlite:////abs/path and a bare path
-        s = await open_store(url)
-        await add(s)
-        await s.aclose()
-    assert (tmp_path / "a.db").exists() and (tmp_path / "b.db").exists()
-    with pytest.raises(StoreError, match="unsupported store url scheme 'mysql'") as info:
-        await open_store("mysql://user:s3cret@localhost/logs")
-    assert "s3cret" not in str(info.value)
-    with pytest.raises(StoreError):
-        await open_store(str(tmp_path / "missing-dir" / "c.db"))
-
-
-async def test_an_unreachable_postgres_fails_at_open_without_the_password() -> None:
-    pytest.importorskip("psycopg")
-    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with pytest.raises(StoreError) as info:
-        await open_store(f"postgres://user:s3cret@127.0.0.1:{port}/logs")
-    assert "s3cret" not in str(info.value) and not isinstance(info.value, StoreBusyError)
 
 
 async def test_bad_inputs_are_refused(store: LogStore) -> None:
@@ -220,7 +135,7 @@ async def test_cursor_pages_are_stable_while_new_logs_arrive(store: LogStore) ->
 async def test_export_jsonl_streams_the_filtered_logs(
     store: LogStore, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gateway.store_codec.EXPORT_BATCH", 2)  # several queries for five logs
+    monkeypatch.setattr("gateway.store.core.EXPORT_BATCH", 2)  # several queries for five logs
     logs = [await add(store, at=T0 + timedelta(minutes=i), metadata={"keep": str(i % 2 == 0)}) for i in range(8)]
     stream = store.export_jsonl(LogQuery(metadata={"keep": "True"}))
     assert hasattr(stream, "__anext__") and not isinstance(stream, list)
@@ -316,74 +231,7 @@ async def test_update_metadata_merges_removes_and_reindexes(store: LogStore) -> 
         await store.update_metadata("log_missing", {"a": "b"})
 
 
-# ---------------------------------------------------------------- migrations and durability
-
-
-async def test_an_old_sqlite_database_is_migrated_and_reopening_is_idempotent(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:  # a database written by the first schema version only
-        for statement in MIGRATIONS[0]:
-            db.execute(statement)
-        db.execute("PRAGMA user_version = 1")
-        db.execute(
-            "INSERT INTO logs (id, created_at, model, request, metadata) VALUES (?, ?, ?, ?, ?)",
-            ("log_old", "2025-06-01T00:00:00.000000Z", "m", json.dumps(REQUEST), '{"team": "a"}'),
-        )
-        db.execute("INSERT INTO candidates (log_id, idx, message, status, score, rank) VALUES (?, 0, ?, 'ok', 1.5, 0)",
-                   ("log_old", json.dumps({"role": "assistant", "content": "Paris."})))  # fmt: skip
-    for _ in range(2):
-        s = await open_store(str(path))
-        old = await s.get_log("log_old")
-        assert old.metadata == {"team": "a"} and old.candidates[0].score == 1.5
-        assert [x.id for x in await all_logs(s, LogQuery(metadata={"team": "a"}))] == ["log_old"]  # backfilled
-        await s.aclose()
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert count_rows(path, "logs") == 1 and count_rows(path, "log_metadata") == 1
-
-
-async def test_a_newer_sqlite_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "future.db"
-    with sqlite3.connect(path) as db:
-        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    with pytest.raises(StoreError, match="newer"):
-        await open_store(str(path))
-
-
-async def test_an_old_postgres_schema_is_migrated_and_reopening_is_idempotent(postgres_url: str) -> None:
-    from gateway.postgres_schema import MIGRATIONS as PG_MIGRATIONS
-
-    old = Backend("postgres", postgres_url)
-    await old.sql("CREATE TABLE rewardgate_schema (version INTEGER PRIMARY KEY)")  # as schema v1 left it
-    for statement in PG_MIGRATIONS[0]:
-        await old.sql(statement)
-    await old.sql("INSERT INTO rewardgate_schema VALUES (1)")
-    await old.sql("INSERT INTO logs (id, created_at, model, request, metadata) VALUES (%s, %s, %s, %s, %s)",
-                  "log_old", "2025-06-01T00:00:00.000000Z", "m", json.dumps(REQUEST), '{"team": "a"}')  # fmt: skip
-    await old.sql("INSERT INTO candidates (log_id, idx, message, status, score, rank) VALUES (%s, 0, %s, 'ok', 1.5, 0)",
-                  "log_old", json.dumps({"role": "assistant", "content": "Paris."}))  # fmt: skip
-    for _ in range(2):
-        s = await open_store(postgres_url)
-        got = await s.get_log("log_old")
-        assert got.metadata == {"team": "a"} and got.candidates[0].score == 1.5
-        assert got.created_at == datetime(2025, 6, 1, tzinfo=UTC)
-        assert [x.id for x in await all_logs(s, LogQuery(metadata={"team": "a"}))] == ["log_old"]
-        await s.aclose()
-    versions = [row[0] for row in await old.sql("SELECT version FROM rewardgate_schema ORDER BY version")]
-    assert versions == list(range(1, len(PG_MIGRATIONS) + 1))  # each step once
-    assert await old.count("logs") == 1
-
-
-async def test_a_newer_postgres_schema_is_refused(postgres_url: str) -> None:
-    from gateway.postgres_schema import MIGRATIONS as PG_MIGRATIONS
-
-    s = await open_store(postgres_url)
-    await s.aclose()
-    await Backend("postgres", postgres_url).sql("INSERT INTO rewardgate_schema (version) VALUES (%s)",
-                                                len(PG_MIGRATIONS) + 1)  # fmt: skip
-    with pytest.raises(StoreError, match="newer"):
-        await open_store(postgres_url)
+# ---------------------------------------------------------------- durability
 
 
 async def test_data_survives_close_and_reopen(store_url: str) -> None:
@@ -405,28 +253,6 @@ async def test_aclose_is_idempotent_and_later_calls_fail_clearly(store_url: str)
         await s.get_log("log_x")
     with pytest.raises(StoreClosedError):
         await add(s)
-
-
-async def test_a_postgres_create_whose_caller_is_cancelled_still_commits(postgres_url: str) -> None:
-    # Not on SQLite: its executor drops a call cancelled before the worker thread has picked it up.
-    backend = Backend("postgres", postgres_url)
-    s = await open_store(backend.url)
-    caller = asyncio.create_task(add(s))
-    await asyncio.sleep(0)  # one turn of the loop: the create is handed to the store, not waited for
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
-    await s.aclose()  # calls already running finish first
-    assert await backend.count("logs") == 1 and await backend.count("candidates") == 3
-
-
-async def test_sqlite_aclose_stops_the_worker_thread(tmp_path: Path) -> None:
-    before = set(threading.enumerate())
-    s = await open_store(str(tmp_path / "logs.db"))
-    workers = [t for t in set(threading.enumerate()) - before if t.name.startswith("rewardgate-store")]
-    assert len(workers) == 1
-    await s.aclose()
-    assert not workers[0].is_alive()
 
 
 # ---------------------------------------------------------------- concurrency, locking, atomicity
@@ -454,20 +280,6 @@ async def test_a_locked_database_gives_busy_error_not_a_hang(backend: Backend) -
     after = await add(s)
     assert {log.id for log in await all_logs(s)} == {kept.id, after.id}
     await s.aclose()
-
-
-async def test_postgres_waiting_for_a_pooled_connection_is_bounded(postgres_url: str) -> None:
-    from gateway.postgres_store import PostgresLogStore
-
-    s = await PostgresLogStore.open(postgres_url, pool_size=1, busy_timeout_s=0.2)
-    try:
-        async with s._pool.connection():  # the only connection is taken
-            with pytest.raises(StoreBusyError, match="no free connection"):
-                await asyncio.wait_for(s.get_log("log_x"), timeout=30)
-        with pytest.raises(LogNotFoundError):
-            await s.get_log("log_x")
-    finally:
-        await s.aclose()
 
 
 _FAIL_SECOND = {  # the second candidate's INSERT fails inside the transaction

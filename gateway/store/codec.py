@@ -1,19 +1,17 @@
-"""What both store backends (gateway/sqlite_store.py, gateway/postgres_store.py) write the same way: JSON text,
-page cursors (so a cursor from one replica pages on another, whatever its backend), and the exports built on
-list_logs. Imports only the stdlib and gateway.store.
-"""
+"""What both dialects write the same way because the core encodes it: JSON text, the rows of a new log, and page
+cursors (so a cursor from one replica pages on another, whatever its dialect). Imports only the stdlib and
+gateway.store's records, errors and dialect modules."""
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from gateway.store import InvalidInputError, LogQuery, LogRecord, LogStore, _format_time, _parse_time, preference_pair
-
-EXPORT_BATCH = 200  # logs read per call while an export streams
+from gateway.store.dialect import CandidateRow, LogRow
+from gateway.store.errors import InvalidInputError
+from gateway.store.records import CandidateRecord, LogRecord, format_time, parse_time
 
 
 def dump_json(value: Any, what: str) -> str:
@@ -22,6 +20,33 @@ def dump_json(value: Any, what: str) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what}: not storable as JSON ({exc})") from None
+
+
+def dump_json_or_none(value: Any, what: str) -> str | None:
+    return None if value is None else dump_json(value, what)
+
+
+def log_row(log: LogRecord) -> LogRow:
+    """The log's row, JSON columns as text."""
+    lat = log.latencies
+    return LogRow(
+        id=log.id,
+        created_at=log.created_at,
+        model=log.model,
+        request=dump_json(log.request, "request"),
+        upstream_ms=lat.upstream_ms,
+        scoring_ms=lat.scoring_ms,
+        total_ms=lat.total_ms,
+        metadata=dump_json(log.metadata, "metadata"),
+        criteria_versions=dump_json(log.criteria_versions, "criteria_versions"),
+    )
+
+
+def candidate_row(c: CandidateRecord) -> CandidateRow:
+    """The candidate's row, JSON columns as text."""
+    message = dump_json_or_none(c.message, f"candidates[{c.index}].message")
+    results = dump_json(c.criteria_results, f"candidates[{c.index}].criteria_results")
+    return CandidateRow(c.index, message, c.status, c.finish_reason, c.error, c.score, c.rank, results)
 
 
 def _b64(text: str) -> str:
@@ -34,13 +59,13 @@ def _unb64(cursor: str) -> str:
 
 def encode_log_cursor(created_at: datetime, log_id: str) -> str:
     """base64 of "<created_at as fixed-width UTC text>|<id>": the last log of a page."""
-    return _b64(f"{_format_time(created_at)}|{log_id}")
+    return _b64(f"{format_time(created_at)}|{log_id}")
 
 
 def decode_log_cursor(cursor: str) -> tuple[datetime, str]:
     try:  # binascii.Error, Unicode errors, a bad split and a bad time are all ValueErrors
         created_at, log_id = _unb64(cursor).split("|")
-        return _parse_time(created_at), log_id
+        return parse_time(created_at), log_id
     except ValueError:
         raise InvalidInputError(f"invalid cursor {cursor!r}") from None
 
@@ -58,29 +83,3 @@ def decode_entry_cursor(cursor: str) -> int:
         return int(text[1:])
     except ValueError:  # binascii.Error and Unicode errors are ValueErrors too
         raise InvalidInputError(f"invalid cursor {cursor!r}") from None
-
-
-async def iter_logs(store: LogStore, query: LogQuery | None) -> AsyncIterator[LogRecord]:
-    """Every log matching `query`, newest first, read a page at a time."""
-    cursor = None
-    while True:
-        page = await store.list_logs(query, limit=EXPORT_BATCH, cursor=cursor)
-        for log in page.logs:
-            yield log
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
-
-
-async def export_jsonl(store: LogStore, query: LogQuery | None) -> AsyncIterator[str]:
-    """The matching logs, newest first, one JSON object per "\\n"-terminated line."""
-    async for log in iter_logs(store, query):
-        yield dump_json(log.to_json(), "log") + "\n"
-
-
-async def export_pairs(store: LogStore, query: LogQuery | None) -> AsyncIterator[str]:
-    """The matching logs as seed-format preference pairs (see preference_pair); logs with none are skipped."""
-    async for log in iter_logs(store, query):
-        pair = preference_pair(log)
-        if pair is not None:
-            yield dump_json(pair, "pair") + "\n"

@@ -1,16 +1,13 @@
 """Criterion definitions in the store, on both backends: version numbering (also under concurrent writers, each
-its own store as a gateway replica is), immutability, kind conflicts, alignment reports; and the migration of a
-SQLite database written before definitions existed."""
+its own store as a gateway replica is), immutability, kind conflicts, alignment reports. The migration of a
+database written before definitions existed is test_migrations.py's."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from pathlib import Path
 
 import pytest
 
-from gateway.sqlite_store import MIGRATIONS
 from gateway.store import CriterionExistsError, CriterionNotFoundError, open_store
 
 pytestmark = pytest.mark.anyio
@@ -94,23 +91,5 @@ async def test_alignment_is_attached_to_one_version(store_url: str) -> None:
         assert updated.alignment == {"f1": 0.5, "confusion": {"tp": 1}}
         first, second = await store.criterion_versions("a")
         assert first.alignment == {"f1": 0.5, "confusion": {"tp": 1}} and second.alignment is None
-    finally:
-        await store.aclose()
-
-
-async def test_a_sqlite_database_from_before_definitions_migrates_and_keeps_its_logs(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    for statements in MIGRATIONS[:2]:
-        for statement in statements:
-            db.execute(statement)
-    db.execute("PRAGMA user_version = 2")
-    db.execute("INSERT INTO logs (id, created_at, model, request) VALUES ('log_1', '2026-01-01T00:00:00.000000Z',"
-               " 'm', '{}')")  # fmt: skip
-    db.close()
-    store = await open_store(str(path))
-    try:
-        assert (await store.get_log("log_1")).model == "m"
-        assert (await store.create_criterion(slug="a", kind="rule", spec=SPEC)).id == "a@v1"
     finally:
         await store.aclose()

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from gateway.store import MAX_PAGE, CandidateRecord, Latencies, LogRecord, LogStore, open_store
+from gateway.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from tests.gateway.conftest import Backend
 
 pytestmark = pytest.mark.anyio
 REPLICAS = 4
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -67,14 +68,10 @@ async def test_replicas_starting_together_migrate_once(backend: Backend) -> None
         for s in stores:
             await s.aclose()
     if backend.name == "sqlite":
-        from gateway.sqlite_store import MIGRATIONS
-
-        assert await backend.sql("PRAGMA user_version") == [(len(MIGRATIONS),)]
+        assert await backend.sql("PRAGMA user_version") == [(len(SQLITE_MIGRATIONS),)]
     else:
-        from gateway.postgres_schema import MIGRATIONS
-
         versions = await backend.sql("SELECT version FROM rewardgate_schema ORDER BY version")
-        assert [v for (v,) in versions] == list(range(1, len(MIGRATIONS) + 1))  # every step exactly once
+        assert [v for (v,) in versions] == list(range(1, len(POSTGRES_MIGRATIONS) + 1))  # every step exactly once
 
 
 async def test_replicas_writing_at_once_lose_and_duplicate_nothing(replicas: list[LogStore], backend: Backend) -> None:

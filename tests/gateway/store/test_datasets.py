@@ -1,20 +1,16 @@
 """Datasets in the store, on both backends: create/get by id or name, listing order, entries in insertion order
 with splits, cursors and counts, deletes (the entries go with their dataset), one pair per log, concurrent inserts
-from two store instances; and the migration of a SQLite database written before datasets existed."""
+from two store instances. The migration of a database written before datasets existed is test_migrations.py's."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gateway.sqlite_store import MIGRATIONS
 from gateway.store import (
     MAX_PAGE,
     DatasetExistsError,
@@ -26,6 +22,7 @@ from gateway.store import (
     open_store,
 )
 from tests.gateway.conftest import Backend
+from tests.gateway.store.conftest import pair
 
 pytestmark = pytest.mark.anyio
 T0 = datetime(2026, 3, 1, 9, 0, 0, tzinfo=UTC)
@@ -47,14 +44,6 @@ async def store(store_url: str) -> AsyncIterator[LogStore]:
     s = await open_store(store_url, clock=ticking())
     yield s
     await s.aclose()
-
-
-def pair(i: int, split: str = "TRAIN") -> dict[str, Any]:
-    return {
-        "messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"good {i}"}],
-        "rejected_message": {"role": "assistant", "content": f"bad {i}"},
-        "split": split,
-    }
 
 
 async def test_create_get_list_and_names(store: LogStore) -> None:
@@ -143,30 +132,6 @@ async def test_concurrent_creates_of_one_name_make_one_dataset(store_url: str) -
     finally:
         await one.aclose()
         await two.aclose()
-
-
-async def test_a_v3_sqlite_database_migrates_and_keeps_its_logs_and_criteria(tmp_path: Path) -> None:
-    path = tmp_path / "v3.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    for statements in MIGRATIONS[:3]:
-        for statement in statements:
-            db.execute(statement)
-    db.execute("PRAGMA user_version = 3")
-    db.execute("INSERT INTO logs (id, created_at, model, request) VALUES ('log_1', '2026-01-01T00:00:00.000000Z',"
-               " 'm', '{}')")  # fmt: skip
-    db.execute("INSERT INTO criteria (slug, version, kind, spec, created_at) VALUES ('a', 1, 'rule',"
-               " '{\"type\": \"json\"}', '2026-01-01T00:00:00.000000Z')")  # fmt: skip
-    db.close()
-    store = await open_store(str(path))
-    try:
-        assert (await store.get_log("log_1")).model == "m"
-        assert [d.id for d in await store.list_criteria()] == ["a@v1"]
-        await store.create_dataset(name="d")
-        assert (await store.add_entries("d", [NewEntry(pair(1))])).added == 1
-    finally:
-        await store.aclose()
-    with sqlite3.connect(path) as check:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) >= 4
 
 
 async def test_concurrent_inserts_from_two_stores_lose_nothing(store_url: str) -> None:
