@@ -1,5 +1,6 @@
-"""gateway.upstream.providers and gateway.upstream.router over real HTTP, against a fake OpenAI-compatible upstream (aiohttp.web on
-127.0.0.1). No test sleeps to wait: they await events or poll with a deadline; retry delays go to an injected sleep.
+"""gateway.upstream.providers and gateway.upstream.router over real HTTP, against a fake OpenAI-compatible upstream
+(aiohttp.web on 127.0.0.1). No test sleeps to wait: they await events or poll with a deadline; retry delays go to
+an injected sleep.
 """
 
 from __future__ import annotations
