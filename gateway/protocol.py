@@ -1,4 +1,7 @@
-"""OpenAI chat-completions wire models the gateway reads and returns (DESIGN contract 4), plus `criteria_results`.
+"""The gateway's wire models: OpenAI chat completions as the gateway reads and returns them (DESIGN contract 4,
+with `criteria_results`), criterion definitions, and the stored things (logs, datasets, entries, training jobs)
+as the API returns them. The store's records render through these models and the OpenAPI document is generated
+from them, so each shape is written once.
 
 Pure pydantic at the edge; imports nothing from the project. The request keeps every field it does not know
 (`extra="allow"`), so vendor extensions reach the upstream untouched. `store` and `metadata` are the gateway's:
@@ -7,9 +10,19 @@ OpenAI accepts both itself, but our log store is ours, so they are removed befor
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, computed_field, field_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StrictInt,
+    computed_field,
+    field_serializer,
+)
 
 GATEWAY_FIELDS = frozenset({"store", "metadata"})  # read by the gateway, never forwarded
 
@@ -137,3 +150,223 @@ class CriterionDefinition(BaseModel):
     @field_serializer("version")
     def _version_on_the_wire(self, version: int) -> str:
         return f"v{version}"
+
+
+# ---------------------------------------------------------------- stored things, as the API returns them
+# The store's records (gateway.store.records, frozen dataclasses) render through these models, and the OpenAPI
+# document is generated from them: one definition of each shape.
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed-width UTC, as the store writes it: sorts as text
+
+
+def _utc_text(value: datetime) -> str:
+    return value.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+Timestamp = Annotated[datetime, PlainSerializer(_utc_text, return_type=str)]
+_RECORD = ConfigDict(from_attributes=True)  # built from the store's dataclasses by attribute
+
+
+class Latencies(BaseModel):
+    model_config = _RECORD
+
+    upstream_ms: float | None
+    scoring_ms: float | None
+    total_ms: float | None
+
+
+class StoredCandidate(BaseModel):
+    """One candidate of a log: its message or the provider's failure, its combined score, rank and results."""
+
+    model_config = _RECORD
+
+    index: int  # the provider's choice index
+    message: dict[str, Any] | None  # None when the provider failed
+    status: Literal["ok", "error"]
+    finish_reason: str | None
+    error: str | None
+    score: float | None
+    rank: int | None  # 0 = best
+    criteria_results: dict[str, Any]
+
+
+class Log(BaseModel):
+    """A stored chat completion: the request as received, every candidate in rank order, latencies, metadata."""
+
+    model_config = _RECORD
+
+    id: str
+    created_at: Timestamp
+    model: str
+    request: dict[str, Any]
+    latencies: Latencies
+    metadata: dict[str, str]
+    criteria_versions: dict[str, str]  # {slug: version} of every criterion that scored
+    candidates: list[StoredCandidate]
+
+
+class SplitCounts(BaseModel):
+    TRAIN: int
+    TEST: int
+
+
+class Dataset(BaseModel):
+    model_config = _RECORD
+
+    id: str
+    object: Literal["dataset"] = "dataset"
+    name: str
+    description: str
+    created_at: Timestamp
+    train: int = Field(exclude=True)
+    test: int = Field(exclude=True)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def entries(self) -> int:
+        return self.train + self.test
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def counts(self) -> SplitCounts:
+        return SplitCounts(TRAIN=self.train, TEST=self.test)
+
+
+class Entry(BaseModel):
+    """One preference pair of a dataset, in the seed format with its split."""
+
+    model_config = _RECORD
+
+    id: str
+    dataset_id: str
+    created_at: Timestamp
+    split: Literal["TRAIN", "TEST"]
+    source: Literal["upload", "log", "feedback"]
+    source_ref: str | None  # the log id of "log" and "feedback" entries
+    pair: dict[str, Any]
+
+
+class Job(BaseModel):
+    """A reward-model training job (docs/LIFECYCLE.md); `model` is the slug@version it deployed."""
+
+    model_config = _RECORD
+
+    id: str
+    object: Literal["reward_model.job"] = "reward_model.job"
+    slug: str
+    version: str | None
+    dataset_id: str
+    base_model: str
+    hyperparameters: dict[str, Any]
+    state: Literal["PENDING", "QUEUED", "TRAINING", "DEPLOYED", "ERROR"]
+    error: str | None
+    progress: dict[str, Any] | None  # {step, total, loss, accuracy}
+    metrics: dict[str, Any] | None  # the TEST metrics of rewardgate.json
+    reward_stats: dict[str, Any] | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    resumed: int  # times a gateway restart resumed it
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def model(self) -> str | None:
+        return f"{self.slug}@{self.version}" if self.version else None
+
+
+def render(model: type[BaseModel], record: object) -> dict[str, Any]:
+    """A store record as the JSON object `model` describes."""
+    return model.model_validate(record).model_dump(mode="json")
+
+
+class EntryError(BaseModel):
+    """One bad entry of an upload: its 0-based position among the entries, its 1-based line, and why."""
+
+    model_config = _RECORD
+
+    index: int
+    line: int
+    error: str
+
+
+class Uploaded(BaseModel):
+    added: int
+    invalid: list[EntryError]  # reported, not added (with ?skip_invalid=true)
+    dataset: Dataset
+
+
+class AddedPairs(BaseModel):
+    added: int
+    skipped: list[dict[str, Any]]  # {"log_id" | "choice_index": ..., "reason": ...}
+    dataset: Dataset
+
+
+class Deleted(BaseModel):
+    id: str
+    deleted: Literal[True] = True
+
+
+class BaseModelAlias(BaseModel):
+    """An offline base-model alias of the trainer."""
+
+    model_config = _RECORD
+
+    id: str
+    description: str
+    default: bool
+
+
+class CriterionInfo(BaseModel):
+    """Which criterion answered: its slug, the version that scored, its kind."""
+
+    slug: str
+    version: str | None
+    kind: str
+
+
+class TokenUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Judgement(BaseModel):
+    """POST /v1/criteria/judge: one output scored by one criterion (OpenPipe's offline judge)."""
+
+    score: float | None  # what the criterion reports (a reward model's raw reward, a judge's 0..1)
+    normalized: float | None  # the 0..1 value the combination rule uses
+    explanation: str | None
+    criterion: CriterionInfo
+    usage: TokenUsage  # what an LLM judge spent
+
+
+class Alignment(BaseModel):
+    """A criterion's agreement with human PASS/FAIL labels (gateway.criteria.alignment)."""
+
+    criterion: CriterionInfo
+    rows: int
+    scored: int
+    errored: int
+    threshold: float
+    confusion: dict[str, int]
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    accuracy: float | None
+    disagreements: int
+    disagreement_rows: list[dict[str, Any]]
+    error_rows: list[dict[str, Any]]
+    stored: bool  # kept with the criterion's version (definitions only)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error envelope; an upload's bad entries come with it under `invalid`."""
+
+    error: ErrorDetail
+    invalid: list[EntryError] | None = None

@@ -20,13 +20,16 @@ reward_serving internals.
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.api import Route, Services
 from gateway.api.bodies import known_fields, page_limit, query_flag, read_bytes, read_json
 from gateway.errors import InvalidRequestError
-from gateway.service.datasets import read_entries, read_jsonl
+from gateway.protocol import AddedPairs, Dataset, Deleted, Entry, EntryError, Uploaded, render
+from gateway.service.datasets import Added, read_entries, read_jsonl
 
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/jsonlines", "text/jsonl")
 
@@ -35,19 +38,21 @@ async def create_dataset(request: Request, services: Services) -> Response:
     body = await read_json(request, services.settings.max_body_bytes)
     known_fields(body, {"name", "description"})
     dataset = await services.datasets.create(name=body.get("name"), description=body.get("description", ""))
-    return JSONResponse(dataset.to_json(), status_code=201)
+    return JSONResponse(render(Dataset, dataset), status_code=201)
 
 
 async def list_datasets(request: Request, services: Services) -> Response:
-    return JSONResponse({"object": "list", "data": [d.to_json() for d in await services.datasets.list_datasets()]})
+    data = [render(Dataset, d) for d in await services.datasets.list_datasets()]
+    return JSONResponse({"object": "list", "data": data})
 
 
 async def get_dataset(request: Request, services: Services) -> Response:
-    return JSONResponse((await services.datasets.get(request.path_params["dataset"])).to_json())
+    return JSONResponse(render(Dataset, await services.datasets.get(request.path_params["dataset"])))
 
 
 async def delete_dataset(request: Request, services: Services) -> Response:
-    return JSONResponse({"id": await services.datasets.delete(request.path_params["dataset"]), "deleted": True})
+    deleted = await services.datasets.delete(request.path_params["dataset"])
+    return JSONResponse(Deleted(id=deleted).model_dump())
 
 
 async def add_entries(request: Request, services: Services) -> Response:
@@ -59,7 +64,9 @@ async def add_entries(request: Request, services: Services) -> Response:
         known_fields(body, {"entries"})
         upload = read_entries(body.get("entries"))
     added = await services.datasets.upload(request.path_params["dataset"], upload, skip_invalid=skip_invalid)
-    return JSONResponse(added.upload_json())
+    invalid = [EntryError.model_validate(e) for e in added.invalid]
+    uploaded = Uploaded(added=added.added, invalid=invalid, dataset=_dataset(added))
+    return JSONResponse(uploaded.model_dump(mode="json"))
 
 
 async def list_entries(request: Request, services: Services) -> Response:
@@ -70,7 +77,7 @@ async def list_entries(request: Request, services: Services) -> Response:
         cursor=params.get("cursor"),
         split=params.get("split"),
     )
-    data = [e.to_json() for e in page.entries]
+    data = [render(Entry, e) for e in page.entries]
     has_more = page.next_cursor is not None
     return JSONResponse({"object": "list", "data": data, "next_cursor": page.next_cursor, "has_more": has_more})
 
@@ -78,7 +85,7 @@ async def list_entries(request: Request, services: Services) -> Response:
 async def delete_entry(request: Request, services: Services) -> Response:
     entry_id = request.path_params["entry_id"]
     await services.datasets.delete_entry(request.path_params["dataset"], entry_id)
-    return JSONResponse({"id": entry_id, "deleted": True})
+    return JSONResponse(Deleted(id=entry_id).model_dump())
 
 
 async def export_dataset(request: Request, services: Services) -> Response:
@@ -94,13 +101,23 @@ async def export_dataset(request: Request, services: Services) -> Response:
 async def from_logs(request: Request, services: Services) -> Response:
     body = await read_json(request, services.settings.max_body_bytes)
     added = await services.datasets.from_logs(request.path_params["dataset"], body)
-    return JSONResponse(added.skipped_json("log_id"))
+    return JSONResponse(_added(added, "log_id"))
 
 
 async def feedback(request: Request, services: Services) -> Response:
     body = await read_json(request, services.settings.max_body_bytes)
     added = await services.feedback.add(body)
-    return JSONResponse(added.skipped_json("choice_index"))
+    return JSONResponse(_added(added, "choice_index"))
+
+
+def _dataset(added: Added) -> Dataset:
+    return Dataset.model_validate(added.dataset)
+
+
+def _added(added: Added, key: str) -> dict[str, Any]:
+    """What from-logs and feedback added; each skipped log or choice under `key`, with the reason."""
+    skipped = [{key: ref, "reason": reason} for ref, reason in added.skipped]
+    return AddedPairs(added=added.added, skipped=skipped, dataset=_dataset(added)).model_dump(mode="json")
 
 
 # In matching order: /entries/from-logs before /entries/{entry_id}.

@@ -15,28 +15,29 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api import Route, Services
 from gateway.api.bodies import read_json
+from gateway.protocol import BaseModelAlias, Job, render
 from gateway.service.training import base_models
 
 
 async def create_job(request: Request, services: Services) -> Response:
     job = await services.jobs.create(await read_json(request, services.settings.max_body_bytes))
-    return JSONResponse(job.to_json(), status_code=201)
+    return JSONResponse(render(Job, job), status_code=201)
 
 
 async def list_jobs(request: Request, services: Services) -> Response:
-    return JSONResponse({"object": "list", "data": [job.to_json() for job in await services.jobs.list_jobs()]})
+    return JSONResponse({"object": "list", "data": [render(Job, job) for job in await services.jobs.list_jobs()]})
 
 
 async def get_job(request: Request, services: Services) -> Response:
-    return JSONResponse((await services.jobs.get(request.path_params["id"])).to_json())
+    return JSONResponse(render(Job, await services.jobs.get(request.path_params["id"])))
 
 
 async def cancel_job(request: Request, services: Services) -> Response:
-    return JSONResponse((await services.jobs.cancel(request.path_params["id"])).to_json())
+    return JSONResponse(render(Job, await services.jobs.cancel(request.path_params["id"])))
 
 
 async def list_base_models(request: Request, services: Services) -> Response:
-    data = [{"id": b.id, "description": b.description, "default": b.default} for b in base_models()]
+    data = [render(BaseModelAlias, b) for b in base_models()]
     return JSONResponse({"object": "list", "data": data})
 
 

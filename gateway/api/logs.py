@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from gateway.api import Route, Services
 from gateway.api.bodies import log_query, page_limit, read_json
 from gateway.errors import InvalidRequestError
+from gateway.protocol import Log, render
 
 
 async def list_logs(request: Request, services: Services) -> Response:
@@ -23,7 +24,7 @@ async def list_logs(request: Request, services: Services) -> Response:
     page = await services.store.list_logs(log_query(request), limit=page_limit(request), cursor=cursor)
     body = {
         "object": "list",
-        "data": [log.to_json() for log in page.logs],
+        "data": [render(Log, log) for log in page.logs],
         "next_cursor": page.next_cursor,
         "has_more": page.next_cursor is not None,
     }
@@ -31,7 +32,7 @@ async def list_logs(request: Request, services: Services) -> Response:
 
 
 async def get_log(request: Request, services: Services) -> Response:
-    return JSONResponse((await services.store.get_log(request.path_params["id"])).to_json())
+    return JSONResponse(render(Log, await services.store.get_log(request.path_params["id"])))
 
 
 async def patch_metadata(request: Request, services: Services) -> Response:
@@ -39,7 +40,7 @@ async def patch_metadata(request: Request, services: Services) -> Response:
     patch = body.get("metadata")
     if not isinstance(patch, dict):
         raise InvalidRequestError('expected {"metadata": {key: string | null}}', param="metadata")
-    return JSONResponse((await services.store.update_metadata(request.path_params["id"], patch)).to_json())
+    return JSONResponse(render(Log, await services.store.update_metadata(request.path_params["id"], patch)))
 
 
 async def export_logs(request: Request, services: Services) -> Response:

@@ -104,14 +104,6 @@ class Added:
     invalid: tuple[EntryError, ...] = ()
     skipped: tuple[tuple[int | str, str], ...] = ()
 
-    def upload_json(self) -> dict[str, Any]:
-        invalid = [{"index": e.index, "line": e.line, "error": e.error} for e in self.invalid]
-        return {"added": self.added, "invalid": invalid, "dataset": self.dataset.to_json()}
-
-    def skipped_json(self, key: str) -> dict[str, Any]:
-        skipped = [{key: ref, "reason": reason} for ref, reason in self.skipped]
-        return {"added": self.added, "skipped": skipped, "dataset": self.dataset.to_json()}
-
 
 def produced(log: LogRecord) -> list[CandidateRecord]:
     """The candidates the provider produced, best-ranked first."""

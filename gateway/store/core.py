@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from gateway.formats import SPLITS
-from gateway.protocol import CriterionDefinition
+from gateway.protocol import CriterionDefinition, Log, render
 from gateway.store.codec import (
     candidate_row,
     decode_entry_cursor,
@@ -201,7 +201,7 @@ class Store:
     async def export_jsonl(self, query: LogQuery | None = None) -> AsyncIterator[str]:
         """The matching logs, newest first, one JSON object per "\\n"-terminated line."""
         async for log in self._all_logs(query):
-            yield dump_json(log.to_json(), "log") + "\n"
+            yield dump_json(render(Log, log), "log") + "\n"
 
     async def export_pairs(self, query: LogQuery | None = None) -> AsyncIterator[str]:
         """The matching logs as seed-format preference pairs (see preference_pair); logs with none are skipped."""

@@ -1,5 +1,6 @@
 """The store's records (frozen dataclasses: what goes in and comes back), the query and page shapes, and the time
-helpers both dialects and the cursors share. Imports only the stdlib and gateway.store.errors.
+helpers both dialects and the cursors share; they render to JSON through gateway.protocol. Imports only the stdlib,
+gateway.protocol and gateway.store.errors.
 
 Times are timezone-aware UTC datetimes in every record; as text they are fixed-width UTC (TIME_FORMAT), which sorts
 as text, in SQLite columns and in cursors alike.
@@ -8,14 +9,15 @@ as text, in SQLite columns and in cursors alike.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from gateway import protocol
 from gateway.store.errors import InvalidInputError
 
 MAX_PAGE = 1000
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+TIME_FORMAT = protocol.TIME_FORMAT  # the wire's too: cursors and rendered records agree
 
 
 def utcnow() -> datetime:
@@ -77,10 +79,6 @@ class LogRecord:
     criteria_versions: dict[str, str]  # {slug: version} of every criterion that scored
     candidates: tuple[CandidateRecord, ...]  # candidate_order: rank order, best first; unranked ones last
 
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)  # a deep copy, nested dataclasses as dicts
-        return {**out, "created_at": format_time(self.created_at), "candidates": list(out["candidates"])}
-
 
 @dataclass(frozen=True)
 class LogQuery:
@@ -111,11 +109,6 @@ class DatasetRecord:
     train: int = 0  # entries per split
     test: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "dataset", "name": self.name, "description": self.description,
-                "created_at": format_time(self.created_at), "entries": self.train + self.test,
-                "counts": {"TRAIN": self.train, "TEST": self.test}}  # fmt: skip
-
 
 JobState = Literal["PENDING", "QUEUED", "TRAINING", "DEPLOYED", "ERROR"]
 JOB_FIELDS = ("state", "error", "progress", "metrics", "reward_stats", "version", "resumed")  # what updates change
@@ -142,14 +135,6 @@ class JobRecord:
     version: str | None = None  # "vN" once DEPLOYED
     resumed: int = 0  # times a gateway restart resumed it
 
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "reward_model.job", "slug": self.slug, "version": self.version,
-                "model": f"{self.slug}@{self.version}" if self.version else None, "dataset_id": self.dataset_id,
-                "base_model": self.base_model, "hyperparameters": dict(self.hyperparameters), "state": self.state,
-                "error": self.error, "progress": self.progress, "metrics": self.metrics,
-                "reward_stats": self.reward_stats, "created_at": format_time(self.created_at),
-                "updated_at": format_time(self.updated_at), "resumed": self.resumed}  # fmt: skip
-
 
 @dataclass(frozen=True)
 class NewEntry:
@@ -167,9 +152,6 @@ class EntryRecord:
     source: str
     source_ref: str | None
     pair: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "created_at": format_time(self.created_at)}
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gateway.protocol import Dataset, render
 from gateway.store import (
     MAX_PAGE,
     DatasetExistsError,
@@ -58,7 +59,7 @@ async def test_create_get_list_and_names(store: LogStore) -> None:
     assert await store.create_dataset(name="sales", exist_ok=True) == b
     with pytest.raises(DatasetNotFoundError):
         await store.get_dataset("nothing")
-    assert a.to_json() == {"id": a.id, "object": "dataset", "name": "support", "description": "tickets",
+    assert render(Dataset, a) == {"id": a.id, "object": "dataset", "name": "support", "description": "tickets",
                            "created_at": "2026-03-01T09:00:00.000000Z", "entries": 0,
                            "counts": {"TRAIN": 0, "TEST": 0}}  # fmt: skip
 
@@ -67,7 +68,7 @@ async def test_entries_keep_order_splits_counts_and_cursors(store: LogStore) -> 
     ds = await store.create_dataset(name="d")
     added = await store.add_entries("d", [NewEntry(pair(i, "TEST" if i % 3 == 0 else "TRAIN")) for i in range(7)])
     assert added.added == 7 and (added.dataset.train, added.dataset.test) == (4, 3)
-    assert added.dataset.to_json()["entries"] == 7
+    assert render(Dataset, added.dataset)["entries"] == 7
     seen, cursor = [], None
     while True:
         page = await store.list_entries(ds.id, limit=3, cursor=cursor)

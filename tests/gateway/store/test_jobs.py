@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from gateway.protocol import Job, render
 from gateway.store import InvalidInputError, JobNotFoundError, JobRecord, LogStore, open_store
 from tests.gateway.store.conftest import T0
 
@@ -57,7 +58,7 @@ async def test_updates_set_and_clear_fields_and_stamp_updated_at(store: LogStore
         "job_1", state="DEPLOYED", version="v1", metrics={"accuracy": 0.9}, reward_stats={"mean": 0.1}, progress=None
     )
     assert deployed.progress is None and deployed.metrics == {"accuracy": 0.9} and deployed.version == "v1"
-    assert deployed.to_json()["model"] == "support-rm@v1" and deployed.hyperparameters == job().hyperparameters
+    assert render(Job, deployed)["model"] == "support-rm@v1" and deployed.hyperparameters == job().hyperparameters
     resumed = await store.update_job("job_1", resumed=1)
     assert resumed.resumed == 1 and resumed.state == "DEPLOYED"
     with pytest.raises(JobNotFoundError):

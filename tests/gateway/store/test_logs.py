@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.formats import parse_line, split_for_prompt
+from gateway.protocol import Log, render
 from gateway.store import (
     MAX_PAGE,
     CandidateRecord,
@@ -144,7 +145,7 @@ async def test_export_jsonl_streams_the_filtered_logs(
     records = [json.loads(line) for line in lines]
     assert [r["id"] for r in records] == [log.id for log in reversed(logs) if log.metadata["keep"] == "True"]
     first = records[0]
-    assert first == json.loads(json.dumps(logs[6].to_json()))
+    assert first == json.loads(json.dumps(render(Log, logs[6])))
     assert first["created_at"] == "2026-01-01T12:06:00.123456Z"
     assert first["latencies"] == {"upstream_ms": 120.0, "scoring_ms": 30.5, "total_ms": 160.25}
     assert [c["index"] for c in first["candidates"]] == [0, 2, 1]
