@@ -1,16 +1,18 @@
 """Shared helpers of the deploy/ checks (tests/deploy/test_*.py): loading the scripts, parsing Dockerfiles,
-compose files and the rendered chart, and the settings/flags the programs accept."""
+compose files, the dashboard's queries and the chart as real Helm renders it, and the settings/flags the programs
+accept."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +31,7 @@ from gateway.reward_serving.metrics import RewardServerMetrics
 from gateway.reward_serving.registry import ScoreResult
 from gateway.reward_serving.server import ServerSettings, create_app
 from gateway.service.training import JobSpec, trainer_argv
+from tests.deploy.tools import ChartRefused, RenderedChart, helm
 from trainer.cli import build_parser as trainer_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,12 +71,6 @@ def load_script(path: Path) -> ModuleType:
 
 def healthcheck_module() -> ModuleType:
     return load_script(DEPLOY / "healthcheck.py")
-
-
-RENDER = load_script(DEPLOY / "helm" / "render_chart.py")
-
-
-GoTemplate, TemplateFailure = RENDER.GoTemplate, RENDER.TemplateFailure
 
 
 def parses(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
@@ -191,11 +188,36 @@ def parse_promql(expr: str) -> Query:
     return query
 
 
-def dashboard_queries() -> Iterator[tuple[str, dict[str, Any]]]:
+_GRAFANA_RANGES = re.compile(r"\$(?:__(rate_interval|interval|range)\b|\{__(rate_interval|interval|range)\})")
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    """One query of a dashboard panel, read from the dashboard JSON: the one source of the queries that
+    test_dashboard.py checks by name and test_prometheus.py runs in a real Prometheus."""
+
+    panel: str  # the panel's title
+    ref_id: str
+    expr: str
+    legend: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.panel} [{self.ref_id}]"
+
+    def promql(self, window_s: int) -> str:
+        """The expression as Grafana sends it to Prometheus: its range variables ($__rate_interval...) set to
+        `window_s` seconds."""
+        return _GRAFANA_RANGES.sub(f"{window_s}s", self.expr)
+
+
+def panel_queries() -> list[PanelQuery]:
     dashboard = json.loads(DASHBOARD.read_text())
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            yield panel["title"], target
+    return [
+        PanelQuery(panel["title"], target["refId"], target["expr"], target.get("legendFormat", ""))
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
 
 
 @dataclass(frozen=True)
@@ -274,8 +296,11 @@ def interpolate(value: Any, env: Mapping[str, str] | None = None) -> Any:
 
 
 def merge(base: Any, override: Any) -> Any:
-    """Maps merge key by key, anything else is replaced: Helm's rule, and compose's for the keys the overlays set."""
-    return RENDER.merge_values(base, override)
+    """Maps merge key by key, anything else is replaced: Helm's rule for `-f` files, and compose's for the keys the
+    overlays set."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: merge(base[k], v) if k in base else v for k, v in override.items()}}
+    return override
 
 
 def compose(*overlays: str) -> dict[str, Any]:
@@ -350,21 +375,50 @@ def _compose_command() -> list[str] | None:
     return ["docker-compose"] if shutil.which("docker-compose") else None
 
 
-def chart_values(*overlays: str, **changes: Any) -> dict[str, Any]:
-    """values.yaml, then `overlays`, then `changes` (`section__key=value`)."""
-    values: dict[str, Any] = RENDER.load_values(CHART, [CHART / o for o in overlays])
+def user_values(*overlays: str, **changes: Any) -> dict[str, Any]:
+    """What `helm template -f <overlay>... --set <changes>` hands Helm: the overlays (chart-relative files) merged
+    in order, then `changes` (`section__key=value`)."""
+    values: dict[str, Any] = {}
+    for overlay in overlays:
+        values = merge(values, yaml.safe_load((CHART / overlay).read_text()) or {})
     for dotted, value in changes.items():
         *parents, last = dotted.split("__")
         target = values
         for key in parents:
-            target = target[key]
+            target = target.setdefault(key, {})
         target[last] = value
     return values
 
 
+@functools.cache
+def _render(values_json: str) -> RenderedChart | ChartRefused:
+    [result] = helm().render(CHART, [json.loads(values_json)])
+    return result
+
+
+def render(*overlays: str, **changes: Any) -> RenderedChart:
+    """The chart as real Helm renders it with values.yaml, then `overlays`, then `changes`; ChartRefused is raised
+    when Helm refuses (the test skips without Helm)."""
+    result = _render(json.dumps(user_values(*overlays, **changes), sort_keys=True))
+    if isinstance(result, ChartRefused):
+        raise result
+    return result
+
+
+def chart_values(*overlays: str, **changes: Any) -> dict[str, Any]:
+    """The values the templates saw: Helm's coalescing of values.yaml under `overlays` and `changes`."""
+    values: dict[str, Any] = json.loads(json.dumps(render(*overlays, **changes).values))  # a copy to change freely
+    return values
+
+
+def documents(rendered: RenderedChart) -> list[dict[str, Any]]:
+    return [d for text in rendered.manifests.values() for d in yaml.safe_load_all(text) if d]
+
+
 def manifests(*overlays: str, **changes: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """(kind, name) -> manifest, rendered with values.yaml, then `overlays`, then `changes` (`section__key=value`)."""
-    docs = GoTemplate(CHART, chart_values(*overlays, **changes)).render_all()
+    """(kind, name) -> manifest, as real Helm renders the chart with values.yaml, then `overlays`, then `changes`
+    (`section__key=value`)."""
+    docs = documents(render(*overlays, **changes))
     out = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     assert len(out) == len(docs), "two manifests share a kind and name"
     return out

@@ -1,4 +1,6 @@
-"""The Grafana dashboard queries only metrics and labels the code exports, and shows every one of them."""
+"""The Grafana dashboard queries only metrics and labels the code exports, and shows every one of them. The queries
+come from common.panel_queries(), the same list test_prometheus.py runs in a real Prometheus (Grafana itself does
+not install here)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from tests.deploy.common import (
     DASHBOARD,
     ROOT,
     TARGET_LABELS,
-    dashboard_queries,
     exported_series,
+    panel_queries,
     parse_promql,
 )
 
@@ -31,11 +33,11 @@ def test_promql_parser_finds_metrics_matchers_and_grouping() -> None:
 
 def test_every_dashboard_query_names_only_exported_metrics_and_labels() -> None:
     series = exported_series()
-    queries = list(dashboard_queries())
+    queries = panel_queries()
     assert len(queries) >= 20
-    for title, target in queries:
-        expr, where = target["expr"], f"panel {title!r}: {target['expr']}"
-        query = parse_promql(expr)
+    for panel_query in queries:
+        where = f"panel {panel_query.name}: {panel_query.expr}"
+        query = parse_promql(panel_query.expr)
         assert query.metrics, f"{where}: no metric"
         unknown = [m for m in query.metrics if m not in series]
         assert not unknown, f"{where}: {unknown} are not exported (exported: {sorted(series)})"
@@ -43,12 +45,12 @@ def test_every_dashboard_query_names_only_exported_metrics_and_labels() -> None:
         for metric, labels in query.matched.items():
             assert labels <= series[metric].labels | TARGET_LABELS, f"{where}: {metric} has no label {labels}"
         assert query.grouped <= known, f"{where}: grouping by {query.grouped - known}"
-        legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+        legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", panel_query.legend))
         assert legend <= query.grouped, f"{where}: legend uses {legend - query.grouped}, not kept by the query"
 
 
 def test_the_dashboard_shows_every_exported_metric() -> None:
-    used = {m for _, t in dashboard_queries() for m in parse_promql(t["expr"]).metrics}
+    used = {m for q in panel_queries() for m in parse_promql(q.expr).metrics}
     series = exported_series()
     shown = {series[m].family for m in used if m in series}  # unknown names: the test above
     missing = sorted({s.family for s in series.values()} - shown)

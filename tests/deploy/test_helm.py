@@ -1,11 +1,10 @@
-"""The Helm chart, rendered by deploy/helm/render_chart.py (and `helm template` where helm is installed): probes,
-resources, non-root pods, real settings, and the training-jobs topology of gateway/jobs.py."""
+"""The Helm chart as real Helm renders it (Helm v4's Go SDK, tests/deploy/tools.py): lint, the Kubernetes schemas,
+probes, resources, non-root pods, real settings, the alerting rules, and the training-jobs topology of
+gateway/jobs.py. Every test but the values-schema one skips, saying why, without the tools."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,16 @@ from gateway.cli import build_parser as gateway_parser
 from gateway.reward_serving.cli import build_parser as reward_server_parser
 from tests.deploy.common import (
     CHART,
-    RENDER,
+    DEPLOY,
     SCALE,
     TOPOLOGIES,
-    GoTemplate,
-    TemplateFailure,
     chart_servers,
     chart_values,
     check_gateway_env,
     check_trainer_args,
     claim_of,
     container_env,
+    documents,
     healthcheck_module,
     image_dockerfiles,
     manifests,
@@ -35,27 +33,19 @@ from tests.deploy.common import (
     one,
     parses,
     pod_mount,
+    render,
     store_url_source,
+    user_values,
 )
+from tests.deploy.tools import ChartRefused, RenderedChart, helm, run, tool
 
+VALUES_FILES = sorted(p.relative_to(CHART).as_posix() for p in (CHART / "ci").glob("*.yaml"))  # the documented ones
 
-def test_the_template_interpreter_follows_go_semantics(tmp_path: Path) -> None:
-    (tmp_path / "templates").mkdir()
-    (tmp_path / "Chart.yaml").write_text("name: t\nversion: 0.0.1\nappVersion: '1'\n")
-    engine = GoTemplate(tmp_path, {"m": {"b": 2, "a": 1}, "l": []})
-    run = engine.render_string
+# The oldest and the newest Kubernetes whose schemas kubernetes-validate 1.37.0 bundles.
+KUBERNETES = ("1.25.0", "1.37.0")
 
-    assert run("a\n  {{- if .Values.l }}x{{ else if .Values.m.a }}y{{ else }}z{{ end -}}\n  b") == "ayb"
-    assert run("{{ range $k, $v := .Values.m }}{{ $k }}={{ $v }};{{ end }}") == "a=1;b=2;"
-    assert run("{{ range .Values.l }}x{{ else }}empty{{ end }}") == "empty"
-    assert run('{{- define "t" -}}[{{ . }}]{{- end -}}{{ include "t" "v" | upper | quote }}') == '"[V]"'
-    assert run('{{ printf "%s-%v" "a" 8 | trunc 3 | trimSuffix "-" }} {{ and 1 (not false) }}') == "a-8 true"
-    with pytest.raises(TemplateFailure, match="stop"):
-        run('{{ if gt (int "3") 1 }}{{ fail "stop" }}{{ end }}')
-    with pytest.raises(RENDER.TemplateError, match="no value 'missing'"):
-        run("{{ .Values.missing }}")
-    # a variable lives until the end of its block; one declared in a block shadows the outer one there only
-    assert run("{{- $x := .Values.m.a }}{{ if true }}{{ $x := 5 }}{{ $x }}{{ end }}{{ $x }}{{ gt 2 $x }}") == "51true"
+# The Prometheus Operator's kinds: no Kubernetes schema has them (the tests below check their content).
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 def test_chart_metadata_and_values_match_the_schema() -> None:
@@ -63,10 +53,56 @@ def test_chart_metadata_and_values_match_the_schema() -> None:
     assert meta["apiVersion"] == "v2" and meta["name"] == "rewardgate" and meta["version"] and meta["appVersion"]
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
-    for overlays in ((), (SCALE,)):
-        jsonschema.Draft7Validator(schema).validate(chart_values(*overlays))
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    for overlays in ((), *((f,) for f in VALUES_FILES)):
+        jsonschema.Draft7Validator(schema).validate(merge(defaults, user_values(*overlays)))
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.Draft7Validator(schema).validate(merge(chart_values(), {"rewardServer": {"engine": "onnx"}}))
+        jsonschema.Draft7Validator(schema).validate(merge(defaults, {"rewardServer": {"engine": "onnx"}}))
+
+
+@pytest.mark.parametrize("overlays", [(), *((f,) for f in VALUES_FILES)], ids=["default", *VALUES_FILES])
+def test_helm_lints_the_chart_strictly(overlays: tuple[str, ...]) -> None:
+    [result] = helm().render(CHART, [user_values(*overlays)], lint=True)
+    assert isinstance(result, RenderedChart), result
+    report = result.lint
+    assert report is not None and report["total_charts_linted"] == 1
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # 1 is info, such as "icon is recommended"
+    assert not report["errors"] and not problems, report
+
+
+# Every values set the tests render: the documented files and the topologies below.
+VARIANTS = {"default": ((), {}), **{f: ((f,), {}) for f in VALUES_FILES}, **TOPOLOGIES}
+
+
+@pytest.mark.parametrize("version", KUBERNETES)
+def test_every_rendered_manifest_is_valid_for_kubernetes(version: str, tmp_path: Path) -> None:
+    validate = tool("kubernetes-validate")
+    files = []
+    for name, (overlays, changes) in VARIANTS.items():
+        docs = [d for d in documents(render(*overlays, **changes)) if d["kind"] not in OPERATOR_KINDS]
+        files.append(tmp_path / f"{name.replace('/', '_')}.yaml")
+        files[-1].write_text(yaml.safe_dump_all(docs))
+    done = run([validate, "--strict", "--quiet", "--kubernetes-version", version, *map(str, files)])
+    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr
+
+    # and the check bites: a field Kubernetes does not know fails
+    bad = tmp_path / "bad.yaml"
+    service = one(manifests(), "Service", "-gateway")
+    bad.write_text(yaml.safe_dump({**service, "spec": {**service["spec"], "clusterIPz": "None"}}))
+    assert run([validate, "--strict", "--quiet", "--kubernetes-version", version, str(bad)]).returncode != 0
+
+
+def test_the_prometheus_rule_carries_the_alerting_rules_promtool_accepts(tmp_path: Path) -> None:
+    rendered = manifests(SCALE)
+    rule = one(rendered, "PrometheusRule")
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"] == alerts, "the chart's rules are deploy/prometheus/alerts.yml (files/alerts.yml links there)"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    extracted = tmp_path / "rules.yml"
+    extracted.write_text(yaml.safe_dump(rule["spec"]))
+    done = run([tool("promtool"), "check", "rules", str(extracted)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not any(k == "PrometheusRule" for k, _ in manifests()), "off by default: it needs the operator's CRDs"
 
 
 @pytest.mark.parametrize("overlays", [(), (SCALE,)], ids=["default", "scale"])
@@ -292,23 +328,10 @@ def test_existing_secrets_replace_the_charts_own() -> None:
         ({"gateway__persistence__enabled": False}, "trainingWorker on SQLite needs gateway.persistence"),
         ({"trainingWorker__affinity": {"nodeAffinity": {}}}, "the chart sets the worker's affinity"),
         ({"postgres__url": "postgresql://u:p@db/rg", "secrets__existingSecret": "mine"}, "postgres.existingSecret"),
+        ({"rewardServer__engine": "onnx"}, "(?s)values: .*/rewardServer/engine"),  # values.schema.json, applied by Helm
+        ({"gateway__replicas": "2"}, "(?s)values: .*/gateway/replicas"),
     ],
 )
 def test_the_chart_refuses_what_cannot_work(change: dict[str, Any], reason: str) -> None:
-    with pytest.raises(TemplateFailure, match=reason):
+    with pytest.raises(ChartRefused, match=reason):
         manifests(**change)
-
-
-def test_the_chart_renders_with_helm_where_it_is_installed(tmp_path: Path) -> None:
-    helm = shutil.which("helm")
-    if helm is None:
-        pytest.skip("helm is not installed; the other chart tests render it with render_chart.py")
-    subprocess.run([helm, "lint", str(CHART), "--strict"], check=True, capture_output=True, timeout=120)
-    for overlays in ((), (SCALE,)):
-        files = [a for o in overlays for a in ("-f", str(CHART / o))]
-        result = subprocess.run(
-            [helm, "template", "rg", str(CHART), *files], capture_output=True, text=True, timeout=120, check=True
-        )
-        docs = [d for d in yaml.safe_load_all(result.stdout) if d]
-        ours = manifests(*overlays)
-        assert {(d["kind"], d["metadata"]["name"]) for d in docs} == set(ours)

@@ -1,6 +1,7 @@
-"""The Dockerfiles (extras, non-root users, health checks) and docker compose (settings, flags, probes, volumes,
-the one training worker), checked with PyYAML and by `docker compose config` where one is installed; the
-health-check script."""
+"""The Dockerfiles (extras, non-root users, health checks; hadolint) and docker compose (settings, flags, probes,
+volumes, the one training worker; the Compose Specification's JSON schema through check-jsonschema), checked with
+PyYAML and by `docker compose config` where one is installed; the health-check script. The hadolint and schema tests
+skip, saying why, without their tools (tests/deploy/tools.py)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from tests.deploy.common import (
     pip_installs,
     rm_port,
 )
+from tests.deploy.tools import run, tool
 from trainer.cli import build_parser as trainer_parser
 
 
@@ -92,6 +94,23 @@ def test_images_run_as_a_numeric_non_root_user_with_a_health_check(name: str) ->
     probe = exec_form(healthchecks[0].split(" CMD ", 1)[1])
     assert probe[0] == "rewardgate-healthcheck"
     parses(healthcheck_module().build_parser(), probe[1:])
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_hadolint_finds_nothing_that_is_not_justified_inline(name: str) -> None:
+    done = run([tool("hadolint"), "--no-color", str(DEPLOY / name)])
+    assert done.returncode == 0 and not done.stdout.strip(), f"hadolint {name}:\n{done.stdout}{done.stderr}"
+    # every finding silenced says why, in the comment right above, naming the rule
+    lines = (DEPLOY / name).read_text().splitlines()
+    for number, line in enumerate(lines):
+        if m := re.fullmatch(r"# hadolint ignore=([\w,]+)", line.strip()):
+            above = []
+            for previous in reversed(lines[:number]):
+                if not previous.startswith("#"):
+                    break
+                above.append(previous)
+            for rule in m.group(1).split(","):
+                assert any(rule in comment for comment in above), f"{name}:{number + 1}: say why {rule} is ignored"
 
 
 def test_images_copy_only_what_dockerignore_lets_through() -> None:
@@ -224,6 +243,17 @@ def test_prometheus_scrapes_every_process_and_grafana_is_provisioned() -> None:
     provider = yaml.safe_load((provisioning / "dashboards" / "rewardgate.yml").read_text())["providers"][0]
     assert mounts["./grafana/dashboards"] == provider["options"]["path"]
     assert DASHBOARD.parent.name == "dashboards" and DASHBOARD.exists()
+
+
+@pytest.mark.parametrize("overlays", COMPOSE_OVERLAYS, ids=COMPOSE_IDS)
+def test_compose_files_follow_the_compose_specification(overlays: tuple[str, ...], tmp_path: Path) -> None:
+    """Each file, and the merged stack with its variables at their defaults, against the Compose Specification's
+    JSON schema (check-jsonschema's built-in copy: no network)."""
+    merged = tmp_path / "merged.yml"
+    merged.write_text(yaml.safe_dump(compose(*overlays)))
+    files = [str(DEPLOY / name) for name in ("docker-compose.yml", *overlays)] + [str(merged)]
+    done = run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *files])
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("overlays", COMPOSE_OVERLAYS, ids=COMPOSE_IDS)
