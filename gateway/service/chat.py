@@ -33,7 +33,7 @@ from gateway.service.handoffs import ChatRequest, Passthrough, Ranked
 from gateway.store import CandidateRecord, LogRecord, LogStore
 from gateway.upstream.events import StreamAccumulator, whole_events
 from gateway.upstream.providers import ProviderError
-from gateway.upstream.router import Candidate, CandidateError, Router
+from gateway.upstream.router import AllCandidatesFailed, Candidate, CandidateError, Router
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +110,13 @@ class ChatService:
         criteria = await self._criteria.resolve(wanted.criteria)
 
         started = time.perf_counter()
-        candidates = await self._router.generate_candidates(
-            request.upstream, wanted.n, self._settings.upstream_timeout_s
-        )
+        try:
+            candidates = await self._router.generate_candidates(
+                request.upstream, wanted.n, self._settings.upstream_timeout_s
+            )
+        except AllCandidatesFailed as failed:  # counted too: a dashboard must not show health while all fail
+            self._record_candidates(failed.errors)
+            raise
         upstream_s = time.perf_counter() - started
         self._record_candidates(candidates)
 
@@ -173,9 +177,10 @@ class ChatService:
         return self._router.resolve(model)[0].name
 
     def _record_candidates(self, candidates: Sequence[Candidate | CandidateError]) -> None:
-        produced = [c for c in candidates if isinstance(c, Candidate)]
-        self._metrics.record_candidates(len(produced), len(candidates) - len(produced))
-        for model, latency_s in {(c.model, c.latency_s) for c in produced}:  # one per upstream response
+        """Candidates by outcome, and each upstream call's latency once (a native-n call made several)."""
+        produced = sum(1 for c in candidates if isinstance(c, Candidate))
+        self._metrics.record_candidates(produced, len(candidates) - produced)
+        for model, latency_s in {(c.model, c.latency_s) for c in candidates}:
             self._metrics.record_upstream(self._provider(model), latency_s)
 
     def _record_criterion(self, criterion: Criterion, seconds: float, results: Sequence[CriterionResult]) -> None:

@@ -70,6 +70,7 @@ class CandidateError:
     status: int
     model: str  # the last model tried for this candidate
     retry_after: str | None = None  # the upstream's Retry-After, when it sent one
+    latency_s: float = 0.0  # of the failed upstream call, retries included
 
 
 class AllCandidatesFailed(ProviderError):
@@ -258,14 +259,17 @@ class Router:
                 provider, model, {**body, "n": len(slots)} if len(slots) > 1 else body, timeout
             )
         except UpstreamError as err:
-            return [CandidateError(i, err.code, str(err), err.status, model, err.retry_after) for i in slots]
+            failed_s = time.perf_counter() - started
+            return [CandidateError(i, err.code, str(err), err.status, model, err.retry_after, failed_s) for i in slots]
         latency = time.perf_counter() - started
         choices = sorted(response.get("choices") or [], key=lambda choice: int(choice.get("index", 0)))
         usage = response.get("usage")
         return [
             Candidate(slot, {**choices[k], "index": slot}, model, usage, latency)
             if k < len(choices)
-            else CandidateError(slot, "missing_choice", f"{model}: {len(choices)} of {len(slots)} choices", 502, model)
+            else CandidateError(
+                slot, "missing_choice", f"{model}: {len(choices)} of {len(slots)} choices", 502, model, None, latency
+            )
             for k, slot in enumerate(slots)
         ]
 

@@ -26,13 +26,7 @@ ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
 
 # Panels whose check fails today, and why: the gateway lacks the behaviour, so the panel cannot show what it is
 # for. Strict: once the gateway has it, the check passes and the mark must go.
-KNOWN_GAPS = {
-    "Candidate failure ratio": (
-        "gateway/bestofn.py records candidates only after router.generate_candidates returns; when every candidate "
-        "fails it raises AllCandidatesFailed first, so those failures never reach rewardgate_candidates_total"
-        '{outcome="failed"}, and with a native-n upstream (one call for all N) no failure ever does'
-    ),
-}
+KNOWN_GAPS: dict[str, str] = {}  # panel title -> why it cannot show data yet (xfail, strict: a fix shows)
 
 # Panels of a gauge that is 0 at rest: they must return series, not a non-zero value.
 AT_REST = {"Queue depth"}

@@ -349,6 +349,18 @@ async def test_metrics_names(gw: Gateway) -> None:
         assert name in text, name
 
 
+@pytest.mark.parametrize("model", ["always-500", "solo:always-500"], ids=["native-n", "parallel"])
+async def test_when_every_candidate_fails_the_failures_are_still_counted(gw: Gateway, model: str) -> None:
+    response = await gw.client.post("/v1/chat/completions", json=chat(model, n=3), headers=CRITERIA)
+    assert response.status_code == 500 and response.json()["error"]["code"] == "all_candidates_failed"
+    text = (await gw.client.get("/metrics")).text
+    provider = model.partition(":")[0] if ":" in model else "fake"
+    calls = 1 if provider == "fake" else 3  # native n: one upstream call for all three
+    assert 'rewardgate_candidates_total{outcome="failed"} 3.0' in text
+    assert 'rewardgate_candidates_total{outcome="generated"} 0.0' in text
+    assert f'rewardgate_upstream_duration_seconds_count{{provider="{provider}"}} {calls}.0' in text
+
+
 # ---------------------------------------------------------------- the real openai client, unchanged
 
 
