@@ -11,7 +11,7 @@ OpenAI accepts both itself, but our log store is ours, so they are removed befor
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 GATEWAY_FIELDS = frozenset({"store", "metadata"})  # read by the gateway, never forwarded
+Item = TypeVar("Item", bound=BaseModel)
 
 
 class ChatCompletionRequest(BaseModel):
@@ -164,7 +165,9 @@ def _utc_text(value: datetime) -> str:
 
 
 Timestamp = Annotated[datetime, PlainSerializer(_utc_text, return_type=str)]
-_RECORD = ConfigDict(from_attributes=True)  # built from the store's dataclasses by attribute
+# Built from the store's dataclasses by attribute; every key is always written, so the document requires them all.
+_RECORD = ConfigDict(from_attributes=True, json_schema_serialization_defaults_required=True)
+_ANSWER = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
 class Latencies(BaseModel):
@@ -289,18 +292,24 @@ class EntryError(BaseModel):
 
 
 class Uploaded(BaseModel):
+    model_config = _ANSWER
+
     added: int
     invalid: list[EntryError]  # reported, not added (with ?skip_invalid=true)
     dataset: Dataset
 
 
 class AddedPairs(BaseModel):
+    model_config = _ANSWER
+
     added: int
     skipped: list[dict[str, Any]]  # {"log_id" | "choice_index": ..., "reason": ...}
     dataset: Dataset
 
 
 class Deleted(BaseModel):
+    model_config = _ANSWER
+
     id: str
     deleted: Literal[True] = True
 
@@ -332,6 +341,8 @@ class TokenUsage(BaseModel):
 class Judgement(BaseModel):
     """POST /v1/criteria/judge: one output scored by one criterion (OpenPipe's offline judge)."""
 
+    model_config = _ANSWER
+
     score: float | None  # what the criterion reports (a reward model's raw reward, a judge's 0..1)
     normalized: float | None  # the 0..1 value the combination rule uses
     explanation: str | None
@@ -341,6 +352,8 @@ class Judgement(BaseModel):
 
 class Alignment(BaseModel):
     """A criterion's agreement with human PASS/FAIL labels (gateway.criteria.alignment)."""
+
+    model_config = _ANSWER
 
     criterion: CriterionInfo
     rows: int
@@ -370,3 +383,146 @@ class ErrorBody(BaseModel):
 
     error: ErrorDetail
     invalid: list[EntryError] | None = None
+
+
+class Health(BaseModel):
+    model_config = _ANSWER
+
+    status: Literal["ok"] = "ok"
+
+
+class ListOf(BaseModel, Generic[Item]):
+    """A list answer; paged lists add `next_cursor` and `has_more` (Page)."""
+
+    model_config = _ANSWER
+
+    object: Literal["list"] = "list"
+    data: list[Item]
+
+
+class Page(ListOf[Item], Generic[Item]):
+    next_cursor: str | None  # pass as ?cursor= for the next page; null on the last one
+    has_more: bool
+
+
+# ---------------------------------------------------------------- request bodies of the resource APIs
+# Closed objects (an unknown field is a 400). The handlers check these rules themselves, field by field, with
+# messages that name the field; these models describe the same bodies for the OpenAPI document.
+
+_CLOSED = ConfigDict(extra="forbid")
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+
+
+class MetadataPatch(BaseModel):
+    model_config = _CLOSED
+
+    metadata: dict[str, str | None]  # null removes the key
+
+
+class JudgeInput(BaseModel):
+    messages: list[MessageIn] = Field(default_factory=list)
+
+
+class JudgeRequest(BaseModel):
+    model_config = _CLOSED
+
+    criterion_id: str  # "slug" or "slug@vN"
+    criterion_version: str | int | None = None  # "vN" or N, with an unversioned criterion_id
+    input: JudgeInput | None = None
+    output: MessageIn
+
+
+class CriterionCreate(BaseModel):
+    model_config = _CLOSED
+
+    slug: str
+    kind: str = Field(description="a kind defined by stored definitions: rule or llm_judge")
+    spec: dict[str, Any] = Field(description="the kind's definition: see the README's Criteria section")
+    description: str = ""
+
+
+class VersionCreate(BaseModel):
+    model_config = _CLOSED
+
+    spec: dict[str, Any]
+    description: str = ""
+
+
+class LabelledRowIn(BaseModel):
+    input: list[MessageIn] = Field(min_length=1)
+    output: str | MessageIn
+    label: Literal["PASS", "FAIL"]
+    id: str | None = None
+
+
+class AlignmentRequest(BaseModel):
+    model_config = _CLOSED
+
+    rows: list[LabelledRowIn] = Field(min_length=1)
+    threshold: float = Field(default=0.5, ge=0, le=1)
+
+
+class DatasetCreate(BaseModel):
+    model_config = _CLOSED
+
+    name: str
+    description: str = ""
+
+
+class EntriesUpload(BaseModel):
+    model_config = _CLOSED
+
+    entries: list[dict[str, Any]]  # seed-format pairs (DESIGN contract 1)
+
+
+class PairsFromLogIds(BaseModel):
+    model_config = _CLOSED
+
+    log_ids: list[str] = Field(min_length=1)
+
+
+class PairsFromLogFilter(BaseModel):
+    model_config = _CLOSED
+
+    metadata: dict[str, str]
+    model: str | None = None
+    since: str | None = None  # ISO 8601 with a timezone
+    before: str | None = None
+
+
+class ChoiceFeedback(BaseModel):
+    model_config = _CLOSED
+
+    log_id: str
+    choice_index: int = Field(ge=0)  # 0 = the best
+    dataset: str
+
+
+class ThreadFeedback(BaseModel):
+    model_config = _CLOSED
+
+    thread: str
+    accepted_log_id: str | None = None
+    dataset: str
+
+
+class Hyperparameters(BaseModel):
+    model_config = _CLOSED
+
+    batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=4096)] = "auto"
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
+    epochs: Annotated[int, Field(ge=1, le=100)] | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = _CLOSED
+
+    dataset: str  # its id or name
+    slug: str = Field(pattern="^[a-z0-9][a-z0-9._-]{0,127}$")
+    base_model: str = ""
+    hyperparameters: Hyperparameters | None = None

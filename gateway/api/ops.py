@@ -12,10 +12,11 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api import Route, Services
 from gateway.api.openapi import spec_bytes
+from gateway.protocol import Health
 
 
 async def health(request: Request, services: Services) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONResponse(Health().model_dump())
 
 
 async def metrics(request: Request, services: Services) -> Response:

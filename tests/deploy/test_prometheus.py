@@ -32,7 +32,7 @@ KNOWN_GAPS: dict[str, str] = {}  # panel title -> why it cannot show data yet (x
 AT_REST = {"Queue depth"}
 
 # What the traffic must set off (stack.ROUND sends 5xx; one training job fails).
-EXPECTED_ALERTS = {"RewardgateGatewayErrors5xx", "RewardgateTrainingJobFailed"}
+EXPECTED_ALERTS = {"RewardgateGatewayErrors5xx", "RewardgateCandidatesFailing", "RewardgateTrainingJobFailed"}
 
 
 def alert_rules() -> list[dict[str, Any]]:
