@@ -3,19 +3,16 @@
 Read top to bottom: setup, data, model, optimizer, loop (checkpointed, resumable), evaluation, save.
 The same loop runs as one process or as each rank of `torchrun` / `accelerate launch`; the rules
 for several processes (global batch, who writes what) live in trainer/distributed.py.
-Imports gateway.formats only from the rest of the project (through trainer.data / evaluate).
+Imports gateway.formats only from the rest of the project. The model card (rewardgate.json) is built and
+written by trainer/checkpoint.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import io
 import json
 import math
-import os
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +22,21 @@ import torch
 
 from gateway.formats import load_pairs, pool_rewards
 from trainer.bases import resolve_base
-from trainer.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
+from trainer.checkpoint import (
+    data_summary,
+    latest_checkpoint,
+    load_checkpoint,
+    model_card,
+    output_dir,
+    remove_checkpoints,
+    resolved_config,
+    restore_training_state,
+    save_checkpoint,
+    save_config,
+    training_state,
+    training_summary,
+    write_model_card,
+)
 from trainer.config import TrainConfig
 from trainer.data import TokenizedPair, collate, length_grouped_batches, tokenize_pairs
 from trainer.distributed import Distributed, session, shard
@@ -55,9 +66,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def _train(cfg: TrainConfig, dist: Distributed) -> TrainResult:
     # ---------------------------------------------------------------- setup
-    output, version = _output_dir(cfg)
+    output, slug, version = output_dir(cfg)
     dist.barrier()  # every rank has picked the version before rank 0 creates its directory
-    slug = cfg.slug or (output.parent.name if cfg.models_dir else output.name)
     device = dist.device
     precision = cfg.precision if cfg.precision != "auto" else _auto_precision(device)
     # bf16: bf16 weights with fp32 master copies. FSDP keeps fp32 shards instead and computes in bf16
@@ -68,8 +78,7 @@ def _train(cfg: TrainConfig, dist: Distributed) -> TrainResult:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if dist.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        save_config(output, cfg)
     dist.print(f"config: {json.dumps(cfg.to_dict())}")
 
     # ---------------------------------------------------------------- data
@@ -129,12 +138,8 @@ def _train(cfg: TrainConfig, dist: Distributed) -> TrainResult:
     step, start_epoch, start_batch = 0, 0, 0
     if cfg.resume and (ckpt := latest_checkpoint(output)) is not None:
         state = load_checkpoint(ckpt)  # every rank reads it (whole tensors); FSDP keeps its own slices
-        model.load_state_dict(dist.sharded_like(state["model"], model.state_dict()))
-        if bf16_weights:
-            for m, saved in zip(master, state["master"], strict=True):
-                m.data.copy_(dist.sharded_like(saved, m))
-        optimizer.load_state_dict(dist.sharded_optimizer_state(state["optimizer"], optimizer))
-        step, start_epoch, start_batch = state["step"], state["epoch"], state["next_batch"]
+        master_copies = master if bf16_weights else None
+        step, start_epoch, start_batch = restore_training_state(state, dist, model, optimizer, master_copies)
         dist.print(f"resumed from {ckpt.name}: epoch {start_epoch}, batch {start_batch}, step {step}")
 
     # ---------------------------------------------------------------- loop
@@ -207,13 +212,10 @@ def _train(cfg: TrainConfig, dist: Distributed) -> TrainResult:
             last_step = at_epoch_end and epoch + 1 == cfg.epochs  # the final save follows: no checkpoint needed
             if (step % cfg.save_steps == 0 or at_epoch_end) and not last_step:
                 next_epoch, next_batch = (epoch + 1, 0) if at_epoch_end else (epoch, i + 1)
-                state = {  # FSDP gathers its shards here, on every rank
-                    "model": dist.gathered(model.state_dict()),
-                    "optimizer": dist.gathered(optimizer.state_dict()),
-                    "master": dist.gathered([m.detach() for m in master]) if bf16_weights else [],
-                }
+                # FSDP gathers its shards here, on every rank
+                state = training_state(dist, model, optimizer, master if bf16_weights else None, next_epoch, next_batch)
                 if dist.is_main:
-                    save_checkpoint(output, step, state | {"epoch": next_epoch, "next_batch": next_batch})
+                    save_checkpoint(output, step, state)
             out_of_time = bool(cfg.time_budget_s) and (
                 dist.agree(time.perf_counter() - t0) > cfg.time_budget_s or step >= total_steps
             )
@@ -259,76 +261,19 @@ def _train(cfg: TrainConfig, dist: Distributed) -> TrainResult:
     model.save_pretrained(output, state_dict=weights)
     tokenizer.save_pretrained(output)
     write_plot(output / "metrics.jsonl", output / "training_curves.png")
-    meta = {
-        "format": 1,
-        "slug": slug,
-        "version": version,
-        "base_model": cfg.base_model or base,
-        "base_model_path": base,
-        "architecture": type(model).__name__,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "max_length": cfg.max_length,
-        "config": cfg.to_dict()
-        | {
-            "resolved_batch_size": batch_size,
-            "precision": precision,
-            "attention": attention,
-            "device": str(device),
-            "processes": dist.world_size,
-        },
-        "data": {
-            "path": str(cfg.data),
-            "sha256": _sha256(cfg.data),
-            "pairs": len(dataset.pairs),
-            "train_pairs": len(train_pairs),
-            "test_pairs": len(test_pairs),
-            "skipped_lines": len(dataset.skipped),
-            "truncation": truncation.to_dict(),
-        },
-        "training": {
-            "steps": step,
-            "seconds": round(train_seconds, 2),
-            "stopped_early": stop,
-            "pairs_per_second": round(pairs_done / train_seconds, 3) if train_seconds else 0.0,
-            "tokens_per_second": round(tokens_done / train_seconds, 1) if train_seconds else 0.0,
-        },
-        "metrics": {"test": test.to_dict(), "precision": "bf16" if bf16 else "fp32"},
-        "reward_stats": {
-            "mean": reward_stats.reward_mean,
-            "std": reward_stats.reward_std,
-            "count": 2 * reward_stats.count,
-            "split": stats_split,
-            "histogram": reward_stats.histogram(),
-        },
-    }
-    tmp = output / "rewardgate.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, output / "rewardgate.json")  # written last: its presence marks a complete model
+    card = model_card(
+        cfg, slug, version, base, type(model).__name__,
+        config=resolved_config(cfg, batch_size, precision, attention, device, dist.world_size),
+        data=data_summary(cfg.data, dataset, len(train_pairs), len(test_pairs), truncation),
+        training=training_summary(step, train_seconds, stop, pairs_done, tokens_done),
+        test=test, bf16=bf16, reward_stats=reward_stats, stats_split=stats_split,
+    )  # fmt: skip
+    write_model_card(output, card)  # last: its presence marks a complete model
     remove_checkpoints(output)
     return result
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _output_dir(cfg: TrainConfig) -> tuple[Path, str]:
-    if bool(cfg.output) == bool(cfg.models_dir):
-        raise ValueError("give exactly one of --output DIR or --models-dir DIR")
-    if cfg.output:
-        out = Path(cfg.output)
-        match = re.fullmatch(r"v(\d+)", out.name)
-        version = out.name if match else "v1"
-    else:
-        if not cfg.slug or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", cfg.slug):
-            raise ValueError("--models-dir needs --slug of lowercase letters, digits, '.', '_' or '-'")
-        root = Path(cfg.models_dir) / cfg.slug
-        versions = sorted(int(p.name[1:]) for p in root.glob("v*") if re.fullmatch(r"v\d+", p.name))
-        unfinished = [v for v in versions if not (root / f"v{v}" / "rewardgate.json").exists()]
-        number = unfinished[-1] if cfg.resume and unfinished else (versions[-1] + 1 if versions else 1)
-        out, version = root / f"v{number}", f"v{number}"
-    if (out / "rewardgate.json").exists():
-        raise FileExistsError(f"{out} already holds a trained model; choose another --output")
-    return out, version
 
 
 def _auto_precision(device: torch.device) -> str:
@@ -425,11 +370,3 @@ def _mean_stats(window: list[dict[str, float]]) -> dict[str, float]:
 def _log_eval(log: Any, step: int, metrics: PairMetrics) -> None:
     log.write(json.dumps({"kind": "eval", "step": step, **metrics.to_dict()}) + "\n")
     log.flush()
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
