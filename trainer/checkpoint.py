@@ -2,7 +2,7 @@
 resumes from, and the model card `rewardgate.json` (DESIGN contract 2), written last: its presence marks a
 complete model. Checkpoints are `<output>/checkpoints/step-<N>.pt`; only the newest `keep` are kept.
 
-Imports torch, gateway.formats (PairSet) and trainer.config / data / distributed / evaluate; nothing else.
+Imports torch and trainer.config / data / distributed / evaluate; nothing else from the project.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Any
 
 import torch
 
-from gateway.formats import PairSet
 from trainer.config import TrainConfig
-from trainer.data import TruncationReport
+from trainer.data import TrainingData
 from trainer.distributed import Distributed
 from trainer.evaluate import PairMetrics
 
@@ -161,18 +160,16 @@ def resolved_config(
     }
 
 
-def data_summary(
-    path: str, dataset: PairSet, train_pairs: int, test_pairs: int, truncation: TruncationReport
-) -> dict[str, Any]:
+def data_summary(path: str, data: TrainingData) -> dict[str, Any]:
     """The card's `data`: which file (by content hash: it reads the file), how many pairs went where."""
     return {
         "path": str(path),
         "sha256": file_sha256(path),
-        "pairs": len(dataset.pairs),
-        "train_pairs": train_pairs,
-        "test_pairs": test_pairs,
-        "skipped_lines": len(dataset.skipped),
-        "truncation": truncation.to_dict(),
+        "pairs": len(data.dataset.pairs),
+        "train_pairs": len(data.train_pairs),
+        "test_pairs": len(data.test_pairs),
+        "skipped_lines": len(data.dataset.skipped),
+        "truncation": data.truncation.to_dict(),
     }
 
 

@@ -31,7 +31,7 @@ from trainer.checkpoint import (
     write_model_card,
 )
 from trainer.config import SAMPLE_DATA, TrainConfig
-from trainer.data import TruncationReport
+from trainer.data import training_data
 from trainer.distributed import Distributed
 from trainer.evaluate import PairMetrics
 from trainer.train import train
@@ -61,8 +61,7 @@ def metrics(scores: tuple[float, ...]) -> PairMetrics:
 
 def test_the_card_holds_contract_2s_keys_in_order() -> None:
     cfg = TrainConfig(base_model="minilm", output="runs/support-rm", max_pairs=8, max_length=1024)
-    dataset = load_pairs(SAMPLE_DATA)
-    truncation = TruncationReport(8, 0, 0)
+    data = training_data(cfg, load_pairs(SAMPLE_DATA), tiny.chat_tokenizer())
     test = metrics((1.0, -1.0, 2.0, 0.0))
     card = model_card(
         cfg,
@@ -71,7 +70,7 @@ def test_the_card_holds_contract_2s_keys_in_order() -> None:
         "/cache/minilm",
         "BertForSequenceClassification",
         config=resolved_config(cfg, 8, "bf16", "eager", torch.device("cpu"), 1),
-        data=data_summary(cfg.data, dataset, 8, 42, truncation),
+        data=data_summary(cfg.data, data),
         training=training_summary(24, 12.5, True, 96, 5000),
         test=test,
         bf16=True,
