@@ -1,6 +1,7 @@
-"""Pairs -> token ids -> length-grouped, right-padded batches (chosen rows first, then rejected rows).
+"""Pairs -> token ids -> length-grouped, right-padded batches (chosen rows first, then rejected rows); the
+TRAIN/TEST pairs of one run.
 
-Imports gateway.formats (the one render function) and torch; nothing else from the project.
+Imports gateway.formats (the one render function), trainer.config and torch; nothing else from the project.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 import torch
 
-from gateway.formats import PreferencePair, render_responses
+from gateway.formats import PairSet, PreferencePair, render_responses
+from trainer.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,33 @@ def tokenize_pairs(
         trimmed += bool(chosen.prompt_tokens_trimmed or rejected.prompt_tokens_trimmed)
         out.append(TokenizedPair(chosen.input_ids, rejected.input_ids, pair.margin))
     return out, TruncationReport(len(pairs), trimmed, dropped)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The pairs of one run: TRAIN (sampled down to max_pairs) tokenized for training, TEST for evaluation."""
+
+    dataset: PairSet  # the whole file: its counts and skipped lines go into the model card
+    train_pairs: list[PreferencePair]
+    test_pairs: list[PreferencePair]
+    examples: list[TokenizedPair]  # train_pairs tokenized, less those whose answer did not fit
+    truncation: TruncationReport
+
+    def summary(self) -> str:
+        return (
+            f"{self.dataset.summary()}; training on {len(self.examples)} pairs; truncation {self.truncation.to_dict()}"
+        )
+
+
+def training_data(cfg: TrainConfig, dataset: PairSet, tokenizer: Any) -> TrainingData:
+    """Split by each pair's `split`, take at most `max_pairs` TRAIN pairs (a seeded sample), tokenize them."""
+    train_pairs, test_pairs = dataset.split("TRAIN"), dataset.split("TEST")
+    if cfg.max_pairs:
+        train_pairs = random.Random(cfg.seed).sample(train_pairs, min(cfg.max_pairs, len(train_pairs)))
+    examples, truncation = tokenize_pairs(train_pairs, tokenizer, cfg.max_length)
+    if not examples:
+        raise ValueError(f"{cfg.data}: no TRAIN pairs fit max_length={cfg.max_length}")
+    return TrainingData(dataset, train_pairs, test_pairs, examples, truncation)
 
 
 def length_grouped_batches(

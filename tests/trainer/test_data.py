@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.formats import Message, PreferencePair
+from gateway.formats import Message, PreferencePair, load_pairs
 from tests import tiny
-from trainer.data import TokenizedPair, collate, length_grouped_batches, tokenize_pairs
+from trainer.config import SAMPLE_DATA, TrainConfig
+from trainer.data import TokenizedPair, collate, length_grouped_batches, tokenize_pairs, training_data
 
 
 def pair(prompt: str, chosen: str, rejected: str) -> PreferencePair:
@@ -49,3 +50,18 @@ def test_collate_puts_chosen_rows_first_right_padded_with_a_mask() -> None:
     assert out["input_ids"].tolist() == [[1, 2, 3], [5, 0, 0], [4, 0, 0], [6, 7, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 0]]
     assert out["margin"].tolist() == pytest.approx([0.5, 0.0])
+
+
+def test_training_data_samples_at_most_max_pairs_of_train_and_keeps_test_whole() -> None:
+    tok, dataset = tiny.chat_tokenizer(), load_pairs(SAMPLE_DATA)
+    data = training_data(TrainConfig(max_pairs=16, max_length=1024), dataset, tok)
+    again = training_data(TrainConfig(max_pairs=16, max_length=1024), dataset, tok)
+    assert len(data.train_pairs) == len(data.examples) == 16 and data.train_pairs == again.train_pairs  # seeded
+    assert all(p.split == "TRAIN" for p in data.train_pairs) and data.test_pairs == dataset.split("TEST")
+    assert "training on 16 pairs" in data.summary()
+    assert len(training_data(TrainConfig(max_length=1024), dataset, tok).train_pairs) == len(dataset.split("TRAIN"))
+
+
+def test_training_data_refuses_a_max_length_no_train_pair_fits() -> None:
+    with pytest.raises(ValueError, match="no TRAIN pairs fit max_length=8"):
+        training_data(TrainConfig(max_pairs=4, max_length=8), load_pairs(SAMPLE_DATA), tiny.chat_tokenizer())

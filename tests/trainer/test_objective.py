@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer.objective import bradley_terry_loss, lr_multiplier
+from trainer.objective import Schedule, bradley_terry_loss, lr_multiplier
 
 
 def test_loss_is_mean_negative_log_sigmoid_of_the_gap() -> None:
@@ -52,3 +52,30 @@ def test_schedule_warms_up_linearly_then_decays_to_zero() -> None:
     assert lr_multiplier(99, 100, 0, "constant") == 1.0
     values = [lr_multiplier(s, 50, 5, "cosine") for s in range(5, 50)]
     assert values == sorted(values, reverse=True)
+
+
+def test_a_planned_schedule_runs_the_whole_run() -> None:
+    schedule = Schedule.planned(2e-3, "cosine", 100, 0.05)
+    assert (schedule.planned_steps, schedule.total_steps, schedule.warmup_steps) == (100, 100, 5)
+    assert schedule.lr(50) == 2e-3 * lr_multiplier(50, 100, 5, "cosine")
+    assert not schedule.stops_early(100, 1e9)  # no budget: the planned end is no early stop
+
+
+def test_a_time_budget_fits_the_schedule_to_the_steps_that_fit() -> None:
+    schedule = Schedule.planned(1.0, "cosine", 1000, 0.05, budget_s=12.0)
+    fitted = schedule.fitted(step=8, steps_run=8, elapsed_s=2.0)  # 0.25 s a step, 10 s left: 40 more steps
+    assert (fitted.total_steps, fitted.warmup_steps, fitted.planned_steps) == (48, 2, 1000)
+    assert fitted.lr(47) < 0.01  # the decay completes inside the budget
+    resumed = schedule.fitted(step=100, steps_run=8, elapsed_s=2.0)  # a resumed run times its own steps
+    assert resumed.total_steps == 140 and resumed.warmup_steps == 7
+    assert Schedule.planned(1.0, "cosine", 20, 0.05, 12.0).fitted(8, 8, 2.0).total_steps == 20  # never past plan
+    assert schedule.fitted(8, 8, 20.0).total_steps == 8  # over budget already: the schedule ends now
+
+
+def test_a_time_budget_stops_the_run_early_when_spent_or_when_the_fitted_schedule_ends() -> None:
+    fitted = Schedule.planned(1.0, "cosine", 1000, 0.05, budget_s=12.0).fitted(8, 8, 2.0)
+    assert not fitted.stops_early(20, 5.0)
+    assert fitted.stops_early(20, 12.5)  # the budget is spent
+    assert fitted.stops_early(48, 11.0)  # the fitted schedule has ended
+    end = Schedule.planned(1.0, "cosine", 48, 0.05, budget_s=12.0)
+    assert not end.stops_early(48, 13.0)  # the planned end is reached: not an early stop

@@ -17,8 +17,8 @@ import torch
 from gateway.formats import load_pairs, pool_rewards, render_conversation
 from tests import tiny
 from trainer.config import SAMPLE_DATA, TrainConfig
-from trainer.evaluate import load_reward_model, score_conversations
-from trainer.train import train
+from trainer.evaluate import PairMetrics, load_reward_model, score_conversations
+from trainer.train import eval_row, train, train_row
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -225,3 +225,13 @@ def test_a_time_budget_stops_early_with_the_learning_rate_decayed(
     assert 30 <= len(lrs) <= 45  # 0.6 s of 15 ms steps (three clock reads each)
     assert max(lrs) > 0.8 * 2e-3  # the warmup, fitted to the budget too, reached the peak
     assert lrs[-1] < 0.2 * 2e-3  # and the cosine decay ran to (nearly) zero inside the budget
+
+
+def test_a_train_row_averages_the_window_and_an_eval_row_carries_the_metrics() -> None:
+    window = [{"loss": 0.5, "accuracy": 1.0}, {"loss": 0.25, "accuracy": 0.0}, {"loss": 0.2, "accuracy": 0.5}]
+    row = train_row(window, step=30, epoch=1, lr=1e-4, elapsed_s=12.3456)
+    logged = {"kind": "train", "step": 30, "epoch": 1, "lr": 1e-4, "elapsed_s": 12.35}
+    assert row == {"loss": 0.31667, "accuracy": 0.5} | logged
+    assert list(row)[:2] == ["loss", "accuracy"]  # the batch metrics first, as metrics.jsonl always had them
+    metrics = PairMetrics(4, 0.75, 0.5, 0.0, 1.0, 0.5, (1.0, 0.0))
+    assert eval_row(7, metrics) == {"kind": "eval", "step": 7, **metrics.to_dict()}
