@@ -1,20 +1,18 @@
-"""The datasets service (docs/LIFECYCLE.md, "Datasets" and "Feedback"): named lists of seed-format preference pairs
-(DESIGN contract 1) filled by uploads, by stored best-of-N logs and by user feedback, and exported as the JSONL the
-trainer reads. Used by gateway.api.datasets and gateway.service.feedback. Must not import starlette, torch,
-trainer or reward_serving.
+"""The datasets service (docs/LIFECYCLE.md, "Datasets"): named lists of seed-format preference pairs (DESIGN
+contract 1) filled by uploads and by stored best-of-N logs (and, through gateway.service.feedback, by users'
+feedback), and exported as the JSONL the trainer reads. Owns the pair-from-a-log rule both use. Used by
+gateway.api.datasets. Must not import starlette, torch, trainer or reward_serving.
 
 Decisions where LIFECYCLE.md is silent:
 - Every pair is normalised by gateway.formats (any accepted shape is stored in the seed shape) and its split is
   fixed when stored: the record's own, else the prompt-hash split. Uploads report bad entries by 0-based index and
   1-based line (for a JSON `entries` list, line = index + 1); an empty upload is a 400.
 - Dataset names follow the slug rule and may not look like a dataset id (`ds_` + 26 ULID characters), so a
-  `{dataset}` reference is never ambiguous. Feedback creates its dataset only once it has a pair to add.
+  `{dataset}` reference is never ambiguous.
 - from-logs adds each log at most once per dataset (running it again adds only new logs; the rest are reported as
   skipped "already in the dataset"); unknown log ids are skipped, not fatal.
 - A log's "choices" are its candidates in rank order (what the client got back, `index` = rank); a log's best
   response is its best-ranked candidate the provider produced.
-- Feedback (a) reports choices whose pair the format refuses (e.g. the same text twice) under `skipped`; it is a
-  400 only when no pair at all can be made. Feedback (b) takes the prompt from the accepted log's request.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Reward-model training jobs as a product flow (docs/LIFECYCLE.md): a job is created from a dataset, stored,
-run by gateway/training.py's JobRunner in a trainer subprocess, and every state change the runner reports is
+run by gateway.service.training's JobRunner in a trainer subprocess, and every state change the runner reports is
 written to the store. Owns the validation of a new job, the dataset export the trainer reads, cancellation, and
 recovery at start-up (jobs that were TRAINING resume from their checkpoint, PENDING/QUEUED ones are queued
 again). Must not import torch, transformers or trainer: training happens in the subprocess.

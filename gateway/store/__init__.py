@@ -17,7 +17,7 @@ starlette, httpx, litellm or torch; psycopg only for a postgresql:// url.
         ├── MetadataError       metadata breaks OpenAI's string-map rules; `.key` names the key
         ├── CriterionExistsError  a new criterion's slug is taken, or a new version changes the slug's kind
         ├── DatasetExistsError  a new dataset's name is taken
-        └── InvalidEntriesError an upload has bad entries (raised by gateway/datasets.py before anything is
+        └── InvalidEntriesError an upload has bad entries (raised by gateway.service.datasets before anything is
                                 stored); `.invalid` lists every one as an EntryError
 """
 

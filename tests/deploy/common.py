@@ -103,7 +103,8 @@ def serve_settings(argv: Sequence[str], env: Mapping[str, str]) -> GatewaySettin
 
 
 def check_trainer_args(settings: GatewaySettings, where: str) -> None:
-    """The trainer command line the worker builds for a job (gateway/training.py) parses with the trainer's parser."""
+    """The trainer command line the worker builds for a job (gateway/service/training.py) parses with the
+    trainer's parser."""
     spec = JobSpec("job_1", "support-rm", f"{settings.jobs_dir}/job_1/data.jsonl")
     argv = trainer_argv(spec, Path(settings.models_dir), trainer_args=settings.trainer_args)
     args = parses(trainer_parser(), argv)

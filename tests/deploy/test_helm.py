@@ -1,6 +1,6 @@
 """The Helm chart as real Helm renders it (Helm v4's Go SDK, tests/deploy/tools.py): lint, the Kubernetes schemas,
 probes, resources, non-root pods, real settings, the alerting rules, and the training-jobs topology of
-gateway/jobs.py. Every test but the values-schema one skips, saying why, without the tools."""
+gateway/service/jobs.py. Every test but the values-schema one skips, saying why, without the tools."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def test_the_chart_runs_exactly_one_training_worker_sharing_jobs_store_and_model
     values = chart_values(*overlays, **changes)
     servers = chart_servers(rendered)
     workers = {name: server.processes for name, server in servers.items() if server.settings.training_worker}
-    assert list(workers.values()) == [1], f"exactly one process runs training jobs (gateway/jobs.py), got {workers}"
+    assert list(workers.values()) == [1], f"exactly one process runs training jobs (service/jobs.py), got {workers}"
     [(worker_name, worker)] = [(n, s) for n, s in servers.items() if s.settings.training_worker]
     [(gateway_name, gateway)] = [(n, s) for n, s in servers.items() if n.endswith("-gateway")]
     assert set(servers) == {gateway_name, worker_name} and worker_name.endswith("-training-worker")

@@ -185,7 +185,7 @@ def test_compose_runs_exactly_one_training_worker_sharing_jobs_store_and_models(
     servers = compose_servers(services)
     assert set(servers) == {"gateway", "training-worker"}, servers
     workers = sorted(name for name, settings in servers.items() if settings.training_worker)
-    assert workers == ["training-worker"], f"exactly one process runs training jobs (gateway/jobs.py), got {workers}"
+    assert workers == ["training-worker"], f"exactly one process runs training jobs (service/jobs.py), got {workers}"
     for name in servers:  # said in compose, not left to an image default
         assert "REWARDGATE_TRAINING_WORKER" in services[name]["environment"], name
     worker_service = services["training-worker"]

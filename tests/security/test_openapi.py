@@ -1,4 +1,4 @@
-"""The OpenAPI documents (gateway/openapi.py, gateway/reward_serving/openapi.py) against the apps: every route the
+"""The OpenAPI documents (gateway/api/openapi.py, gateway/reward_serving/openapi.py) against the apps: every route the
 app serves is documented and every documented operation is served; /openapi.json serves the document without a
 key; the schemas are valid JSON Schema and every $ref resolves; the documented examples are valid requests."""
 

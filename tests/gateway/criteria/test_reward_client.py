@@ -1,4 +1,4 @@
-"""Several reward servers behind one client (gateway/reward_client.py): requests spread round robin, a server
+"""Several reward servers behind one client (gateway/criteria/reward_client.py): requests spread round robin, a server
 that is down, overloaded or failing is retried on the next one, a failed one cools down, and when every server
 fails the caller sees the last failure. The servers are httpx.MockTransport handlers keyed by host."""
 
