@@ -28,6 +28,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.store import LogStore
 from gateway.upstream.providers import ProviderConfig
 from gateway.upstream.router import RetryPolicy, Router
+from tests.tiny import save_reward_model
 
 KEY = "sk-provider-key-0123456789abcdef"  # the provider's key: must never reach a client or a log
 ANSWERS = [
@@ -210,6 +211,18 @@ async def running_gateway(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield Gateway(app, client, services.store, services.reward, services.metrics)
+
+
+def chat_body(model: str = "ok", **extra: Any) -> dict[str, Any]:
+    """A chat-completions body for the fake upstream's `model` (MESSAGES as the prompt)."""
+    return {"model": model, "messages": MESSAGES, **extra}
+
+
+def two_versions(root: Path) -> Path:
+    """A reward-model store with tiny-rm v1 and v2 (different weights), so `tiny-rm` means v2."""
+    save_reward_model(root / "tiny-rm" / "v1", "tiny-rm", "v1", seed=0)
+    save_reward_model(root / "tiny-rm" / "v2", "tiny-rm", "v2", seed=1)
+    return root
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

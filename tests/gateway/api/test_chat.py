@@ -24,11 +24,12 @@ from tests.gateway.fakes import (
     MESSAGES,
     FakeUpstream,
     Gateway,
+    chat_body,
     failing_scores,
     running_gateway,
+    two_versions,
     until,
 )
-from tests.tiny import save_reward_model
 
 pytestmark = pytest.mark.anyio
 CRITERIA = {"op-criteria": '["tiny-rm"]'}
@@ -36,14 +37,10 @@ CRITERIA = {"op-criteria": '["tiny-rm"]'}
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    save_reward_model(root / "tiny-rm" / "v1", "tiny-rm", "v1", seed=0)
-    save_reward_model(root / "tiny-rm" / "v2", "tiny-rm", "v2", seed=1)
-    return root
+    return two_versions(tmp_path_factory.mktemp("models"))
 
 
-def chat(model: str = "ok", **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": MESSAGES, **extra}
+chat = chat_body
 
 
 async def raw_scores(gw: Gateway, model: str, answers: list[str]) -> list[float]:

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.formats import parse_line
 from tests.gateway.fakes import (
     ANSWERS,
-    MESSAGES,
     Gateway,
+    chat_body,
+    two_versions,
 )
-from tests.tiny import save_reward_model
 
 pytestmark = pytest.mark.anyio
 CRITERIA = {"op-criteria": '["tiny-rm"]'}
@@ -23,14 +22,10 @@ CRITERIA = {"op-criteria": '["tiny-rm"]'}
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    save_reward_model(root / "tiny-rm" / "v1", "tiny-rm", "v1", seed=0)
-    save_reward_model(root / "tiny-rm" / "v2", "tiny-rm", "v2", seed=1)
-    return root
+    return two_versions(tmp_path_factory.mktemp("models"))
 
 
-def chat(model: str = "ok", **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": MESSAGES, **extra}
+chat = chat_body
 
 
 # ---------------------------------------------------------------- the log store
