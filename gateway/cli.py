@@ -42,6 +42,7 @@ from gateway.criteria.reward_client import reward_server_client
 from gateway.formats import DatasetError, load_pairs
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import create_app
+from gateway.reward_serving.http import serving_config
 from gateway.reward_serving.server import ServerSettings
 from gateway.reward_serving.server import create_app as create_reward_app
 from gateway.service.chat import ChatService
@@ -83,7 +84,7 @@ async def open_services(
         configs = providers_from_env(environ)
         if settings.local_model:
             settings = await _serve_local_model(settings, configs, stack)
-        router = router or Router.from_configs(configs, default_provider="openai")
+        router = router or Router.from_configs(configs, default_provider="openai", fallbacks=settings.fallbacks)
         await stack.enter_async_context(router)
         reward = await stack.enter_async_context(_reward_client(settings, wrap_reward))
         catalog = RewardModelCatalog(
@@ -161,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings_flags(command: argparse.ArgumentParser) -> None:
     """--config and one flag per GatewaySettings field."""
     command.add_argument("--config", help="TOML or JSON settings file (then REWARDGATE_* env, then these flags)")
+    defaults = GatewaySettings()
     for spec in dataclasses.fields(GatewaySettings):
-        default = spec.default
+        default = getattr(defaults, spec.name)
         listed = ", comma-separated" if isinstance(default, tuple) else ""
         options: dict[str, Any] = {"help": f"{spec.metadata['help']} (default: {default!r}{listed})"}
         if "choices" in spec.metadata:
@@ -186,7 +188,9 @@ async def serve(settings: GatewaySettings, log_level: str = "info") -> None:
     import uvicorn
 
     app = build_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on")
+    config = serving_config(
+        app, host=settings.host, port=settings.port, log_level=log_level, header_timeout_s=settings.header_timeout_s
+    )
     await uvicorn.Server(config).serve()
 
 
@@ -247,7 +251,7 @@ async def evaluate(args: dict[str, Any], settings: GatewaySettings, environ: Map
     exit status 0, 1 when the input has bad lines (reported, unless --skip-invalid), 2 for a bad criterion id."""
     try:
         async with open_services(settings.replace(training_worker=False), environ=environ) as services:
-            criterion = await services.criteria.resolve_id(args["criterion"])
+            criterion = await services.criteria.resolve_id(args["criterion"], param="--criterion")
             if args["eval_command"] == "pairs":
                 return await _pairs(args, criterion)
             if args["eval_command"] == "replay":

@@ -2,7 +2,8 @@
 
 Precedence: defaults < config file (`from_file`, TOML or JSON) < environment (`REWARDGATE_<FIELD>`) < CLI flags
 (generated from these fields by gateway/cli.py). Lists (`api_keys`, `upstream_models`) are comma-separated in the
-environment and on the command line. Nothing is read at import. Must not import starlette, torch or trainer.
+environment and on the command line; `fallbacks` is a table in the file and JSON text in the environment and on
+the command line. Nothing is read at import. Must not import starlette, torch or trainer.
 """
 
 from __future__ import annotations
@@ -60,7 +61,21 @@ class GatewaySettings:
         default=(), metadata={"help": "extra rewardgate-train flags for every job, e.g. --threads=2, comma-separated"}
     )
     max_n: int = field(default=16, metadata={"help": "largest n accepted with op-criteria"})
+    fallbacks: dict[str, tuple[str, ...]] = field(
+        default_factory=dict,
+        metadata={
+            "help": 'fallback models per model, tried in order when it fails: JSON {"openai:gpt-4o": ["anthropic:..."]}'
+        },
+    )
+    base_model_dirs: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "folders whose model directories training jobs may name as base_model; empty: none"},
+    )
     max_body_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "largest request body (413 above)"})
+    header_timeout_s: float = field(
+        default=10.0, metadata={"help": "time a client has to send a request's headers (408, then closed, after)"}
+    )
+    body_timeout_s: float = field(default=30.0, metadata={"help": "time a client has to send a whole body (408 after)"})
     upstream_timeout_s: float = field(default=120.0, metadata={"help": "per-attempt timeout of an upstream call"})
     criteria_timeout_s: float = field(default=30.0, metadata={"help": "timeout of one criterion over all candidates"})
     device: Literal["auto", "cpu", "cuda"] = field(
@@ -125,6 +140,14 @@ class GatewaySettings:
 def coerce(default: object, value: object, name: str) -> Any:
     """`value` (from TOML/JSON, the environment or a flag) as the type of the field's `default`."""
     try:
+        if isinstance(default, dict):  # fallbacks: {model: [model, ...]} as a mapping, or JSON text of one
+            data = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(data, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, list | tuple) and all(isinstance(m, str) for m in v)
+                for k, v in data.items()
+            ):
+                raise TypeError("expected an object of model -> list of models")
+            return {k: tuple(v) for k, v in data.items()}
         if isinstance(default, tuple):
             items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
             return tuple(str(item).strip() for item in items if str(item).strip())

@@ -4,9 +4,11 @@ gateway.api.errors.error_reply.
 
     GatewayError                      500 internal_error
      ├── InvalidRequestError          400 invalid_request_error  (`param` names the field: n, stream, body...)
-     │    ├── RequestTooLargeError    413 invalid_request_error
+     │    ├── RequestTooLargeError    413 invalid_request_error  (param "body")
+     │    ├── RequestTimeoutError     408 invalid_request_error  (the body did not arrive within body_timeout_s)
      │    └── HeadersTooLargeError    431 invalid_request_error  (the request's header fields, all together)
-     ├── AuthenticationError          401 authentication_error   (code invalid_api_key)
+     ├── AuthenticationError          401 authentication_error   (param "authorization", code invalid_api_key)
+     ├── ClientGoneError              499 client_closed_request  (the client left: its work was cancelled)
      ├── NotFoundError                404 not_found_error
      └── CriterionFailedError         502 api_error              (a criterion could not judge: /v1/criteria/judge)
 """
@@ -35,6 +37,29 @@ class InvalidRequestError(GatewayError):
 class RequestTooLargeError(InvalidRequestError):
     status = 413
 
+    def __init__(self, message: str, *, param: str | None = "body", code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+
+
+class RequestTimeoutError(InvalidRequestError):
+    """The client did not send its whole body within `body_timeout_s`."""
+
+    status = 408
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="body", code="request_timeout")
+
+
+class ClientGoneError(GatewayError):
+    """The client went away (mid-body, or while its answer was being made): its work was dropped. Counted as 499,
+    nginx's status for it; nobody reads the answer."""
+
+    status = 499
+    type = "client_closed_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="client_closed_request")
+
 
 class HeadersTooLargeError(InvalidRequestError):
     status = 431
@@ -45,7 +70,7 @@ class AuthenticationError(GatewayError):
     type = "authentication_error"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="invalid_api_key")
+        super().__init__(message, param="authorization", code="invalid_api_key")
 
 
 class NotFoundError(GatewayError):

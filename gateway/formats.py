@@ -291,6 +291,11 @@ def _raw_lines(source: str | os.PathLike[str] | Iterable[bytes | str]) -> Iterat
         yield from source
 
 
+def without_bom(text: str, number: int) -> str:
+    """Line `number` of a JSONL file without the UTF-8 byte-order mark an editor (Notepad) may put at its start."""
+    return text.removeprefix("\ufeff") if number == 1 else text
+
+
 def iter_pairs(
     source: str | os.PathLike[str] | Iterable[bytes | str],
 ) -> Iterator[tuple[int, PreferencePair | LineError]]:
@@ -308,6 +313,7 @@ def iter_pairs(
                 continue
         else:
             text = raw
+        text = without_bom(text, number)
         if not text.strip():
             continue
         try:

@@ -10,6 +10,7 @@ OpenAI accepts both itself, but our log store is ours, so they are removed befor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -18,31 +19,108 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    StrictBool,
-    StrictInt,
     computed_field,
     field_serializer,
+    model_validator,
 )
 
 GATEWAY_FIELDS = frozenset({"store", "metadata"})  # read by the gateway, never forwarded
 Item = TypeVar("Item", bound=BaseModel)
 
 
-class ChatCompletionRequest(BaseModel):
-    """The fields the gateway reads; everything else passes through as received."""
+def _content_part(part: object, where: str) -> None:
+    """One part of a message's content list: an object with a string `type`; the known types need their field.
+    Other types pass (providers add some)."""
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        raise ValueError(f"{where}: a content part is an object with a string 'type'")
+    needed = {"text": ("text", str), "refusal": ("refusal", str), "image_url": ("image_url", dict)}
+    needed |= {"input_audio": ("input_audio", dict), "file": ("file", dict)}
+    if part["type"] in needed:
+        key, kind = needed[part["type"]]
+        if not isinstance(part.get(key), kind):
+            shape = "a string" if kind is str else "an object"
+            raise ValueError(f"{where}: a {part['type']!r} part needs {key!r} ({shape})")
+        if key == "image_url" and not isinstance(part["image_url"].get("url"), str):
+            raise ValueError(f"{where}: an 'image_url' part needs image_url.url (a string)")
 
-    model_config = ConfigDict(extra="allow")
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: str
+    type: str = "function"
+    function: dict[str, Any]
+
+
+class ChatMessage(BaseModel):
+    """One message as OpenAI takes it: a known role; content a string, a list of content parts, or null (an
+    assistant's tool calls); a tool message names the call it answers. Other fields pass through."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Any = None  # checked below, with messages that name the part at fault
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _content_where_needed(self) -> ChatMessage:
+        extra = self.model_extra or {}
+        if isinstance(self.content, list):
+            for i, part in enumerate(self.content):
+                _content_part(part, f"content[{i}]")
+        elif self.content is None:
+            speaks = self.tool_calls or extra.get("function_call") or extra.get("refusal") or extra.get("audio")
+            if not (self.role == "assistant" and speaks):
+                article = "an" if self.role[0] in "aeiou" else "a"
+                raise ValueError(f"content: {article} {self.role} message needs content (a string or a list of parts)")
+        elif not isinstance(self.content, str):
+            raise ValueError("content: must be a string, a list of content parts, or null")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("tool_call_id: a tool message needs the id of the call it answers")
+        return self
+
+
+Unit = Annotated[float, Field(ge=0, le=1)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class ChatCompletionRequest(BaseModel):
+    """The body of POST /v1/chat/completions, checked against OpenAI's own rules before any upstream call (a 400
+    naming the field). Fields OpenAI does not define pass through as received: providers have their own."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1)
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    n: StrictInt | None = None
-    stream: StrictBool | None = None
-    store: StrictBool | None = None
-    metadata: dict[str, Any] | None = None  # validated by gateway.store.validate_metadata
+    messages: list[ChatMessage] = Field(min_length=1)
+    n: Annotated[int, Field(ge=1, le=128)] | None = None  # OpenAI's range; with op-criteria, max_n caps it
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None  # OpenAI's string map, checked by gateway.store.validate_metadata
+    max_tokens: Positive | None = None
+    max_completion_tokens: Positive | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Unit | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    seed: int | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    user: str | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
-    def upstream_body(self) -> dict[str, Any]:
-        """The body to forward: as received (unset fields stay unset), minus the gateway-only fields."""
-        return self.model_dump(exclude=set(GATEWAY_FIELDS), exclude_unset=True)
+
+def upstream_body(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The body to forward: the client's JSON as received, minus the gateway-only fields."""
+    return {key: value for key, value in raw.items() if key not in GATEWAY_FIELDS}
 
 
 class ChoiceInfo(BaseModel):

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from gateway.api import Handler, Services, chat, criteria, datasets, jobs, logs, ops, ui
 from gateway.api.errors import error_reply
-from gateway.errors import AuthenticationError, HeadersTooLargeError
+from gateway.errors import AuthenticationError, ClientGoneError, HeadersTooLargeError
 
 logger = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 16 * 1024  # names + values of all header fields; more is a 431 (nginx's default buffers: 8-32 KB)
@@ -59,6 +59,8 @@ def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Res
                 _authenticate(request, services.settings.api_keys)
             response = await handler(request, services)
         except Exception as exc:  # every error, ours or not, goes through error_reply
+            if isinstance(exc, ClientGoneError):  # the client's doing, not a fault here: no traceback, no ERROR
+                logger.info("%s %s: %s", request.method, route, exc.message)
             status, body, headers = error_reply(exc)
             response = JSONResponse(body, status_code=status, headers=headers)
         services.metrics.record_request(route, response.status_code, time.perf_counter() - started)
@@ -71,6 +73,8 @@ def _authenticate(request: Request, keys: tuple[str, ...]) -> None:
     if not keys:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # compare_digest against every key: the time taken does not tell which prefix matched
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), key) for key in keys):
+    # Bytes, not str: compare_digest refuses non-ASCII text, and a header may hold any byte (Starlette decodes it as
+    # latin-1). Every key is compared: the time taken does not tell which prefix matched.
+    given = token.strip().encode("latin-1")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, key.encode()) for key in keys):
         raise AuthenticationError("missing or invalid API key: send 'Authorization: Bearer <gateway key>'")

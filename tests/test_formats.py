@@ -638,3 +638,17 @@ def test_integer_over_python_digit_limit_is_a_line_error_not_a_crash() -> None:
 def test_lone_surrogate_in_prompt_without_split_is_not_a_crash() -> None:
     # Valid JSON ("\\ud800" escape); split_for_prompt then encodes the prompt as UTF-8.
     check_one_line('{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}')
+
+
+def test_a_byte_order_mark_is_accepted_at_the_start_of_a_file_only() -> None:
+    line = json.dumps(
+        {
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+            "rejected_message": {"role": "assistant", "content": "b"},
+        }
+    )
+    assert len(load_pairs([("\ufeff" + line).encode()]).pairs) == 1
+    assert len(load_pairs(["\ufeff" + line, line]).pairs) == 2
+    with pytest.raises(DatasetError) as caught:
+        load_pairs([line, "\ufeff" + line])
+    assert [e.line for e in caught.value.errors] == [2]

@@ -8,6 +8,12 @@ criteria) is recorded here, where the body is rendered; the service records what
 
 Headers: `op-criteria` (a JSON array of criterion ids) turns on best-of-N; `op-best-only: true` returns only the
 best choice (all candidates are still scored and, with store: true, stored).
+
+A client that leaves cancels its work: the service call runs under `until_disconnected`, so the upstream calls
+(their connections closed, so providers stop generating) and the scoring stop when the client goes, and the
+request counts as a 499. Nothing is stored for it: no answer was given (a cancellation that lands while the log
+is being written may still leave that complete log). Streams do the same through Starlette's StreamingResponse,
+which closes the relay, and so the upstream, when the client goes.
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.api import Route, Services, sse
-from gateway.api.bodies import header_flag, read_json
+from gateway.api.bodies import header_flag, invalid_body, read_json, until_disconnected, utf8_header
 from gateway.config import GatewaySettings
 from gateway.criteria import parse_criteria_header
 from gateway.errors import InvalidRequestError
 from gateway.formats import loose_message
-from gateway.protocol import ChatCompletionRequest, ModelEntry, ModelListing
+from gateway.protocol import ChatCompletionRequest, ModelEntry, ModelListing, upstream_body
 from gateway.service import render
 from gateway.service.handoffs import BestOfN, ChatRequest
 from gateway.store import validate_metadata
@@ -42,25 +48,23 @@ def parse_chat(
     try:
         body = ChatCompletionRequest.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or "body"
-        raise InvalidRequestError(f"{where}: {error['msg']}", param=where) from None
+        raise invalid_body(exc) from None
     best_only = header_flag(headers.get("op-best-only"), "op-best-only")
     best_of_n = None
     criteria = headers.get("op-criteria")
     if criteria is not None:
-        refs = parse_criteria_header(criteria)
+        refs = parse_criteria_header(utf8_header(criteria, "op-criteria"))
         n = 1 if body.n is None else body.n
         if not 1 <= n <= settings.max_n:
             raise InvalidRequestError(f"n must be between 1 and {settings.max_n} with op-criteria, got {n}", param="n")
-        prompt = tuple(loose_message(m, f"messages[{i}]") for i, m in enumerate(body.messages))
+        prompt = tuple(loose_message(m, f"messages[{i}]") for i, m in enumerate(raw["messages"]))
         best_of_n = BestOfN(tuple(refs), n, best_only, prompt)
     metadata = validate_metadata(body.metadata or {})
     options = raw.get("stream_options")
     return ChatRequest(
         model=body.model,
         raw=raw,
-        upstream=body.upstream_body(),
+        upstream=upstream_body(raw),
         stream=bool(body.stream),
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         metadata=metadata if body.store else None,
@@ -71,16 +75,16 @@ def parse_chat(
 
 async def chat_completions(request: Request, services: Services) -> Response:
     started = time.perf_counter()
-    raw = await read_json(request, services.settings.max_body_bytes)
+    raw = await read_json(request, services.settings)
     chat = parse_chat(raw, request.headers, services.settings, started)
     if chat.best_of_n is None:
         if chat.stream:  # its overhead is not measured: the body streams later
             return StreamingResponse(sse.relay(await services.chat.stream(chat)), media_type="text/event-stream")
-        passed = await services.chat.passthrough(chat)
+        passed = await until_disconnected(request, services.chat.passthrough(chat))
         response: Response = JSONResponse(render.passthrough_completion(passed))
         waited, mode = passed.upstream_s, "passthrough"
     else:
-        ranked = await services.chat.best_of_n(chat)
+        ranked = await until_disconnected(request, services.chat.best_of_n(chat))
         completion = render.chat_completion(ranked)
         if chat.stream:  # every event is ready at once: one body holds them all (still a valid event stream)
             body = sse.events(render.completion_chunks(completion, include_usage=chat.include_usage))

@@ -26,7 +26,7 @@ from gateway.formats import PairError, parse_message
 
 
 async def create_criterion(request: Request, services: Services) -> Response:
-    body = await read_json(request, services.settings.max_body_bytes)
+    body = await read_json(request, services.settings)
     known_fields(body, {"slug", "kind", "spec", "description"})
     definition = await services.criteria.create(
         slug=body.get("slug"), kind=body.get("kind"), spec=body.get("spec"), description=body.get("description", "")
@@ -35,7 +35,7 @@ async def create_criterion(request: Request, services: Services) -> Response:
 
 
 async def add_version(request: Request, services: Services) -> Response:
-    body = await read_json(request, services.settings.max_body_bytes)
+    body = await read_json(request, services.settings)
     known_fields(body, {"spec", "description"})
     current = await services.criteria.get(request.path_params["slug"])
     definition = await services.criteria.create(
@@ -61,9 +61,9 @@ async def align(request: Request, services: Services) -> Response:
     threshold: object = 0.5
     try:
         if request.headers.get("content-type", "").startswith("application/x-ndjson"):
-            rows = parse_labelled_set((await read_bytes(request, services.settings.max_body_bytes)).splitlines())
+            rows = parse_labelled_set((await read_bytes(request, services.settings)).splitlines())
         else:
-            body = await read_json(request, services.settings.max_body_bytes)
+            body = await read_json(request, services.settings)
             known_fields(body, {"rows", "threshold"})
             threshold = body.get("threshold", 0.5)
             rows = _rows(body.get("rows"))
@@ -76,7 +76,7 @@ async def align(request: Request, services: Services) -> Response:
 
 
 async def judge(request: Request, services: Services) -> Response:
-    body = await read_json(request, services.settings.max_body_bytes)
+    body = await read_json(request, services.settings)
     known_fields(body, {"criterion_id", "criterion_version", "input", "output"})
     criterion_id = body.get("criterion_id")
     version = body.get("criterion_version")

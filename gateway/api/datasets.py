@@ -35,7 +35,7 @@ JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/jsonlin
 
 
 async def create_dataset(request: Request, services: Services) -> Response:
-    body = await read_json(request, services.settings.max_body_bytes)
+    body = await read_json(request, services.settings)
     known_fields(body, {"name", "description"})
     dataset = await services.datasets.create(name=body.get("name"), description=body.get("description", ""))
     return JSONResponse(render(Dataset, dataset), status_code=201)
@@ -58,9 +58,9 @@ async def delete_dataset(request: Request, services: Services) -> Response:
 async def add_entries(request: Request, services: Services) -> Response:
     skip_invalid = query_flag(request, "skip_invalid")
     if request.headers.get("content-type", "").split(";")[0].strip().lower() in JSONL_TYPES:
-        upload = read_jsonl(await read_bytes(request, services.settings.max_body_bytes))
+        upload = read_jsonl(await read_bytes(request, services.settings))
     else:
-        body = await read_json(request, services.settings.max_body_bytes)
+        body = await read_json(request, services.settings)
         known_fields(body, {"entries"})
         upload = read_entries(body.get("entries"))
     added = await services.datasets.upload(request.path_params["dataset"], upload, skip_invalid=skip_invalid)
@@ -99,13 +99,13 @@ async def export_dataset(request: Request, services: Services) -> Response:
 
 
 async def from_logs(request: Request, services: Services) -> Response:
-    body = await read_json(request, services.settings.max_body_bytes)
+    body = await read_json(request, services.settings)
     added = await services.datasets.from_logs(request.path_params["dataset"], body)
     return JSONResponse(_added(added, "log_id"))
 
 
 async def feedback(request: Request, services: Services) -> Response:
-    body = await read_json(request, services.settings.max_body_bytes)
+    body = await read_json(request, services.settings)
     added = await services.feedback.add(body)
     return JSONResponse(_added(added, "choice_index"))
 

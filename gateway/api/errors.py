@@ -4,7 +4,7 @@
     gateway.errors.GatewayError       its own `.status`, `.type`, `.param`, `.code`
     upstream.ProviderError            its own `.status` and `.code` (UnknownModelError 404, ForbiddenFieldError 400,
                                       UpstreamError: the upstream's status, timeouts 504, AllCandidatesFailed ...)
-    criteria.CriteriaError            400, param "op-criteria" (malformed header, unknown id or version)
+    criteria.CriteriaError            400, param "op-criteria" or the field that named the criterion (its `.param`)
     criteria.CriterionSpecError       400, param "spec.FIELD" (a definition's spec is invalid)
     store.MetadataError               400, param "metadata.KEY" (or "metadata")
     store.CriterionExistsError        409 (the slug is taken, or a new version would change its kind)
@@ -43,7 +43,7 @@ from gateway.store import (
     StoreError,
 )
 from gateway.store import InvalidInputError as StoreInputError
-from gateway.upstream.providers import ProviderError, UpstreamError
+from gateway.upstream.providers import ForbiddenFieldError, ProviderError, UpstreamError
 from gateway.upstream.router import AllCandidatesFailed
 
 logger = logging.getLogger(__name__)
@@ -72,9 +72,11 @@ def error_reply(exc: BaseException) -> Reply:
         retry_after = exc.retry_after if isinstance(exc, UpstreamError | AllCandidatesFailed) else None
         headers = {"Retry-After": retry_after} if retry_after else {}
         param = "model" if exc.code == "model_not_found" else None
+        if isinstance(exc, ForbiddenFieldError):
+            param = exc.field
         return exc.status, _envelope(str(exc), _type_for(exc.status), param, exc.code), headers
     if isinstance(exc, CriteriaError):
-        return 400, _envelope(str(exc), "invalid_request_error", "op-criteria", "invalid_criteria"), {}
+        return 400, _envelope(str(exc), "invalid_request_error", exc.param, "invalid_criteria"), {}
     if isinstance(exc, CriterionSpecError):
         return 400, _envelope(str(exc), "invalid_request_error", exc.field, "invalid_criterion_spec"), {}
     if isinstance(exc, CriterionExistsError):

@@ -20,7 +20,7 @@ from gateway.service.training import base_models
 
 
 async def create_job(request: Request, services: Services) -> Response:
-    job = await services.jobs.create(await read_json(request, services.settings.max_body_bytes))
+    job = await services.jobs.create(await read_json(request, services.settings))
     return JSONResponse(render(Job, job), status_code=201)
 
 

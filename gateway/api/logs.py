@@ -36,7 +36,7 @@ async def get_log(request: Request, services: Services) -> Response:
 
 
 async def patch_metadata(request: Request, services: Services) -> Response:
-    body = await read_json(request, services.settings.max_body_bytes)
+    body = await read_json(request, services.settings)
     patch = body.get("metadata")
     if not isinstance(patch, dict):
         raise InvalidRequestError('expected {"metadata": {key: string | null}}', param="metadata")

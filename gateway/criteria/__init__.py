@@ -101,6 +101,7 @@ __all__ = [
     "combine",
     "normalize_reward",
     "parse_criteria_header",
+    "parse_criterion_id",
     "rank",
     "resolve_criteria",
     "score_all",
@@ -145,9 +146,16 @@ def parse_criteria_header(value: str) -> list[CriterionRef]:
     return refs
 
 
-def _parse_entry(entry: object, position: int) -> CriterionRef:
+def parse_criterion_id(value: object, param: str) -> CriterionRef:
+    """One criterion id (`slug` or `slug@vN`) given in the field `param`; CriteriaHeaderError names that field."""
+    if not isinstance(value, str) or not value:
+        raise CriteriaHeaderError("a criterion id ('slug' or 'slug@vN') is required", param=param)
+    return _parse_entry(value, None, param)
+
+
+def _parse_entry(entry: object, position: int | None, param: str = "op-criteria") -> CriterionRef:
     def bad(problem: str) -> CriteriaHeaderError:
-        return CriteriaHeaderError(problem, position=position, entry=entry)
+        return CriteriaHeaderError(problem, position=position, entry=entry, param=param)
 
     weight: object = 1.0
     if isinstance(entry, dict):

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.formats import LineError, Message, PairError, parse_message
+from gateway.formats import LineError, Message, PairError, parse_message, without_bom
 
 from .base import Criterion, CriterionResult
 
@@ -72,7 +72,7 @@ def parse_labelled_set(lines: Iterable[str | bytes]) -> list[LabelledRow]:
     errors: list[LineError] = []
     for number, raw in enumerate(lines, start=1):
         try:
-            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            text = without_bom(raw.decode("utf-8") if isinstance(raw, bytes) else raw, number)
             if not text.strip():
                 continue
             rows.append(parse_labelled_row(json.loads(text), number))

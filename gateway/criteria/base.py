@@ -23,24 +23,30 @@ from gateway.formats import Message
 
 
 class CriteriaError(ValueError):
-    """The `op-criteria` header cannot be honoured; the whole request fails with 400."""
+    """The criteria a request names cannot be honoured; the whole request fails with 400. `param` is the input
+    at fault: the `op-criteria` header, or the field that named one criterion (`criterion_id`)."""
+
+    param: str = "op-criteria"
 
 
 class CriteriaHeaderError(CriteriaError):
-    """The header is malformed; the message names the problem and, where there is one, the entry."""
+    """The header (or one criterion id) is malformed; the message names the problem and the entry."""
 
-    def __init__(self, problem: str, *, position: int | None = None, entry: object = None) -> None:
-        where = "op-criteria" if position is None else f"op-criteria[{position}]"
+    def __init__(
+        self, problem: str, *, position: int | None = None, entry: object = None, param: str = "op-criteria"
+    ) -> None:
+        where = param if position is None else f"{param}[{position}]"
         super().__init__(f"{where}: {problem}" + ("" if entry is None else f" (entry {entry!r})"))
         self.problem = problem
         self.position = position
         self.entry = entry
+        self.param = param
 
 
 class UnknownCriterionError(CriteriaError):
     """No criterion of any kind has this slug, or the slug has no such version."""
 
-    def __init__(self, criterion_id: str, *, available: Sequence[str] = ()) -> None:
+    def __init__(self, criterion_id: str, *, available: Sequence[str] = (), param: str = "op-criteria") -> None:
         if available:
             message = f"unknown criterion version {criterion_id!r} (available versions: {', '.join(available)})"
         else:
@@ -48,6 +54,7 @@ class UnknownCriterionError(CriteriaError):
         super().__init__(message)
         self.criterion_id = criterion_id
         self.available = tuple(available)
+        self.param = param
 
 
 class CriterionUnavailableError(Exception):

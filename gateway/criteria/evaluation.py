@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.criteria import Criterion, CriterionResult
-from gateway.formats import LineError, Message, PairError, PreferencePair, parse_message
+from gateway.formats import LineError, Message, PairError, PreferencePair, parse_message, without_bom
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def parse_replay_rows(
     rows: list[ReplayRow] = []
     errors: list[LineError] = []
     for number, raw in enumerate(lines, start=1):
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        text = without_bom(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw, number)
         if not text.strip():
             continue
         try:

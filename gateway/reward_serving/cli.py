@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from .http import serving_config
 from .server import ServerSettings, create_app
 
 
@@ -41,5 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = ServerSettings(**args)
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+    config = serving_config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        header_timeout_s=settings.header_timeout_s,
+    )
+    uvicorn.Server(config).run()
     return 0

@@ -4,7 +4,8 @@ Imports nothing from the project; every other module of the package raises these
 
     RewardServerError                 500 internal_error
      ├── InvalidRequestError          400 invalid_request_error   (`param` names the field)
-     │    └── RequestTooLargeError    413 invalid_request_error
+     │    ├── RequestTooLargeError    413 invalid_request_error
+     │    └── RequestTimeoutError     408 invalid_request_error   (the body did not come within body_timeout_s)
      ├── ModelNotFoundError           404 model_not_found         (unknown slug or version)
      ├── ModelLoadError               500 model_load_error        (the directory exists but does not load)
      ├── InferenceError               500 inference_error         (the forward pass failed)
@@ -39,6 +40,10 @@ class InvalidRequestError(RewardServerError):
 
 class RequestTooLargeError(InvalidRequestError):
     status = 413
+
+
+class RequestTimeoutError(InvalidRequestError):
+    status = 408
 
 
 class ModelNotFoundError(RewardServerError):

@@ -19,14 +19,20 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.formats import Message, PairError, parse_message
 
 from .batcher import BatcherConfig
-from .errors import ClientDisconnectedError, InvalidRequestError, RequestTooLargeError, error_reply
+from .errors import (
+    ClientDisconnectedError,
+    InvalidRequestError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    error_reply,
+)
 from .metrics import RewardServerMetrics
 from .openapi import openapi_json
 from .protocol import (
@@ -77,6 +83,10 @@ class ServerSettings:
         metadata={"help": "parameter memory of loaded models before LRU unloading (0: unlimited)"},
     )
     max_request_bytes: int = field(default=8 * 1024 * 1024, metadata={"help": "largest request body"})
+    header_timeout_s: float = field(
+        default=10.0, metadata={"help": "time a client has to send a request's headers (408, then closed, after)"}
+    )
+    body_timeout_s: float = field(default=30.0, metadata={"help": "time a client has to send a whole body (408 after)"})
     max_conversations: int = field(default=1024, metadata={"help": "most conversations in one request"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model's layers (GPU)"})
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 429/503"})
@@ -192,7 +202,8 @@ def create_app(
 
 async def _score(request: Request, app: _App) -> Response:
     call = parse_score_request(
-        await _read_body(request, app.settings.max_request_bytes), app.settings.max_conversations
+        await _read_body(request, app.settings.max_request_bytes, app.settings.body_timeout_s),
+        app.settings.max_conversations,
     )
     started = time.perf_counter()
 
@@ -263,6 +274,8 @@ def _endpoint(
         try:
             response = await handler(request, app)
         except Exception as exc:  # every error, ours or not, goes through error_reply
+            if isinstance(exc, ClientDisconnectedError):  # the client's doing: no traceback, no ERROR
+                logger.info("%s %s: %s", request.method, route, exc.message)
             status, body, headers = error_reply(exc)
             response = JSONResponse(body, status_code=status, headers=headers)
         app.metrics.record_request(route, response.status_code, time.perf_counter() - started)
@@ -271,16 +284,26 @@ def _endpoint(
     return endpoint
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body: 413 past `limit` bytes, 408 when it has not all come within `timeout_s`, and the client's 499
+    when it leaves before sending it all (its doing, not a server error)."""
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > limit:  # isdigit() alone admits '²'
         raise RequestTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLargeError(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLargeError(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the request body did not arrive within {timeout_s:g} s ({size} bytes came)"
+        ) from None
+    except ClientDisconnect:
+        raise ClientDisconnectedError(f"the client left after sending {size} bytes of its body") from None
     return b"".join(chunks)
 
 

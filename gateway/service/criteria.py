@@ -36,7 +36,8 @@ from gateway.criteria import (
     JudgeModel,
     JudgeReply,
     RewardModelCatalog,
-    parse_criteria_header,
+    UnknownCriterionError,
+    parse_criterion_id,
     resolve_criteria,
 )
 from gateway.criteria.alignment import LabelledRow, alignment_report, score_rows
@@ -115,11 +116,13 @@ class CriteriaService:
     async def resolve(self, refs: Sequence[CriterionRef]) -> list[tuple[Criterion, float]]:
         return await resolve_criteria(refs, self.resolvers)
 
-    async def resolve_id(self, criterion_id: str, *, param: str = "criterion_id") -> Criterion:
-        """One criterion of any kind by `slug` or `slug@vN`; unknown ids raise UnknownCriterionError (400)."""
-        if not isinstance(criterion_id, str) or not criterion_id:
-            raise InvalidRequestError("a criterion id ('slug' or 'slug@vN') is required", param=param)
-        ((criterion, _),) = await self.resolve(parse_criteria_header(json.dumps([criterion_id])))
+    async def resolve_id(self, criterion_id: object, *, param: str = "criterion_id") -> Criterion:
+        """One criterion of any kind by `slug` or `slug@vN`; a malformed or unknown id is a 400 naming `param`."""
+        ref = parse_criterion_id(criterion_id, param)
+        try:
+            ((criterion, _),) = await self.resolve([ref])
+        except UnknownCriterionError as exc:  # resolution speaks of op-criteria: here the field named it
+            raise UnknownCriterionError(exc.criterion_id, available=exc.available, param=param) from None
         return criterion
 
     # ------------------------------------------------------------ definitions
@@ -212,7 +215,7 @@ class CriteriaService:
         self, criterion_id: str, rows: Sequence[LabelledRow], *, threshold: float = 0.5, concurrency: int = 8
     ) -> dict[str, Any]:
         """The alignment report of one criterion version; stored with that version when it is a definition."""
-        criterion = await self.resolve_id(criterion_id)
+        criterion = await self.resolve_id(criterion_id, param="id")  # the path's {id}
         results = await score_rows(criterion, rows, concurrency=concurrency)
         report = {
             "criterion": {"slug": criterion.slug, "version": criterion.version, "kind": criterion.kind},

@@ -161,16 +161,31 @@ class JobService:
         return await self._store.get_job(job_id)
 
     def _base_model(self, value: object) -> str:
+        """An offline alias, a hub id, or a directory inside one of `base_model_dirs`. Any other path is refused
+        with the same answer whether it exists or not: a key holder must not learn the server's file system."""
         if not isinstance(value, str):
             raise InvalidRequestError("base_model: expected a string", param="base_model")
         known = {alias for b in base_models() for alias in (b.id, *b.aliases)}
-        if value == "" or value in known or _HUB_ID.fullmatch(value) or Path(value).is_dir():
+        if value == "" or value in known or _HUB_ID.fullmatch(value):
             return value
+        allowed = self._allowed_base_dir(value)
+        if allowed is not None:
+            return allowed
         choices = ", ".join(b.id for b in base_models())
+        where = " or a model directory under the configured base_model_dirs" if self._settings.base_model_dirs else ""
         raise InvalidRequestError(
-            f"base_model: {value!r} is not an offline alias ({choices}), a local model directory or a hub id",
-            param="base_model",
+            f"base_model: not an offline alias ({choices}), a hub id (org/name){where}", param="base_model"
         )
+
+    def _allowed_base_dir(self, value: str) -> str | None:
+        """`value` resolved, when it is an existing directory inside a configured base-model folder."""
+        if "\0" in value:
+            return None
+        path = Path(value).resolve()
+        for root in (Path(d).resolve() for d in self._settings.base_model_dirs):
+            if path.is_relative_to(root) and path != root and path.is_dir():
+                return str(path)
+        return None
 
     async def get(self, job_id: str) -> JobRecord:
         return await self._store.get_job(job_id)

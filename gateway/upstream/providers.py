@@ -16,6 +16,7 @@ Errors (each has `status`, an OpenAI-style `code`, and `retryable`)::
      ├── ForbiddenFieldError          400  the body tries to choose the upstream URL, key or headers
      ├── router.AllCandidatesFailed   the first failure's status; `.errors` holds every CandidateError
      └── UpstreamError(status, msg)   the upstream's own status; retryable on 408, 409, 429 and 5xx
+          ├── UpstreamAuthError         502  the provider refused the gateway's credentials (its 401/403); no retry
           ├── UpstreamTimeout           504  no answer (or, streaming, no chunk) within the timeout
           ├── UpstreamConnectionError   502  could not connect, or the connection dropped
           └── InvalidUpstreamResponse   502  a success status whose body is not a chat completion (not retried)
@@ -34,6 +35,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal, NoReturn, Protocol, Self
 
 import aiohttp
@@ -57,8 +59,23 @@ except ImportError:  # pragma: no cover - orjson is a core dependency; plain jso
 
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-# Providers LiteLLM translates for, configured by `providers_from_env`; LiteLLM reads each one's own key variables.
-LITELLM_PROVIDERS = ("anthropic", "gemini", "vertex_ai", "bedrock", "azure", "mistral", "cohere", "groq", "xai")
+# Providers LiteLLM translates for, each with the environment variables LiteLLM reads its credentials from (any
+# one of them): `providers_from_env` configures a provider only when one is set, so a model of a provider with no
+# credentials is refused at once (404, with this hint) instead of failing upstream after retries.
+LITELLM_CREDENTIALS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "anthropic": ("ANTHROPIC_API_KEY",),
+        "gemini": ("GEMINI_API_KEY",),
+        "vertex_ai": ("VERTEXAI_PROJECT", "GOOGLE_APPLICATION_CREDENTIALS"),
+        "bedrock": ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE"),
+        "azure": ("AZURE_API_KEY", "AZURE_AD_TOKEN"),
+        "mistral": ("MISTRAL_API_KEY",),
+        "cohere": ("COHERE_API_KEY", "CO_API_KEY"),
+        "groq": ("GROQ_API_KEY",),
+        "xai": ("XAI_API_KEY",),
+    }
+)
+LITELLM_PROVIDERS = tuple(LITELLM_CREDENTIALS)
 # What reaches LiteLLM: OpenAI chat parameters only, since LiteLLM treats many other kwargs as routing or credentials.
 LITELLM_PARAMS = frozenset(
     [
@@ -110,6 +127,10 @@ class ForbiddenFieldError(ProviderError):
     status = 400
     code = "forbidden_field"
 
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field  # the first field at fault: the answer's `param`
+
 
 class UpstreamError(ProviderError):
     code = "upstream_error"
@@ -119,6 +140,17 @@ class UpstreamError(ProviderError):
         self.status = status
         self.retry_after = retry_after  # the raw Retry-After header, parsed by the router against its clock
         self.retryable = status in (408, 409, 429) or status >= 500
+
+
+class UpstreamAuthError(UpstreamError):
+    """The provider refused the gateway's own credentials (its 401/403): the operator's problem, not the client's,
+    so not the 401 the gateway answers for a bad gateway key. Never retried; the key is never named."""
+
+    code = "upstream_auth_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, message)
+        self.retryable = False
 
 
 class UpstreamTimeout(UpstreamError):
@@ -161,12 +193,20 @@ class ProviderConfig:
 
 
 def providers_from_env(environ: Mapping[str, str] | None = None) -> list[ProviderConfig]:
-    """OpenAI from OPENAI_API_KEY / OPENAI_BASE_URL, plus the LiteLLM providers. Called explicitly, never at import."""
+    """OpenAI from OPENAI_API_KEY / OPENAI_BASE_URL, plus each LiteLLM provider whose credentials are set. Called
+    explicitly, never at import."""
     env = os.environ if environ is None else environ
     openai = ProviderConfig(
         "openai", "openai", env.get("OPENAI_BASE_URL") or OPENAI_BASE_URL, env.get("OPENAI_API_KEY")
     )
-    return [openai, *(ProviderConfig(name, "litellm") for name in LITELLM_PROVIDERS)]
+    credentialed = [name for name, names in LITELLM_CREDENTIALS.items() if any(env.get(n) for n in names)]
+    return [openai, *(ProviderConfig(name, "litellm") for name in credentialed)]
+
+
+def credentials_hint(provider: str) -> str:
+    """How to configure a LiteLLM provider the gateway knows but has no credentials for ("" for other names)."""
+    names = LITELLM_CREDENTIALS.get(provider)
+    return f" (to use {provider}, set {' or '.join(names)} where the gateway runs)" if names else ""
 
 
 def _redact(text: str, key: str | None) -> str:
@@ -255,6 +295,8 @@ class OpenAICompatibleProvider(_Lifecycle):
 
     def _status_error(self, resp: aiohttp.ClientResponse, raw: bytes) -> UpstreamError:
         message = _redact(f"{self.name}: {_error_message(raw)}", self._key)
+        if resp.status in (401, 403):
+            return UpstreamAuthError(f"{message} (the provider refused the gateway's credentials: {resp.status})")
         return UpstreamError(resp.status, message, retry_after=resp.headers.get("Retry-After"))
 
     async def complete(self, body: Mapping[str, Any], timeout: float) -> dict[str, Any]:
@@ -343,6 +385,9 @@ class LiteLLMProvider(_Lifecycle):
             headers = getattr(getattr(err, "response", None), "headers", None)
             retry_after = headers.get("retry-after") if headers is not None else None
             message = _redact(f"{self.name}: {err.message}", self._key)
+            if status in (401, 403):
+                refused = f"{message} (the provider refused the gateway's credentials: {status})"
+                raise UpstreamAuthError(refused) from None
             raise UpstreamError(status if isinstance(status, int) else 502, message, retry_after=retry_after) from None
         raise err
 

@@ -34,6 +34,7 @@ from gateway.upstream.providers import (
     UnknownModelError,
     UpstreamError,
     build_provider,
+    credentials_hint,
 )
 
 logger = logging.getLogger(__name__)
@@ -178,8 +179,9 @@ class Router:
             raise UnknownModelError(f"model {model!r} names no provider and there is no default provider")
         provider = self._providers.get(name or str(self._default))
         if provider is None:
+            hint = credentials_hint(str(name))
             raise UnknownModelError(
-                f"unknown provider {name!r} in model {model!r}; configured: {sorted(self._providers)}"
+                f"unknown provider {name!r} in model {model!r}; configured: {sorted(self._providers)}{hint}"
             )
         return provider, upstream
 
@@ -189,7 +191,7 @@ class Router:
         forbidden = sorted(FORBIDDEN_FIELDS.intersection(body))
         if forbidden:
             raise ForbiddenFieldError(
-                f"request fields {forbidden} are not allowed: the gateway's config sets upstreams"
+                f"request fields {forbidden} are not allowed: the gateway's config sets upstreams", field=forbidden[0]
             )
         if not isinstance(body.get("model"), str):
             raise UnknownModelError("the request has no model name")

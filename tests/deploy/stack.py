@@ -152,6 +152,7 @@ def running_stack(tmp: Path) -> Iterator[Stack]:
         "REWARDGATE_REWARD_SERVER_URL": f"http://127.0.0.1:{ports['reward_server']}",
         "REWARDGATE_JOBS_DIR": str(tmp / "jobs"),
         "REWARDGATE_MODELS_DIR": str(models),
+        "REWARDGATE_BASE_MODEL_DIRS": str(tmp.parent),  # the tiny base, and the empty folder the failing job names
     }
     with ExitStack() as stack:
         upstream = stack.enter_context(upstream_thread())

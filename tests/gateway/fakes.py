@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -49,6 +50,9 @@ class FakeUpstream:
     break-stream: one chunk, then the connection drops mid-body
     judge: an LLM judge (gateway/criteria/llm_judge.py's format): PASS (0.9) when the judged output mentions a
     password, else FAIL (0.8) | judge-garbage: a judge that answers no verdict
+    hold: answers like ok once `release` is set (a slow upstream) | auth-401: refuses the gateway's key with 401
+    Every handler a client abandons is cancelled (aiohttp's handler_cancellation): counted in `cancelled`, with
+    the monotonic time in `cancelled_at`.
     """
 
     def __init__(self) -> None:
@@ -60,6 +64,7 @@ class FakeUpstream:
         self.cancelled = 0
         self.release = asyncio.Event()
         self.sent: list[bytes] = []
+        self.cancelled_at: list[float] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -70,9 +75,14 @@ class FakeUpstream:
             return await self.answer(request, body, model)
         except asyncio.CancelledError:
             self.cancelled += 1
+            self.cancelled_at.append(time.monotonic())
             raise
 
     async def answer(self, request: web.Request, body: dict[str, Any], model: str) -> web.StreamResponse:
+        if model == "auth-401":
+            return web.json_response({"error": {"message": f"Incorrect API key provided: {KEY}"}}, status=401)
+        if model == "hold":
+            await self.release.wait()
         if model == "always-500" or (model == "fail-second" and self.counts[model] == 2):
             status = 500 if model == "always-500" else 400
             return web.json_response({"error": {"message": f"upstream says no ({KEY})"}}, status=status)

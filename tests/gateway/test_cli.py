@@ -80,6 +80,30 @@ async def test_composition_root_wires_an_embedded_reward_server(tmp_path: Path) 
     assert (tmp_path / "logs.db").is_file()
 
 
+async def test_fallbacks_from_the_config_file_are_what_serve_routes_with(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'models_dir = "{tmp_path / "models"}"\nstore_url = "sqlite:///{tmp_path / "logs.db"}"\n'
+        '[fallbacks]\n"openai:always-500" = ["openai:fail-second", "openai:ok"]\n'
+    )
+    settings = resolve_settings(vars(build_parser().parse_args(["serve", "--config", str(config)])), environ={})
+    assert settings.fallbacks == {"openai:always-500": ("openai:fail-second", "openai:ok")}
+    flagged = ["serve", "--fallbacks", '{"a:x": ["b:y"]}']
+    assert resolve_settings(vars(build_parser().parse_args(flagged)), environ={}).fallbacks == {"a:x": ("b:y",)}
+    with pytest.raises(ValueError, match="fallbacks"):
+        GatewaySettings().replace(fallbacks='{"a:x": "b:y"}')
+    async with fake_upstream() as upstream:
+        app = build_app(settings, environ={"OPENAI_BASE_URL": upstream.url, "OPENAI_API_KEY": KEY})
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                body = {"model": "openai:always-500", "messages": MESSAGES}
+                response = await client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        # the primary with its retries (3 attempts), then the first fallback, which answers its first call
+        assert (upstream.counts["always-500"], upstream.counts["fail-second"], upstream.counts["ok"]) == (3, 1, 0)
+
+
 @pytest.mark.filterwarnings("ignore:Item .* is using the `ReadOnly` qualifier:UserWarning")  # LiteLLM's types
 async def test_composition_root_serves_a_local_model_with_no_key(tmp_path: Path) -> None:
     import litellm

@@ -88,6 +88,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator
         models_dir=str(models_dir),
         jobs_dir=str(tmp / "jobs"),
         trainer_args=("--threads=1", "--precision=fp32", "--log-every=1"),  # small and steady on a 2-core CI machine
+        base_model_dirs=(str(tmp.parent),),  # the session's temp folder: the tests' tiny base models are there
     )
     started: Future[Live] = Future()
 

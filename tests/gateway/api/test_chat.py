@@ -181,6 +181,84 @@ async def test_n_out_of_range_with_criteria_is_400(
     assert upstream.bodies == []
 
 
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": {"nested": "object"}}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id"),
+        ({"messages": []}, "messages"),
+        ({"n": 100000}, "n"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"max_tokens": "abc"}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"temperature": 99}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"presence_penalty": -3}, "presence_penalty"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"logit_bias": {"50256": 101}}, "logit_bias.50256"),
+        ({"stream": "yes"}, "stream"),
+    ],
+)
+@pytest.mark.parametrize("criteria", [False, True], ids=["passthrough", "best-of-n"])
+async def test_every_field_outside_openais_rules_is_a_400_naming_it_before_any_upstream_call(
+    gw: Gateway, upstream: FakeUpstream, change: dict[str, Any], param: str, criteria: bool
+) -> None:
+    body = {**chat(n=2, store=True), **change}
+    response = await gw.client.post("/v1/chat/completions", json=body, headers=CRITERIA if criteria else {})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"].startswith(param + ": ")
+    assert upstream.bodies == [] and (await gw.store.list_logs()).logs == ()
+
+
+async def test_valid_openai_shapes_and_unknown_fields_pass_through_as_received(
+    gw: Gateway, upstream: FakeUpstream
+) -> None:
+    messages = [
+        {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}, {"type": "video_x"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]  # fmt: skip
+    body = {"model": "ok", "messages": messages, "temperature": 1, "stop": "x", "vendor_extra": {"keep": True}}
+    response = await gw.client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert upstream.bodies == [body]  # byte for byte what the client sent: `temperature: 1` stays an integer
+
+
+async def test_the_providers_refusal_of_the_gateways_key_is_a_502_not_the_clients_401(gw: Gateway) -> None:
+    for headers in ({}, CRITERIA):
+        response = await gw.client.post("/v1/chat/completions", json=chat("auth-401", n=2), headers=headers)
+        assert response.status_code == 502, response.text
+        error = response.json()["error"]
+        assert error["code"] in ("upstream_auth_error", "all_candidates_failed") and KEY not in response.text
+        assert "refused the gateway's credentials" in error["message"]
+
+
+async def test_a_field_that_would_choose_the_upstream_is_named_in_param(gw: Gateway, upstream: FakeUpstream) -> None:
+    response = await gw.client.post("/v1/chat/completions", json=chat(api_base="http://evil.example"))
+    assert response.status_code == 400 and response.json()["error"]["param"] == "api_base"
+    assert upstream.bodies == []
+
+
+async def test_op_criteria_is_read_as_utf8_so_an_unknown_id_is_echoed_intact(gw: Gateway) -> None:
+    header = '["tëst-rm"]'.encode()  # as a client sends it: UTF-8 bytes
+    response = await gw.client.post("/v1/chat/completions", json=chat(n=2), headers={"op-criteria": header})
+    assert response.status_code == 400 and "'tëst-rm'" in response.json()["error"]["message"]
+    bad = await gw.client.post("/v1/chat/completions", json=chat(n=2), headers={"op-criteria": b'["\xff"]'})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "op-criteria"
+
+
+async def test_a_body_that_is_not_utf8_says_where(gw: Gateway) -> None:
+    response = await gw.client.post("/v1/chat/completions", content=b'{"model": "\xff"}')
+    assert response.status_code == 400
+    assert "not valid UTF-8 (byte 11: 0xff)" in response.json()["error"]["message"]
+
+
 async def test_a_failed_candidate_is_reported_last_not_hidden(gw: Gateway, upstream: FakeUpstream) -> None:
     # `solo` has no native n: three parallel calls, the second of which the upstream refuses.
     response = await gw.client.post("/v1/chat/completions", json=chat("solo:fail-second", n=3), headers=CRITERIA)

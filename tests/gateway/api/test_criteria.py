@@ -162,6 +162,17 @@ async def test_judge_endpoint_errors(gw: Gateway) -> None:
             assert response.json()["error"]["code"] == code
 
 
+async def test_a_bad_criterion_id_is_blamed_on_criterion_id_not_on_op_criteria(gw: Gateway) -> None:
+    output = {"role": "assistant", "content": "hi"}
+    for criterion_id in ("nothing", "-bad slug", "rm@2", "tiny-rm@v9"):
+        response = await gw.client.post("/v1/criteria/judge", json={"criterion_id": criterion_id, "output": output})
+        error = response.json()["error"]
+        assert response.status_code == 400 and error["param"] == "criterion_id", (criterion_id, error)
+        assert "op-criteria" not in error["message"]
+    missing = await gw.client.post("/v1/criteria/nothing/alignment", json={"rows": [labelled("x", "PASS", "1")]})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "id"
+
+
 # ---------------------------------------------------------------- alignment
 
 

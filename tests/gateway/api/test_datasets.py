@@ -135,6 +135,17 @@ async def test_uploads_jsonl_and_json_fix_the_split_and_export_round_trips(gw: G
     assert [json.loads(line) for line in tests] == [p for p in expected if p["split"] == "TEST"]
 
 
+async def test_a_byte_order_mark_at_the_start_of_an_upload_is_accepted(gw: Gateway) -> None:
+    """Editors on Windows (Notepad) start a UTF-8 file with one; anywhere else it is still a bad line."""
+    await make(gw, "d")
+    body = b"\xef\xbb\xbf" + jsonl(GOOD[:2])
+    response = await gw.client.post("/v1/datasets/d/entries", content=body, headers=JSONL)
+    assert response.status_code == 200 and response.json()["added"] == 2, response.text
+    later = jsonl(GOOD[:1]) + b"\xef\xbb\xbf" + jsonl(GOOD[1:2])
+    refused = await gw.client.post("/v1/datasets/d/entries", content=later, headers=JSONL)
+    assert refused.status_code == 400 and [e["line"] for e in refused.json()["invalid"]] == [2]
+
+
 async def test_bad_entries_reject_the_whole_upload_listing_every_one(gw: Gateway) -> None:
     await make(gw, "d")
     lines = [

@@ -40,7 +40,10 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 def settings_for(tmp_path: Path, *extra_args: str) -> GatewaySettings:
     return GatewaySettings(
-        models_dir=str(tmp_path / "models"), jobs_dir=str(tmp_path / "jobs"), trainer_args=(*FAST, *extra_args)
+        models_dir=str(tmp_path / "models"),
+        jobs_dir=str(tmp_path / "jobs"),
+        trainer_args=(*FAST, *extra_args),
+        base_model_dirs=(str(tmp_path.parent),),  # the session's temp folder: the `base` fixture's model is there
     )
 
 
@@ -146,6 +149,34 @@ async def test_a_job_interrupted_by_a_gateway_restart_resumes_from_its_checkpoin
         assert done["state"] == "DEPLOYED", done["error"]
         assert done["version"] == "v1" and done["progress"]["step"] == 120
         assert not (tmp_path / "models" / "resumed-rm" / "v2").exists()
+
+
+async def test_base_model_paths_outside_the_configured_folders_are_refused_alike(
+    tmp_path: Path, upstream: FakeUpstream, base: Path
+) -> None:
+    """A key holder must not learn the server's file system: every path outside `base_model_dirs` gets one answer,
+    whether it exists, is a folder, or climbs out of an allowed one."""
+    allowed = tmp_path / "bases"
+    inside = allowed / "tiny"
+    inside.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    settings = settings_for(tmp_path).replace(base_model_dirs=(str(allowed),))
+    async with running_gateway(tmp_path, upstream, tmp_path / "models", settings=settings) as gw:
+        await make_dataset(gw)
+        answers = set()
+        for path in ("/etc", "../../..", str(tmp_path / "elsewhere"), str(tmp_path / "missing"), str(allowed),
+                     f"{allowed}/../elsewhere", str(base)):  # fmt: skip
+            response = await gw.client.post(
+                "/v1/reward-models", json={"dataset": "support", "slug": "p", "base_model": path}
+            )
+            assert response.status_code == 400 and response.json()["error"]["param"] == "base_model", path
+            answers.add(response.json()["error"]["message"])
+        assert len(answers) == 1 and "/etc" not in answers.pop()
+        accepted = await gw.client.post(
+            "/v1/reward-models", json={"dataset": "support", "slug": "p", "base_model": str(inside)}
+        )
+        assert accepted.status_code == 201, accepted.text
+        assert accepted.json()["base_model"] == str(inside.resolve())
 
 
 @pytest.mark.parametrize(

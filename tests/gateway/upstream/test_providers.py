@@ -228,6 +228,16 @@ def test_router_resolves_names_and_names_unknown_providers() -> None:
         Router.from_configs(configs, default_provider=None).resolve("gpt-4o")
 
 
+def test_a_litellm_provider_without_credentials_is_a_404_that_says_how_to_configure_it() -> None:
+    router = Router.from_configs(providers_from_env({"OPENAI_API_KEY": KEY}), default_provider="openai")
+    with pytest.raises(UnknownModelError) as caught:
+        router.resolve("anthropic:claude-3-5-haiku")
+    assert "configured: ['openai']" in str(caught.value) and "set ANTHROPIC_API_KEY" in str(caught.value)
+    with pytest.raises(UnknownModelError) as unknown:
+        router.resolve("nosuch:model")
+    assert "set " not in str(unknown.value)
+
+
 def test_providers_from_env_reads_the_openai_variables_only_when_called() -> None:
     configs = providers_from_env({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": "http://vllm:8000/v1"})
     openai = configs[0]
@@ -237,8 +247,10 @@ def test_providers_from_env_reads_the_openai_variables_only_when_called() -> Non
         "http://vllm:8000/v1",
         KEY,
     )
-    assert {c.name for c in configs[1:]} >= {"anthropic", "gemini", "bedrock"}
-    assert all(c.kind == "litellm" and not c.supports_n for c in configs[1:])
+    assert configs[1:] == []  # no LiteLLM provider without its credentials
+    with_keys = providers_from_env({"ANTHROPIC_API_KEY": "a", "AWS_PROFILE": "p", "GROQ_API_KEY": ""})
+    assert [c.name for c in with_keys[1:]] == ["anthropic", "bedrock"]
+    assert all(c.kind == "litellm" and not c.supports_n for c in with_keys[1:])
     assert providers_from_env({})[0].base_url == "https://api.openai.com/v1"
     assert KEY not in repr(configs) and KEY not in str(openai)
 
@@ -308,7 +320,9 @@ async def test_keys_never_appear_in_errors_reprs_or_logs(
     caplog.set_level(logging.DEBUG)
     with pytest.raises(UpstreamError) as caught:  # a careless upstream echoes the key back in its error
         await provider.complete(body("echo-auth"), timeout=10)
-    assert caught.value.status == 401 and "***" in str(caught.value)
+    # the provider's 401 is the gateway's credentials failing: a 502 of its own, never the gateway-key 401
+    assert caught.value.status == 502 and caught.value.code == "upstream_auth_error" and not caught.value.retryable
+    assert "***" in str(caught.value) and "401" in str(caught.value)
     router = Router({"fake": provider}, default_provider="fake", retry=RetryPolicy(attempts=2), sleep=Sleeps())
     with pytest.raises(AllCandidatesFailed) as failed:
         await router.generate_candidates(body("echo-auth"), n=2, timeout=10)
