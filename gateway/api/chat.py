@@ -18,7 +18,6 @@ which closes the relay, and so the upstream, when the client goes.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,8 +36,6 @@ from gateway.protocol import ChatCompletionRequest, ModelEntry, ModelListing, up
 from gateway.service import render
 from gateway.service.handoffs import BestOfN, ChatRequest
 from gateway.store import validate_metadata
-
-logger = logging.getLogger(__name__)
 
 
 def parse_chat(

@@ -38,9 +38,6 @@ from gateway.upstream.router import AllCandidatesFailed, Candidate, CandidateErr
 logger = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------- the service
-
-
 class ChatService:
     def __init__(
         self,
@@ -59,10 +56,13 @@ class ChatService:
 
     async def passthrough(self, request: ChatRequest) -> Passthrough:
         """One upstream completion, returned as the upstream sent it."""
+        provider = self._provider(request.model)
         started = time.perf_counter()
-        response = await self._router.complete(request.upstream, self._settings.upstream_timeout_s)
-        upstream_s = time.perf_counter() - started
-        self._metrics.record_upstream(self._provider(request.model), upstream_s)
+        try:
+            response = await self._router.complete(request.upstream, self._settings.upstream_timeout_s)
+        finally:  # a failed call took its time too: the latency histogram must not look healthy while calls fail
+            upstream_s = time.perf_counter() - started
+            self._metrics.record_upstream(provider, upstream_s)
         log = None
         if request.metadata is not None:
             log = await self._record(request, render.passthrough_records(response), upstream_s)
