@@ -206,6 +206,8 @@ class Log(BaseModel):
     metadata: dict[str, str]
     criteria_versions: dict[str, str]  # {slug: version} of every criterion that scored
     candidates: list[StoredCandidate]
+    completion_id: str | None  # the `id` of the completion the client got
+    cache_hit: bool  # answered from the response cache (op-cache): no upstream call
 
 
 class SplitCounts(BaseModel):
