@@ -97,6 +97,7 @@ class CompletionInfo(BaseModel):
     metadata: dict[str, str] | None = None  # as stored
     n: int | None = None
     best_only: bool = False
+    cache_hit: bool = False  # answered from the response cache (op-cache): no upstream call, no scoring
 
 
 class ChatCompletion(BaseModel):
