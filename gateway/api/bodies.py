@@ -1,7 +1,7 @@
 """Reading what a request carries, for every route module: the body (the size limit, 413; a JSON object, 400
-naming the problem), the fields a body may have, and the query parameters and headers the routes share (a page
-limit, a boolean flag, the log filters). Imports gateway.errors, the store's LogQuery, orjson and starlette's
-Request only. JSON is parsed by orjson,
+naming the problem; a body checked against a protocol model), the fields a body may have, and the query parameters
+and headers the routes share (a page limit, a boolean flag, the log filters, OpenPipe's tags). Imports
+gateway.errors, the store's LogQuery, orjson, pydantic and starlette's Request only. JSON is parsed by orjson,
 which refuses what the gateway could not send on or store (lone surrogates, NaN, numbers beyond a double) and reads
 integers beyond 64 bits as floats; a body nested too deeply to be written out again is refused too.
 """
@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from gateway.errors import InvalidRequestError, RequestTooLargeError
 from gateway.store import LogQuery
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 async def read_bytes(request: Request, limit: int) -> bytes:
@@ -47,6 +50,16 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequestError("the request body must be a JSON object", param="body")
     return body
+
+
+def validated(model: type[Body], body: Mapping[str, Any]) -> Body:
+    """`body` as `model` (a strict protocol model); a 400 naming the first field at fault."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        raise InvalidRequestError(f"{where}: {error['msg']}", param=where) from None
 
 
 def known_fields(body: Mapping[str, Any], allowed: Collection[str]) -> None:
@@ -95,3 +108,20 @@ def log_query(request: Request) -> LogQuery:
         except ValueError:
             raise InvalidRequestError(f"{name}: not an ISO 8601 datetime: {value!r}", param=name) from None
     return LogQuery(metadata=metadata, model=params.get("model"), since=times["since"], before=times["before"])
+
+
+def tag_values(raw: object, param: str) -> dict[str, str | None]:
+    """OpenPipe's tags (and the values of its metadata patches): an object whose strings are kept, numbers and
+    booleans become their JSON text ("1", "0.5", "true"), and null stays null (an absent key when stored, a removal
+    in a patch). Anything else is a 400 naming the key; the store's metadata rules apply afterwards."""
+    if not isinstance(raw, dict):
+        raise InvalidRequestError(f"{param}: expected a JSON object of strings", param=param)
+    out: dict[str, str | None] = {}
+    for key, value in raw.items():
+        if value is None or isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, bool | int | float):
+            out[key] = orjson.dumps(value).decode()
+        else:
+            raise InvalidRequestError(f"{param}.{key}: expected a string, number, boolean or null", param=param)
+    return out
