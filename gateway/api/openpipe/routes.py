@@ -251,6 +251,14 @@ async def _models(services: Services) -> list[OpenPipeModel]:
     for job in await services.jobs.list_jobs():  # newest first
         newest.setdefault(job.slug, job)
     deployed = {card.slug: card for card in await services.criteria.reward_models() if card.latest}
+    stale = [
+        j
+        for j in newest.values()
+        if j.state == "DEPLOYED" and j.version != getattr(deployed.get(j.slug), "version", None)
+    ]
+    if stale:  # just deployed: DEPLOYED must mean op-criteria takes it now
+        services.criteria.forget_reward_models()
+        deployed = {card.slug: card for card in await services.criteria.reward_models() if card.latest}
     slugs = [*newest, *(slug for slug in deployed if slug not in newest)]
     return [_model(slug, newest.get(slug), deployed.get(slug)) for slug in slugs]
 
@@ -299,6 +307,7 @@ async def delete_model(request: Request, services: Services) -> Response:
     if not await services.jobs.delete_model(slug):
         raise NotFoundError(f"model {slug!r} not found (no training job, no version in the models directory)",
                             param="slug", code="model_not_found")  # fmt: skip
+    services.criteria.forget_reward_models()  # op-criteria no longer takes it, from now on
     return _json(OpenPipeDeleted(id=slug, object="model"))
 
 
