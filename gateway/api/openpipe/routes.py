@@ -79,7 +79,8 @@ async def report(request: Request, services: Services) -> Response:
     if "metadata" in payload:
         tags |= tag_values(payload["metadata"], "reqPayload.metadata")
     failed = body.error_message is not None or (body.status_code is not None and body.status_code >= 400)
-    error = f"HTTP {body.status_code or 'error'}: {body.error_message or 'the call failed'}" if failed else None
+    status = "error" if body.status_code is None else f"{body.status_code:g}"
+    error = f"HTTP {status}: {body.error_message or 'the call failed'}" if failed else None
     latency = None
     if body.requested_at is not None and body.received_at is not None:
         latency = max(0.0, float(body.received_at - body.requested_at))
