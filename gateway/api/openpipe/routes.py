@@ -57,8 +57,8 @@ from gateway.store import DatasetRecord, JobRecord, LogQuery, validate_metadata
 PREFIX = "/api/v1"
 
 
-def _json(model: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(model.model_dump(mode="json", by_alias=True), status_code=status)
+def _json(model: Any) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json", by_alias=True))
 
 
 def _time(record: DatasetRecord | JobRecord, name: str = "created_at") -> str:
@@ -76,7 +76,7 @@ async def report(request: Request, services: Services) -> Response:
     body = validated(ReportRequest, await read_json(request, services.settings.max_body_bytes))
     payload = body.req_payload or {}
     tags = tag_values(body.tags or {}, "tags")
-    if "metadata" in payload:
+    if payload.get("metadata") is not None:
         tags |= tag_values(payload["metadata"], "reqPayload.metadata")
     failed = body.error_message is not None or (body.status_code is not None and body.status_code >= 400)
     status = "error" if body.status_code is None else f"{body.status_code:g}"
