@@ -99,6 +99,12 @@ class GatewaySettings:
     local_model_name: str = field(
         default="", metadata={"help": "the <name> of local:<name>; empty: local_model's directory name"}
     )
+    cache_ttl_s: float = field(
+        default=7 * 24 * 3600.0, metadata={"help": "how long a response cached by op-cache stays (seconds)"}
+    )
+    cache_max_entries: int = field(
+        default=10_000, metadata={"help": "response cache size (shared by replicas): the oldest entries go first"}
+    )
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Self:

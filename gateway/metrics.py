@@ -76,6 +76,17 @@ class GatewayMetrics:
             registry=r,
         )
         self.training_jobs = Gauge("rewardgate_training_jobs", "Training jobs by state.", ["state"], registry=r)
+        self.cache_lookups = Counter(
+            "rewardgate_cache_lookups",
+            "Response-cache lookups (op-cache: readWrite, readOnly) by outcome: hit or miss.",
+            ["outcome"],
+            registry=r,
+        )
+        self.cache_writes = Counter(
+            "rewardgate_cache_writes",
+            "Responses written to the response cache (op-cache: readWrite, writeOnly).",
+            registry=r,
+        )
 
     def set_training_jobs(self, counts: Mapping[str, int]) -> None:
         for state in JOB_STATES:
@@ -101,6 +112,9 @@ class GatewayMetrics:
             self.criterion_errors.labels(slug, code).inc()
         for score in scores:
             self.criterion_score.labels(slug).observe(score)
+
+    def record_cache_lookup(self, *, hit: bool) -> None:
+        self.cache_lookups.labels("hit" if hit else "miss").inc()
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -175,6 +175,7 @@ class CompletionInfo(BaseModel):
     metadata: dict[str, str] | None = None  # as stored
     n: int | None = None
     best_only: bool = False
+    cache_hit: bool = False  # answered from the response cache (op-cache): no upstream call, no scoring
 
 
 class ChatCompletion(BaseModel):
@@ -284,6 +285,8 @@ class Log(BaseModel):
     metadata: dict[str, str]
     criteria_versions: dict[str, str]  # {slug: version} of every criterion that scored
     candidates: list[StoredCandidate]
+    completion_id: str | None  # the `id` of the completion the client got
+    cache_hit: bool  # answered from the response cache (op-cache): no upstream call
 
 
 class SplitCounts(BaseModel):

@@ -3,9 +3,9 @@ limit, authentication, the one error path, request metrics). No business logic: 
 
 The app's lifespan owns every long-lived object: it enters `open_services()` (the composition root's wiring in
 gateway.cli: store, providers, reward server, criteria, training jobs) and keeps the Services it yields on
-`app.state` for the handlers; leaving the lifespan closes them all, in reverse order. Gateway keys guard /v1/*
-(Bearer); /health, /metrics, /openapi.json and the console's files stay open. Must not import torch, trainer or
-reward_serving internals.
+`app.state` for the handlers; leaving the lifespan closes them all, in reverse order. Gateway keys guard /v1/* and
+OpenPipe's /api/v1/* (Bearer; errors there in OpenPipe's envelope); /health, /metrics, /openapi.json and the
+console's files stay open. Must not import torch, trainer or reward_serving internals.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api import Handler, Services, chat, criteria, datasets, jobs, logs, ops, ui
-from gateway.api.errors import error_reply
+from gateway.api import Handler, Services, chat, criteria, datasets, jobs, logs, openpipe, ops, ui
+from gateway.api.errors import error_reply, openpipe_envelope
 from gateway.errors import AuthenticationError, ClientGoneError, HeadersTooLargeError
 
 logger = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 16 * 1024  # names + values of all header fields; more is a 431 (nginx's default buffers: 8-32 KB)
-ROUTES = (*chat.ROUTES, *criteria.ROUTES, *ui.ROUTES, *datasets.ROUTES, *jobs.ROUTES, *logs.ROUTES, *ops.ROUTES)
+ROUTES = (*chat.ROUTES, *criteria.ROUTES, *ui.ROUTES, *datasets.ROUTES, *jobs.ROUTES, *logs.ROUTES, *ops.ROUTES,
+          *openpipe.ROUTES)  # fmt: skip
+GUARDED = ("/v1/", openpipe.PREFIX + "/")  # the gateway's API and OpenPipe's need a gateway key
 
 
 def create_app(open_services: Callable[[], AbstractAsyncContextManager[Services]]) -> Starlette:
@@ -46,7 +48,8 @@ def create_app(open_services: Callable[[], AbstractAsyncContextManager[Services]
 
 def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """The header limit, authentication, the one error path and request metrics around a handler."""
-    guarded = route.startswith("/v1/")
+    guarded = route.startswith(GUARDED)
+    openpipe_errors = route.startswith(openpipe.PREFIX + "/")  # OpenPipe's error envelope there
 
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
@@ -62,6 +65,7 @@ def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Res
             if isinstance(exc, ClientGoneError):  # the client's doing, not a fault here: no traceback, no ERROR
                 logger.info("%s %s: %s", request.method, route, exc.message)
             status, body, headers = error_reply(exc)
+            body = openpipe_envelope(status, body) if openpipe_errors else body
             response = JSONResponse(body, status_code=status, headers=headers)
         services.metrics.record_request(route, response.status_code, time.perf_counter() - started)
         return response

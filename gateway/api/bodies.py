@@ -1,7 +1,8 @@
 """Reading what a request carries, for every route module: the body (the size limit, 413; a JSON object, 400
-naming the problem), the fields a body may have, and the query parameters and headers the routes share (a page
-limit, a boolean flag, the log filters), and noticing when the client leaves. Imports gateway.config,
-gateway.errors, the store's LogQuery, orjson and starlette's Request only. JSON is parsed by orjson,
+naming the problem; a body checked against a protocol model), the fields a body may have, and the query parameters
+and headers the routes share (a page limit, a boolean flag, the log filters, OpenPipe's tags), and noticing when
+the client leaves. Imports gateway.config, gateway.errors, the store's LogQuery, orjson, pydantic and starlette's
+Request only. JSON is parsed by orjson,
 which refuses what the gateway could not send on or store (lone surrogates, NaN, numbers beyond a double) and reads
 integers beyond 64 bits as floats; a body nested too deeply to be written out again is refused too.
 """
@@ -15,7 +16,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
 from gateway.config import GatewaySettings
@@ -23,6 +24,7 @@ from gateway.errors import ClientGoneError, InvalidRequestError, RequestTimeoutE
 from gateway.store import LogQuery
 
 T = TypeVar("T")
+Body = TypeVar("Body", bound=BaseModel)
 
 
 async def read_bytes(request: Request, settings: GatewaySettings) -> bytes:
@@ -97,6 +99,14 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def validated(model: type[Body], body: Mapping[str, Any]) -> Body:
+    """`body` as `model` (a strict protocol model); a 400 naming the first field at fault."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_body(exc) from None
 
 
 def known_fields(body: Mapping[str, Any], allowed: Collection[str]) -> None:
@@ -185,3 +195,20 @@ def _where(loc: tuple[int | str, ...]) -> str:
 
 
 _BRANCH_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
+def tag_values(raw: object, param: str) -> dict[str, str | None]:
+    """OpenPipe's tags (and the values of its metadata patches): an object whose strings are kept, numbers and
+    booleans become their JSON text ("1", "0.5", "true"), and null stays null (an absent key when stored, a removal
+    in a patch). Anything else is a 400 naming the key; the store's metadata rules apply afterwards."""
+    if not isinstance(raw, dict):
+        raise InvalidRequestError(f"{param}: expected a JSON object of strings", param=param)
+    out: dict[str, str | None] = {}
+    for key, value in raw.items():
+        if value is None or isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, bool | int | float):
+            out[key] = orjson.dumps(value).decode()
+        else:
+            raise InvalidRequestError(f"{param}.{key}: expected a string, number, boolean or null", param=param)
+    return out

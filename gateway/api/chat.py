@@ -7,7 +7,11 @@ as an event stream. The overhead metric (arrival to rendered body, minus the wai
 criteria) is recorded here, where the body is rendered; the service records what it waits on.
 
 Headers: `op-criteria` (a JSON array of criterion ids) turns on best-of-N; `op-best-only: true` returns only the
-best choice (all candidates are still scored and, with store: true, stored).
+best choice (all candidates are still scored and, with store: true, stored). OpenPipe's headers work here too:
+`op-log-request: true|false` (store; it wins over the body's `store`), `op-tags` (a JSON object merged under the
+body's `metadata`, which wins on a shared key; numbers and booleans become strings, null drops the key; then OpenAI's
+metadata rules), `op-cache` (readWrite | readOnly | writeOnly | false; `true`, from older SDKs, means readWrite): the
+response cache (gateway.service.cache), for every request but a streamed pass-through, which is relayed as it comes.
 
 A client that leaves cancels its work: the service call runs under `until_disconnected`, so the upstream calls
 (their connections closed, so providers stop generating) and the scoring stop when the client goes, and the
@@ -22,26 +26,42 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.api import Route, Services, sse
-from gateway.api.bodies import header_flag, invalid_body, read_json, until_disconnected, utf8_header
+from gateway.api.bodies import header_flag, invalid_body, read_json, tag_values, until_disconnected, utf8_header
 from gateway.config import GatewaySettings
 from gateway.criteria import parse_criteria_header
 from gateway.errors import InvalidRequestError
 from gateway.formats import loose_message
 from gateway.protocol import ChatCompletionRequest, ModelEntry, ModelListing, upstream_body
 from gateway.service import render
-from gateway.service.handoffs import BestOfN, ChatRequest
+from gateway.service.handoffs import NO_CACHE, BestOfN, CachePolicy, ChatRequest
 from gateway.store import validate_metadata
+
+# OpenPipe's op-cache values, matched without case
+CACHE_POLICIES = {
+    "readwrite": CachePolicy(read=True, write=True),
+    "true": CachePolicy(read=True, write=True),
+    "readonly": CachePolicy(read=True),
+    "writeonly": CachePolicy(write=True),
+    "false": NO_CACHE,
+}
 
 
 def parse_chat(
-    raw: dict[str, Any], headers: Mapping[str, str], settings: GatewaySettings, started: float
+    raw: dict[str, Any],
+    headers: Mapping[str, str],
+    settings: GatewaySettings,
+    started: float,
+    *,
+    log_by_default: bool = False,
 ) -> ChatRequest:
-    """Every check a client can fail, in one place and before any upstream call: a 400 naming the field."""
+    """Every check a client can fail, in one place and before any upstream call: a 400 naming the field.
+    `log_by_default`: whether a request that says nothing (no op-log-request, no store) is stored."""
     try:
         body = ChatCompletionRequest.model_validate(raw)
     except ValidationError as exc:
@@ -56,7 +76,10 @@ def parse_chat(
             raise InvalidRequestError(f"n must be between 1 and {settings.max_n} with op-criteria, got {n}", param="n")
         prompt = tuple(loose_message(m, f"messages[{i}]") for i, m in enumerate(raw["messages"]))
         best_of_n = BestOfN(tuple(refs), n, best_only, prompt)
-    metadata = validate_metadata(body.metadata or {})
+    tags = {k: v for k, v in _tags(headers.get("op-tags")).items() if v is not None}
+    metadata = validate_metadata({**tags, **(body.metadata or {})})
+    logged = headers.get("op-log-request")
+    store = header_flag(logged, "op-log-request") if logged is not None else body.store
     options = raw.get("stream_options")
     return ChatRequest(
         model=body.model,
@@ -64,16 +87,39 @@ def parse_chat(
         upstream=upstream_body(raw),
         stream=bool(body.stream),
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-        metadata=metadata if body.store else None,
+        metadata=metadata if (log_by_default if store is None else store) else None,
         started=started,
         best_of_n=best_of_n,
+        cache=_cache_policy(headers.get("op-cache")),
     )
 
 
-async def chat_completions(request: Request, services: Services) -> Response:
+def _tags(value: str | None) -> dict[str, str | None]:
+    if value is None:
+        return {}
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError("op-tags: not valid JSON; expected an object such as {\"prompt_id\": \"a\"}",
+                                  param="op-tags") from None  # fmt: skip
+    return tag_values(raw, "op-tags")
+
+
+def _cache_policy(value: str | None) -> CachePolicy:
+    if value is None:
+        return NO_CACHE
+    policy = CACHE_POLICIES.get(value.strip().lower())
+    if policy is None:
+        raise InvalidRequestError(
+            f"op-cache: expected readWrite, readOnly, writeOnly or false, got {value!r}", param="op-cache"
+        )
+    return policy
+
+
+async def chat_completions(request: Request, services: Services, *, log_by_default: bool = False) -> Response:
     started = time.perf_counter()
     raw = await read_json(request, services.settings)
-    chat = parse_chat(raw, request.headers, services.settings, started)
+    chat = parse_chat(raw, request.headers, services.settings, started, log_by_default=log_by_default)
     if chat.best_of_n is None:
         if chat.stream:  # its overhead is not measured: the body streams later
             return StreamingResponse(sse.relay(await services.chat.stream(chat)), media_type="text/event-stream")

@@ -15,11 +15,14 @@ middleware. Must not import torch, trainer or reward_serving internals.
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api import Route, Services
 from gateway.api.bodies import known_fields, read_bytes, read_json
+from gateway.criteria import Criterion, CriterionResult
 from gateway.criteria.alignment import LabelledRow, LabelledSetError, parse_labelled_row, parse_labelled_set
 from gateway.errors import CriterionFailedError, InvalidRequestError
 from gateway.formats import PairError, parse_message
@@ -76,7 +79,27 @@ async def align(request: Request, services: Services) -> Response:
 
 
 async def judge(request: Request, services: Services) -> Response:
-    body = await read_json(request, services.settings)
+    criterion, result = await run_judge(await read_json(request, services.settings), services)
+    prompt_tokens = int((result.usage or {}).get("prompt_tokens", 0))
+    completion_tokens = int((result.usage or {}).get("completion_tokens", 0))
+    return JSONResponse(
+        {
+            "score": result.score,
+            "normalized": result.normalized,
+            "explanation": result.explanation,
+            "criterion": {"slug": criterion.slug, "version": criterion.version, "kind": criterion.kind},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+    )
+
+
+async def run_judge(body: dict[str, Any], services: Services) -> tuple[Criterion, CriterionResult]:
+    """OpenPipe's judge body, checked, judged; a criterion that cannot judge raises CriterionFailedError (502).
+    Shared with the /api/v1 mount, which renders the answer in OpenPipe's shape."""
     known_fields(body, {"criterion_id", "criterion_version", "input", "output"})
     criterion_id = body.get("criterion_id")
     version = body.get("criterion_version")
@@ -103,21 +126,7 @@ async def judge(request: Request, services: Services) -> Response:
     if not result.ok:
         message = f"{criterion.slug}@{criterion.version}: {result.error_message}"
         raise CriterionFailedError(message, code=result.error_code)
-    prompt_tokens = int((result.usage or {}).get("prompt_tokens", 0))
-    completion_tokens = int((result.usage or {}).get("completion_tokens", 0))
-    return JSONResponse(
-        {
-            "score": result.score,
-            "normalized": result.normalized,
-            "explanation": result.explanation,
-            "criterion": {"slug": criterion.slug, "version": criterion.version, "kind": criterion.kind},
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-    )
+    return criterion, result
 
 
 def _rows(raw: object) -> list[LabelledRow]:

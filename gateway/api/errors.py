@@ -19,6 +19,8 @@
     store.StoreBusyError / Closed     503 + Retry-After: 1
     store.StoreError                  500
     anything else                     500, logged with its traceback, answered without internals
+
+The /api/v1 mount (OpenPipe's API) answers the same errors in OpenPipe's shape: `openpipe_envelope`.
 """
 
 from __future__ import annotations
@@ -112,3 +114,15 @@ def error_reply(exc: BaseException) -> Reply:
         return 500, _envelope("the log store failed", "api_error", None, "store_error"), {}
     logger.error("unexpected error", exc_info=exc)
     return 500, _envelope("internal server error", "api_error", None, "internal_error"), {}
+
+
+# tRPC's codes, which OpenPipe's API answers with; others by class (4xx BAD_REQUEST, 5xx INTERNAL_SERVER_ERROR)
+_TRPC = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE",
+         429: "TOO_MANY_REQUESTS", 502: "BAD_GATEWAY", 503: "SERVICE_UNAVAILABLE", 504: "TIMEOUT"}  # fmt: skip
+
+
+def openpipe_envelope(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """An error_reply body as OpenPipe's API answers it: `{"message", "code"}` (what its SDK's ApiError carries
+    as `.body`), with OpenAI's `error` object kept beside them (what the openai client reads)."""
+    code = _TRPC.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_SERVER_ERROR")
+    return {"message": body["error"]["message"], "code": code, **body}

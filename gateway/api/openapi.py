@@ -18,6 +18,26 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from gateway.api.openpipe import PREFIX as OPENPIPE
+from gateway.api.openpipe.protocol import (
+    DatasetCreateRequest,
+    EntriesCreated,
+    EntriesCreateRequest,
+    LoggedCall,
+    MatchedLogs,
+    ModelCreateRequest,
+    OpenPipeDataset,
+    OpenPipeDatasetList,
+    OpenPipeDeleted,
+    OpenPipeErrorBody,
+    OpenPipeJudgement,
+    OpenPipeModel,
+    OpenPipeModelList,
+    ReportAnswer,
+    ReportRequest,
+    UpdateMetadataRequest,
+    UpdateTagsRequest,
+)
 from gateway.protocol import (
     AddedPairs,
     Alignment,
@@ -129,9 +149,9 @@ def _json(schema: Schema, description: str = "OK") -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*codes: int) -> Schema:
+def _errors(*codes: int, envelope: str = "ErrorBody") -> Schema:
     """The error envelope under each code (304, with no body, rides along for the console's files)."""
-    return {str(c): _json(_ref("ErrorBody"), _ERRORS[c]) if c >= 400 else {"description": _ERRORS[c]} for c in codes}
+    return {str(c): _json(_ref(envelope), _ERRORS[c]) if c >= 400 else {"description": _ERRORS[c]} for c in codes}
 
 
 def _body(schema: Schema, *, ndjson: bool = False, example: Schema | None = None) -> Schema:
@@ -176,6 +196,18 @@ _RESPONSES: tuple[type[BaseModel], ...] = (
     ListOf[BaseModelAlias],
     ErrorBody,
     Health,
+    # OpenPipe's API (/api/v1)
+    ReportAnswer,
+    MatchedLogs,
+    LoggedCall,
+    OpenPipeJudgement,
+    OpenPipeDataset,
+    OpenPipeDatasetList,
+    OpenPipeDeleted,
+    EntriesCreated,
+    OpenPipeModel,
+    OpenPipeModelList,
+    OpenPipeErrorBody,
 )
 _REQUESTS: tuple[type[BaseModel], ...] = (
     ChatCompletionRequest,
@@ -191,6 +223,12 @@ _REQUESTS: tuple[type[BaseModel], ...] = (
     ChoiceFeedback,
     ThreadFeedback,
     JobCreate,
+    ReportRequest,
+    UpdateMetadataRequest,
+    UpdateTagsRequest,
+    DatasetCreateRequest,
+    EntriesCreateRequest,
+    ModelCreateRequest,
 )
 
 
@@ -301,19 +339,60 @@ def _paths() -> Schema:
          200, {"description": "the exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}, (), None,
          ()),
         ("get", "/openapi.json", "This document", 200, _json({"type": "object"}), (), None, ()),
+        *_openpipe_paths(bodies),
     ]  # fmt: skip
     paths: Schema = {}
     for method, path, summary, status, ok, errors, body, params in rows:
-        responses = {str(status): ok, **_errors(*errors)}
+        envelope = "OpenPipeErrorBody" if path.startswith(OPENPIPE) else "ErrorBody"
+        responses = {str(status): ok, **_errors(*errors, envelope=envelope)}
         paths.setdefault(path, {})[method] = _op(summary, responses, body=body, params=params, path=path)
     return paths
 
 
+def _openpipe_paths(bodies: dict[str, Schema]) -> list[tuple[Any, ...]]:
+    """OpenPipe's API at /api/v1 (gateway.api.openpipe): its paths, shapes and error envelope."""
+    ds, slug = _path_param("dataset_id", "the dataset's id"), _path_param("slug", "a reward model's slug")
+    model, deleted = _json(_ref("OpenPipeModel")), _json(_ref("OpenPipeDeleted"))
+    latest = _json({"anyOf": [_ref("LoggedCall"), {"type": "null"}]}, "the newest log (null when there is none)")
+    return [
+        ("post", f"{OPENPIPE}/chat/completions", "OpenPipe: chat completion (/v1's; stored unless op-log-request: "
+         "false)", 200, _chat_ok(), (400, 404, 413, 429, 502, 503, 504), bodies["chat"], _chat_headers()),
+        ("post", f"{OPENPIPE}/report", "OpenPipe: store a call made elsewhere as a log",
+         200, _json(_ref("ReportAnswer")), (400, 413, 503), _body(_ref("ReportRequest")), ()),
+        ("post", f"{OPENPIPE}/logs/update-metadata", "OpenPipe: merge metadata into every matching log",
+         200, _json(_ref("MatchedLogs")), (400, 413, 503), _body(_ref("UpdateMetadataRequest")), ()),
+        ("post", f"{OPENPIPE}/logs/update-tags", "OpenPipe: update-metadata's deprecated spelling",
+         200, _json(_ref("MatchedLogs")), (400, 413, 503), _body(_ref("UpdateTagsRequest")), ()),
+        ("get", f"{OPENPIPE}/local-testing-only-get-latest-logged-call", "OpenPipe: the newest log (its SDK's tests)",
+         200, latest, (503,), None, ()),
+        ("post", f"{OPENPIPE}/criteria/judge", "OpenPipe: score one output with one criterion",
+         200, _json(_ref("OpenPipeJudgement")), (400, 404, 413, 502, 503), bodies["judge"], ()),
+        ("post", f"{OPENPIPE}/datasets", "OpenPipe: create a dataset", 200, _json(_ref("OpenPipeDataset")),
+         (400, 409, 413, 503), _body(_ref("DatasetCreateRequest")), ()),
+        ("get", f"{OPENPIPE}/datasets", "OpenPipe: datasets, newest first",
+         200, _json(_ref("OpenPipeDatasetList")), (503,), None, ()),
+        ("delete", f"{OPENPIPE}/datasets/{{dataset_id}}", "OpenPipe: delete a dataset", 200, deleted, (404, 503), None,
+         (ds,)),
+        ("post", f"{OPENPIPE}/datasets/{{dataset_id}}/entries", "OpenPipe: add pairs; bad ones reported, not added",
+         200, _json(_ref("EntriesCreated")), (400, 404, 413, 503), _body(_ref("EntriesCreateRequest")), (ds,)),
+        ("get", f"{OPENPIPE}/models", "OpenPipe: reward models with their training status",
+         200, _json(_ref("OpenPipeModelList")), (503,), None, ()),
+        ("post", f"{OPENPIPE}/models", "OpenPipe: train a reward model (trainingConfig.provider openpipeReward)",
+         200, model, (400, 404, 409, 413, 503), _body(_ref("ModelCreateRequest")), ()),
+        ("get", f"{OPENPIPE}/models/{{slug}}", "OpenPipe: one reward model", 200, model, (404, 503), None, (slug,)),
+        ("delete", f"{OPENPIPE}/models/{{slug}}", "OpenPipe: delete a reward model, its versions and jobs",
+         200, deleted, (404, 503), None, (slug,)),
+    ]  # fmt: skip
+
+
 def _op(summary: str, responses: Schema, *, body: Schema | None, params: tuple[Schema, ...], path: str) -> Schema:
-    """One operation. /v1/* needs the key (401 without); every route answers 431 to oversized headers."""
-    auth = path.startswith("/v1/")
-    tag = path.split("/")[2] if auth else "console" if path.startswith("/ui") else "ops"
-    errors = _errors(401, 431) if auth else _errors(431)
+    """One operation. /v1/* and /api/v1/* need the key (401 without); every route answers 431 to oversized
+    headers."""
+    openpipe = path.startswith(OPENPIPE + "/")
+    auth = path.startswith("/v1/") or openpipe
+    tag = "openpipe" if openpipe else path.split("/")[2] if auth else "console" if path.startswith("/ui") else "ops"
+    envelope = "OpenPipeErrorBody" if openpipe else "ErrorBody"
+    errors = _errors(401, 431, envelope=envelope) if auth else _errors(431, envelope=envelope)
     op: Schema = {"summary": summary, "tags": [tag], "responses": {**responses, **errors}}
     if params:
         op["parameters"] = list(params)
@@ -340,7 +419,32 @@ def _chat_headers() -> tuple[Schema, ...]:
         "description": "'true' (any case): return only the best choice (all are still scored and stored); "
         "anything but true/false is a 400",
     }
-    return criteria, best_only
+    logged = {
+        "name": "op-log-request",
+        "in": "header",
+        "schema": {"type": "string", "pattern": _any_case("true", "false")},
+        "description": "OpenPipe's: store the request (wins over the body's `store`); anything but true/false is a 400",
+    }
+    tags = {
+        "name": "op-tags",
+        "in": "header",
+        "schema": {"type": "string"},
+        "description": "OpenPipe's: a JSON object of metadata (numbers and booleans as text, null dropped), merged "
+        "under the body's `metadata`",
+    }
+    cache = {
+        "name": "op-cache",
+        "in": "header",
+        "schema": {"type": "string", "pattern": _any_case("readWrite", "readOnly", "writeOnly", "true", "false")},
+        "description": "OpenPipe's response cache: readWrite, readOnly, writeOnly or false (any case; true = "
+        "readWrite). Keyed on the upstream body and the criteria's resolved versions; not for streamed pass-throughs",
+    }
+    return criteria, best_only, logged, tags, cache
+
+
+def _any_case(*words: str) -> str:
+    """A pattern matching any of `words` in any case, surrounding space allowed (JSON Schema has no (?i))."""
+    return "^\\s*(" + "|".join("".join(f"[{c.upper()}{c.lower()}]" for c in w) for w in words) + ")\\s*$"
 
 
 def _chat_ok() -> Schema:

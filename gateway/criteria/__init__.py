@@ -175,8 +175,11 @@ def _parse_entry(entry: object, position: int | None, param: str = "op-criteria"
             f"bad criterion slug {slug!r}: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     match = _VERSION.fullmatch(version)
-    if at and match is None:
-        raise bad(f"bad version {version!r} in {ident!r}: expected 'slug@vN', e.g. '{slug}@v2'")
+    if at and match is None:  # OpenPipe's wording in parentheses: code written for its API looks for it
+        raise bad(
+            f"bad version {version!r} in {ident!r} (Criterion version {version} not found for criterion {slug}):"
+            f" expected 'slug@vN', e.g. '{slug}@v2'"
+        )
     if isinstance(weight, bool) or not isinstance(weight, int | float):
         raise bad(f"weight must be a number, got {_json_type(weight)}")
     try:

@@ -47,10 +47,15 @@ class UnknownCriterionError(CriteriaError):
     """No criterion of any kind has this slug, or the slug has no such version."""
 
     def __init__(self, criterion_id: str, *, available: Sequence[str] = (), param: str = "op-criteria") -> None:
+        # OpenPipe's wording after the colon: code written for its API looks for it
+        slug, _, version = criterion_id.partition("@")
         if available:
-            message = f"unknown criterion version {criterion_id!r} (available versions: {', '.join(available)})"
+            message = (
+                f"unknown criterion version {criterion_id!r} (available versions: {', '.join(available)}): "
+                f"Criterion version {version} not found for criterion {slug}"
+            )
         else:
-            message = f"unknown criterion {criterion_id!r}"
+            message = f"unknown criterion {criterion_id!r}: Criterion {criterion_id} not found"
         super().__init__(message)
         self.criterion_id = criterion_id
         self.available = tuple(available)

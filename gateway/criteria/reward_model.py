@@ -151,6 +151,10 @@ class RewardModelCatalog:
                 raise self._failure
             return self._cards
 
+    def forget(self) -> None:
+        """The next lookup lists the models again (a version was just deployed or deleted here)."""
+        self._checked_at = -math.inf
+
     async def resolve(self, ref: CriterionRef) -> RewardModelCriterion | None:
         """None when no reward model has the slug; UnknownCriterionError when the pinned version is absent."""
         versions: dict[int, ModelCard] = {}

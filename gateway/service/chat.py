@@ -22,15 +22,17 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from gateway.config import GatewaySettings
 from gateway.criteria import Criterion, CriterionResult, rank, score_all
 from gateway.formats import Message, loose_message
 from gateway.metrics import GatewayMetrics
 from gateway.service import render
+from gateway.service.cache import ResponseCache, cache_key
 from gateway.service.criteria import CriteriaService
-from gateway.service.handoffs import ChatRequest, Passthrough, Ranked
-from gateway.store import CandidateRecord, LogRecord, LogStore
+from gateway.service.handoffs import ChatRequest, Passthrough, Ranked, Replayed, Reported
+from gateway.store import CandidateRecord, Latencies, LogRecord, LogStore
 from gateway.upstream.events import StreamAccumulator, whole_events
 from gateway.upstream.providers import ProviderError
 from gateway.upstream.router import AllCandidatesFailed, Candidate, CandidateError, Router
@@ -53,9 +55,19 @@ class ChatService:
         self._store = store
         self._criteria = criteria
         self._metrics = metrics
+        self._cache = ResponseCache(
+            store, ttl_s=settings.cache_ttl_s, max_entries=settings.cache_max_entries, metrics=metrics
+        )
 
     async def passthrough(self, request: ChatRequest) -> Passthrough:
-        """One upstream completion, returned as the upstream sent it."""
+        """One upstream completion, returned as the upstream sent it (or as the response cache kept it)."""
+        key = cache_key(request.upstream) if request.cache.read or request.cache.write else None
+        if key is not None and request.cache.read and (hit := await self._cache.get(key)) is not None:
+            log = None
+            if request.metadata is not None:
+                records = render.passthrough_records(hit)
+                log = await self._record(request, records, 0.0, completion_id=_id(hit), cache_hit=True)
+            return Passthrough(hit, 0.0, log, cache_hit=True)
         provider = self._provider(request.model)
         started = time.perf_counter()
         try:
@@ -63,9 +75,12 @@ class ChatService:
         finally:  # a failed call took its time too: the latency histogram must not look healthy while calls fail
             upstream_s = time.perf_counter() - started
             self._metrics.record_upstream(provider, upstream_s)
+        if key is not None and request.cache.write:
+            await self._cache.put(key, response)
         log = None
         if request.metadata is not None:
-            log = await self._record(request, render.passthrough_records(response), upstream_s)
+            records = render.passthrough_records(response)
+            log = await self._record(request, records, upstream_s, completion_id=_id(response))
         return Passthrough(response, upstream_s, log)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[bytes]:
@@ -103,11 +118,17 @@ class ChatService:
 
         return relay()
 
-    async def best_of_n(self, request: ChatRequest) -> Ranked:
-        """n candidates from the upstream, scored by every criterion, ranked, stored when asked."""
+    async def best_of_n(self, request: ChatRequest) -> Ranked | Replayed:
+        """n candidates from the upstream, scored by every criterion, ranked, stored when asked. With op-cache, an
+        identical earlier request's ranking (same criteria versions) answers instead, with no upstream call."""
         assert request.best_of_n is not None, "a pass-through request has no criteria"
         wanted = request.best_of_n
         criteria = await self._criteria.resolve(wanted.criteria)
+        key = None
+        if request.cache.read or request.cache.write:
+            key = cache_key(request.upstream, [(c.slug, c.version, weight) for c, weight in criteria])
+            if request.cache.read and (hit := await self._cache.get(key)) is not None:
+                return await self._replay(request, hit)
 
         started = time.perf_counter()
         try:
@@ -134,13 +155,13 @@ class ChatService:
 
         order = tuple(rank(scored))
         versions = {c.slug: c.version for c, _ in criteria}
+        completion_id = "chatcmpl-rg-" + secrets.token_hex(12)
         log = None
         if request.metadata is not None:
             records = render.best_of_n_records(candidates, scored, order)
-            stored_versions = {slug: v for slug, v in versions.items() if v is not None}
-            log = await self._record(request, records, upstream_s, scoring_s, stored_versions)
-        return Ranked(
-            id="chatcmpl-rg-" + secrets.token_hex(12),
+            log = await self._record(request, records, upstream_s, scoring_s, versions, completion_id=completion_id)
+        ranked = Ranked(
+            id=completion_id,
             created=int(time.time()),
             request=request,
             candidates=tuple(candidates),
@@ -151,8 +172,37 @@ class ChatService:
             scoring_s=scoring_s,
             log=log,
         )
+        whole = all(isinstance(c, Candidate) for c in candidates) and all(
+            r.ok for s in scored for r in s.results.values()
+        )
+        if key is not None and request.cache.write and whole:  # a degraded ranking is never replayed
+            await self._cache.put(key, render.ranked_completion(ranked))
+        return ranked
+
+    async def report(self, reported: Reported) -> LogRecord:
+        """A completion the client got elsewhere (OpenPipe's /report), stored like one of ours: its choices become
+        candidates, so it feeds datasets and pairs like the rest."""
+        latency_ms = reported.latency_ms
+        return await self._store.create_log(
+            model=reported.model,
+            request=reported.request,
+            candidates=render.reported_records(reported.response, reported.error),
+            latencies=Latencies(upstream_ms=latency_ms, total_ms=latency_ms),
+            metadata=reported.metadata,
+            completion_id=_id(reported.response),
+        )
 
     # ------------------------------------------------------------ helpers
+
+    async def _replay(self, request: ChatRequest, completion: Mapping[str, Any]) -> Replayed:
+        """A cached ranking as this request's answer; stored (when asked) as a cache hit with its scores."""
+        log = None
+        if request.metadata is not None:
+            records = render.replayed_records(completion)
+            versions = (completion.get("rewardgate") or {}).get("criteria") or {}
+            completion_id = _id(completion)
+            log = await self._record(request, records, 0.0, 0.0, versions, completion_id=completion_id, cache_hit=True)
+        return Replayed(completion, request, log)
 
     async def _record(
         self,
@@ -160,7 +210,10 @@ class ChatService:
         records: Sequence[CandidateRecord],
         upstream_s: float,
         scoring_s: float | None = None,
-        criteria_versions: Mapping[str, str] | None = None,
+        criteria_versions: Mapping[str, str | None] | None = None,
+        *,
+        completion_id: str | None = None,
+        cache_hit: bool = False,
     ) -> LogRecord:
         total_s = time.perf_counter() - request.started
         latencies = render.latencies(upstream_s, scoring_s, total_s)
@@ -170,7 +223,9 @@ class ChatService:
             candidates=records,
             latencies=latencies,
             metadata=request.metadata,
-            criteria_versions=criteria_versions,
+            criteria_versions={slug: v for slug, v in (criteria_versions or {}).items() if v is not None},
+            completion_id=completion_id,
+            cache_hit=cache_hit,
         )
 
     def _provider(self, model: str) -> str:
@@ -192,6 +247,12 @@ class ChatService:
 def _answer(candidate: Candidate | CandidateError) -> Message | None:
     """The candidate's message as the criteria read it; None for one the provider failed to produce."""
     return loose_message(candidate.choice.get("message"), "") if isinstance(candidate, Candidate) else None
+
+
+def _id(completion: object) -> str | None:
+    """A completion's `id`, when it has a string one."""
+    value = completion.get("id") if isinstance(completion, Mapping) else None
+    return value if isinstance(value, str) else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -113,6 +113,10 @@ class CriteriaService:
             logger.warning("reward models not listed: %s", exc.message)
             return []
 
+    def forget_reward_models(self) -> None:
+        """Drop the cached listing of reward models: the next lookup (and op-criteria) sees the store as it is."""
+        self._catalog.forget()
+
     async def resolve(self, refs: Sequence[CriterionRef]) -> list[tuple[Criterion, float]]:
         return await resolve_criteria(refs, self.resolvers)
 

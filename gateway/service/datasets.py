@@ -161,13 +161,17 @@ class DatasetService:
 
     # ------------------------------------------------------------ datasets and entries
 
-    async def create(self, *, name: object, description: object = "") -> DatasetRecord:
-        if not isinstance(name, str) or not SLUG.fullmatch(name) or DATASET_ID.fullmatch(name):
-            raise InvalidRequestError(
-                f"name: {name!r} is not 1 to 128 letters, digits, '.', '_' or '-' starting with a letter or digit"
-                " (and not shaped like a dataset id)",
-                param="name",
-            )
+    async def create(self, *, name: object, description: object = "", display_name: bool = False) -> DatasetRecord:
+        """A new dataset. `display_name`: OpenPipe's free-form names ("Test Dataset": 1 to 128 printable characters,
+        no surrounding space), for the /api/v1 mount, which addresses datasets by id; still unique."""
+        if display_name:
+            valid = isinstance(name, str) and 0 < len(name) <= 128 and name.isprintable() and name.strip() == name
+            rule = "1 to 128 printable characters without surrounding space"
+        else:
+            valid = isinstance(name, str) and SLUG.fullmatch(name) is not None
+            rule = "1 to 128 letters, digits, '.', '_' or '-' starting with a letter or digit"
+        if not valid or not isinstance(name, str) or DATASET_ID.fullmatch(name):
+            raise InvalidRequestError(f"name: {name!r} is not {rule} (and not shaped like a dataset id)", param="name")
         if not isinstance(description, str):
             raise InvalidRequestError("description: must be a string", param="description")
         return await self._store.create_dataset(name=name, description=description)

@@ -1,6 +1,7 @@
 """The frozen hand-offs of the chat pipeline: the request the API parsed (`ChatRequest`, with `BestOfN` when
-`op-criteria` is set) and the results the service returns (`Passthrough`, `Ranked`). Pure data: imports only the
-criteria vocabulary, formats and the store's records.
+`op-criteria` is set, and its `CachePolicy`) and the results the service returns (`Passthrough`, `Ranked`, and
+`Replayed` for a best-of-N answer from the response cache). Pure data: imports only the criteria vocabulary, formats
+and the store's records.
 """
 
 from __future__ import annotations
@@ -26,6 +27,18 @@ class BestOfN:
 
 
 @dataclass(frozen=True)
+class CachePolicy:
+    """What `op-cache` asks of the response cache: read an earlier identical request's answer, write this one's.
+    OpenPipe's values: readWrite (both), readOnly, writeOnly, false (neither: the default)."""
+
+    read: bool = False
+    write: bool = False
+
+
+NO_CACHE = CachePolicy()
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     """One chat completion as the API parsed it: every field checked, nothing left to refuse."""
 
@@ -37,6 +50,7 @@ class ChatRequest:
     metadata: Mapping[str, str] | None  # validated; None when the request is not to be stored
     started: float  # perf_counter at arrival, before the body was read
     best_of_n: BestOfN | None = None  # None: pass-through
+    cache: CachePolicy = NO_CACHE
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,7 @@ class Passthrough:
     response: Mapping[str, Any]
     upstream_s: float
     log: LogRecord | None
+    cache_hit: bool = False  # `response` came from the response cache: no upstream call
 
 
 @dataclass(frozen=True)
@@ -67,3 +82,26 @@ class Ranked:
     def waited_s(self) -> float:
         """Seconds spent waiting on others (upstream and criteria): what the overhead metric subtracts."""
         return self.upstream_s + self.scoring_s
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A best-of-N answer from the response cache: the ranked completion an identical earlier request got (every
+    choice, no log fields), and this request's log when stored. No upstream call, no scoring."""
+
+    completion: Mapping[str, Any]
+    request: ChatRequest
+    log: LogRecord | None
+    waited_s: float = 0.0  # nothing waited on: the overhead metric counts the whole request
+
+
+@dataclass(frozen=True)
+class Reported:
+    """A chat completion the client made elsewhere and reports (OpenPipe's POST /report), as the API parsed it."""
+
+    model: str  # reqPayload.model ("" when the payload names none)
+    request: Mapping[str, Any]  # reqPayload as sent ({} when none)
+    response: Mapping[str, Any] | None  # respPayload as sent
+    error: str | None  # why the call failed (a status >= 400 or an errorMessage); None when it did not
+    latency_ms: float | None  # receivedAt - requestedAt
+    metadata: Mapping[str, str]  # validated

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import re
+import shutil
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -192,6 +193,23 @@ class JobService:
 
     async def list_jobs(self) -> list[JobRecord]:
         return list(await self._store.list_jobs(limit=MAX_PAGE))
+
+    async def delete_model(self, slug: str) -> bool:
+        """Retire a reward model (OpenPipe's DELETE /models/{slug}): stop its unfinished jobs, then delete its jobs
+        and its versions under models_dir, so the slug no longer resolves. False when neither existed."""
+        if not _SLUG.fullmatch(slug):  # also keeps the path below inside models_dir
+            return False
+        for job in await self._store.list_jobs(limit=MAX_PAGE):
+            if job.slug == slug and job.state not in _FINISHED:
+                await self.cancel(job.id)
+        folder = Path(self._settings.models_dir) / slug
+        found = folder.is_dir()
+        if found:
+            await asyncio.to_thread(shutil.rmtree, folder)
+        found = await self._store.delete_jobs(slug) > 0 or found
+        if self._settings.training_worker:
+            await self._count()
+        return found
 
     async def cancel(self, job_id: str) -> JobRecord:
         job = await self._store.get_job(job_id)

@@ -10,24 +10,36 @@ as `criteria_results`); usage in a last chunk with no choices when the client as
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from gateway.criteria import Scored
 from gateway.protocol import ChatCompletion, Choice, ChoiceError, ChoiceInfo, CompletionInfo, CriteriaUsage, Usage
-from gateway.service.handoffs import Passthrough, Ranked
+from gateway.service.handoffs import Passthrough, Ranked, Replayed
 from gateway.store import CandidateRecord, Latencies
 from gateway.upstream.router import Candidate, CandidateError
 
 # ---------------------------------------------------------------- to the client
 
 
-def chat_completion(result: Ranked) -> dict[str, Any]:
-    """The ranked completion: choices best first (`index` = rank), each with its criteria_results."""
+def chat_completion(result: Ranked | Replayed) -> dict[str, Any]:
+    """The ranked completion: choices best first (`index` = rank), each with its criteria_results; only the best
+    with op-best-only; the log id and stored metadata when stored. A replayed one is the cached completion."""
     wanted = result.request.best_of_n
     assert wanted is not None, "a ranked result comes from a best-of-N request"
-    info = CompletionInfo(criteria=dict(result.versions), n=wanted.n, best_only=wanted.best_only)
+    completion = dict(result.completion) if isinstance(result, Replayed) else ranked_completion(result)
+    info = {**completion["rewardgate"], "best_only": wanted.best_only, "cache_hit": isinstance(result, Replayed)}
     if result.log is not None:
-        info = info.model_copy(update={"log_id": result.log.id, "metadata": result.log.metadata})
+        info |= {"log_id": result.log.id, "metadata": result.log.metadata}
+    choices = completion["choices"]
+    return {**completion, "choices": choices[:1] if wanted.best_only else choices, "rewardgate": info}
+
+
+def ranked_completion(result: Ranked) -> dict[str, Any]:
+    """Every ranked choice and the usage, without what belongs to one request (its log): what the cache keeps."""
+    wanted = result.request.best_of_n
+    assert wanted is not None, "a ranked result comes from a best-of-N request"
+    info = CompletionInfo(criteria=dict(result.versions), n=wanted.n)
     choices = [_choice(result.candidates[k], result.scored[k], rank) for rank, k in enumerate(result.order)]
     usage = _upstream_usage(result.candidates)
     produced = sum(1 for c in result.candidates if isinstance(c, Candidate))
@@ -43,7 +55,7 @@ def chat_completion(result: Ranked) -> dict[str, Any]:
         id=result.id,
         created=result.created,
         model=result.request.model,
-        choices=choices[:1] if wanted.best_only else choices,
+        choices=choices,
         usage=usage,
         rewardgate=info,
     )
@@ -51,10 +63,13 @@ def chat_completion(result: Ranked) -> dict[str, Any]:
 
 
 def passthrough_completion(result: Passthrough) -> dict[str, Any]:
-    """The upstream's completion as it came, plus `rewardgate.log_id` and the stored metadata when stored."""
-    if result.log is None:
+    """The upstream's completion as it came, plus `rewardgate.log_id` and the stored metadata when stored (and
+    `rewardgate.cache_hit` when the response cache answered)."""
+    if result.log is None and not result.cache_hit:
         return dict(result.response)
-    info = CompletionInfo(log_id=result.log.id, metadata=result.log.metadata)
+    info = CompletionInfo(cache_hit=result.cache_hit)
+    if result.log is not None:
+        info = info.model_copy(update={"log_id": result.log.id, "metadata": result.log.metadata})
     return {**result.response, "rewardgate": info.model_dump()}
 
 
@@ -161,6 +176,35 @@ def best_of_n_records(
                 )
             )
     return records
+
+
+def replayed_records(completion: Mapping[str, Any]) -> list[CandidateRecord]:
+    """A cached ranked completion's choices (in rank order) as records, with the scores they were ranked by."""
+    records = []
+    for choice in completion["choices"]:
+        info, error = choice.get("rewardgate") or {}, choice.get("error")
+        record = candidate_record(
+            info.get("candidate_index", choice["index"]),
+            None if error else choice.get("message"),
+            rank=choice["index"],
+            finish_reason=choice.get("finish_reason"),
+            error=f"{error['code']}: {error['message']}" if error else None,
+        )
+        records.append(replace(record, score=info.get("score"), criteria_results=choice.get("criteria_results") or {}))
+    return records
+
+
+def reported_records(response: object, error: str | None) -> list[CandidateRecord]:
+    """A completion made elsewhere (OpenPipe's /report): its choices in order (whatever shape a client sent), and
+    the failure when the call failed; none when it reported no response."""
+    choices = response.get("choices") if isinstance(response, Mapping) else None
+    records = []
+    for i, c in enumerate(choices if isinstance(choices, list) else []):
+        if isinstance(c, Mapping):
+            message = c.get("message") if isinstance(c.get("message"), dict) else None
+            reason = c.get("finish_reason") if isinstance(c.get("finish_reason"), str) else None
+            records.append(candidate_record(i, message, rank=i, finish_reason=reason, error=error))
+    return records or ([candidate_record(0, None, rank=0, error=error)] if error else [])
 
 
 def passthrough_records(response: Mapping[str, Any]) -> list[CandidateRecord]:

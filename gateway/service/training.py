@@ -62,6 +62,11 @@ BASE_MODELS = (
 )
 
 
+# trainer.config.TrainConfig.learning_rate's default, copied (the gateway may not import trainer); a test keeps them
+# equal. OpenPipe's learning_rate_multiplier scales it.
+DEFAULT_LEARNING_RATE = 5e-5
+
+
 def base_models() -> tuple[BaseModel, ...]:
     """The trainer's offline aliases; `base_model` also takes a local directory or a hub id."""
     return BASE_MODELS

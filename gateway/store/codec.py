@@ -39,6 +39,8 @@ def log_row(log: LogRecord) -> LogRow:
         total_ms=lat.total_ms,
         metadata=dump_json(log.metadata, "metadata"),
         criteria_versions=dump_json(log.criteria_versions, "criteria_versions"),
+        completion_id=log.completion_id,
+        cache_hit=log.cache_hit,
     )
 
 

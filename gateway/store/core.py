@@ -6,9 +6,10 @@ the store's own modules (never a dialect: open_store picks one).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from gateway.formats import SPLITS
@@ -137,6 +138,8 @@ class Store:
         metadata: Mapping[str, str] | None = None,
         criteria_versions: Mapping[str, str] | None = None,
         created_at: datetime | None = None,
+        completion_id: str | None = None,
+        cache_hit: bool = False,
     ) -> LogRecord:
         """Store one log with all its candidates in one transaction; the record carries the new id."""
         when = as_utc(created_at, "created_at") if created_at is not None else self._now("created_at")
@@ -152,6 +155,8 @@ class Store:
             metadata=validate_metadata(metadata or {}),
             criteria_versions=dict(criteria_versions or {}),
             candidates=tuple(sorted(candidates, key=candidate_order)),
+            completion_id=completion_id,
+            cache_hit=cache_hit,
         )
         await self.dialect.insert_log(log_row(log), log.metadata, [candidate_row(c) for c in log.candidates])
         return log
@@ -166,7 +171,9 @@ class Store:
         q = query or LogQuery()
         since, before = (None if t is None else as_utc(t, "query") for t in (q.since, q.before))
         metadata = dict(q.metadata)
-        where = LogFilter(metadata, dump_json(metadata, "query.metadata"), q.model, since, before, after)
+        where = LogFilter(
+            metadata, dump_json(metadata, "query.metadata"), q.model, since, before, after, q.completion_id
+        )
         logs = await self.dialect.list_logs(where, limit + 1)
         return LogPage(*_page(logs, limit, lambda log: encode_log_cursor(log.created_at, log.id)))
 
@@ -181,6 +188,15 @@ class Store:
             return merged, dump_json(merged, "metadata")
 
         return await self.dialect.update_metadata(log_id, merge)
+
+    async def update_metadata_where(self, query: LogQuery, patch: Mapping[str, str | None]) -> int:
+        """Merge `patch` into every log matching `query` (as update_metadata does for one); how many matched. The
+        matches are read first, so a patch that changes the filtered key still reaches each log once. Each log is
+        its own transaction: a patch that one log's metadata refuses (too many keys) stops there."""
+        ids = [log.id async for log in self._all_logs(query)]
+        for log_id in ids:
+            await self.update_metadata(log_id, patch)
+        return len(ids)
 
     async def add_criterion_results(self, log_id: str, slug: str, results: Mapping[int, Mapping[str, Any]]) -> None:
         """See LogStore.add_criterion_results."""
@@ -209,6 +225,21 @@ class Store:
             pair = preference_pair(log)
             if pair is not None:
                 yield dump_json(pair, "pair") + "\n"
+
+    # ---------------------------------------------------------------- the response cache
+
+    async def cached_response(self, key: str) -> dict[str, Any] | None:
+        """The completion cached under `key`, unless it expired."""
+        text = await self.dialect.get_cached(key, self._now("now"))
+        return None if text is None else dict(json.loads(text))
+
+    async def cache_response(self, key: str, value: Mapping[str, Any], *, ttl_s: float, max_entries: int) -> None:
+        """Keep `value` under `key` for `ttl_s` seconds; beyond `max_entries` the oldest entries go first."""
+        if not (math.isfinite(ttl_s) and ttl_s > 0) or max_entries < 1:
+            raise InvalidInputError(f"cache ttl_s must be > 0 and max_entries >= 1, got {ttl_s}, {max_entries}")
+        now = self._now("created_at")
+        text = dump_json(dict(value), "cached response")
+        await self.dialect.put_cached(key, text, now, now + timedelta(seconds=ttl_s), max_entries)
 
     # ---------------------------------------------------------------- criterion definitions
 
@@ -294,6 +325,9 @@ class Store:
             raise InvalidInputError(f"not a job field: {unknown[0]!r}")
         values = {k: dump_json_or_none(v, f"job {k}") if k in JOB_JSON_FIELDS else v for k, v in changes.items()}
         return await self.dialect.update_job(job_id, values, self._now("updated_at"))
+
+    async def delete_jobs(self, slug: str) -> int:
+        return await self.dialect.delete_jobs(slug)
 
     async def aclose(self) -> None:
         """Close the dialect's connections; calls already running finish first. Idempotent."""

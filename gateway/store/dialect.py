@@ -27,6 +27,8 @@ class LogRow(NamedTuple):
     total_ms: float | None
     metadata: str
     criteria_versions: str
+    completion_id: str | None
+    cache_hit: bool
 
 
 class CandidateRow(NamedTuple):
@@ -82,6 +84,7 @@ class LogFilter:
     since: datetime | None  # UTC, created_at >= since
     before: datetime | None  # UTC, created_at < before
     after: tuple[datetime, str] | None  # (created_at, id) of the previous page's last log: only older ones
+    completion_id: str | None = None
 
 
 # Called by the dialect inside its write transaction, with what it read under the lock:
@@ -111,6 +114,18 @@ class Dialect(Protocol):
 
     async def set_criterion_results(self, log_id: str, slug: str, results: Mapping[int, str]) -> None:
         """criteria_results[slug] = the JSON text, per candidate index, in one transaction."""
+        ...
+
+    # the response cache (JSON text under a key the caller derives)
+    async def get_cached(self, key: str, now: datetime) -> str | None:
+        """The value stored under `key` unless it expired at `now`."""
+        ...
+
+    async def put_cached(
+        self, key: str, value: str, created_at: datetime, expires_at: datetime, max_entries: int
+    ) -> None:
+        """Store (or replace) `key` and, in the same transaction, drop the expired entries and the oldest ones
+        beyond `max_entries`."""
         ...
 
     # criterion definitions
@@ -162,6 +177,10 @@ class Dialect(Protocol):
 
     async def update_job(self, job_id: str, changes: Mapping[str, Any], updated_at: datetime) -> JobRecord:
         """`changes`: JOB_FIELDS names (checked, so safe to splice into SQL) -> values, JOB_JSON_FIELDS as text."""
+        ...
+
+    async def delete_jobs(self, slug: str) -> int:
+        """Delete every job of `slug`; how many there were."""
         ...
 
     async def aclose(self) -> None:

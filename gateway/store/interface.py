@@ -38,6 +38,8 @@ class LogStore(Protocol):
         metadata: Mapping[str, str] | None = None,
         criteria_versions: Mapping[str, str] | None = None,
         created_at: datetime | None = None,
+        completion_id: str | None = None,
+        cache_hit: bool = False,
     ) -> LogRecord: ...
 
     async def get_log(self, log_id: str) -> LogRecord: ...
@@ -48,6 +50,10 @@ class LogStore(Protocol):
 
     async def update_metadata(self, log_id: str, patch: Mapping[str, str | None]) -> LogRecord: ...
 
+    async def update_metadata_where(self, query: LogQuery, patch: Mapping[str, str | None]) -> int:
+        """update_metadata on every log matching `query`; how many matched."""
+        ...
+
     async def add_criterion_results(self, log_id: str, slug: str, results: Mapping[int, Mapping[str, Any]]) -> None:
         """Set criteria_results[slug] of the log's candidates (by candidate index) in one transaction; the
         combined score and rank stay those of the request (offline scoring, `rewardgate eval logs`)."""
@@ -56,6 +62,17 @@ class LogStore(Protocol):
     def export_jsonl(self, query: LogQuery | None = None) -> AsyncIterator[str]: ...
 
     def export_pairs(self, query: LogQuery | None = None) -> AsyncIterator[str]: ...
+
+    # the response cache (shared by every replica on the store)
+
+    async def cached_response(self, key: str) -> dict[str, Any] | None:
+        """The completion cached under `key`; None when absent or expired."""
+        ...
+
+    async def cache_response(self, key: str, value: Mapping[str, Any], *, ttl_s: float, max_entries: int) -> None:
+        """Keep `value` under `key` for `ttl_s` seconds, evicting expired and then the oldest entries beyond
+        `max_entries`."""
+        ...
 
     # criterion definitions (also a gateway.criteria.definitions.DefinitionSource)
 
@@ -112,6 +129,10 @@ class LogStore(Protocol):
 
     async def update_job(self, job_id: str, **changes: Any) -> JobRecord:
         """Set some of JOB_FIELDS (and updated_at); JobNotFoundError for an unknown id."""
+        ...
+
+    async def delete_jobs(self, slug: str) -> int:
+        """Delete every training job of `slug` (its model's history); how many there were."""
         ...
 
     async def aclose(self) -> None:

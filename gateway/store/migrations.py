@@ -58,6 +58,16 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             progress TEXT, metrics TEXT, reward_stats TEXT, version TEXT, resumed INTEGER NOT NULL DEFAULT 0)""",
         "CREATE INDEX jobs_created ON jobs (created_at, id)",
     ),
+    (  # 6: the completion id a client saw (OpenPipe's completionId filter), cache hits, and the response cache
+        "ALTER TABLE logs ADD COLUMN completion_id TEXT",
+        "ALTER TABLE logs ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX logs_completion ON logs (completion_id)",
+        # value: the cached completion as JSON text, returned byte for byte; expired rows are never read
+        """CREATE TABLE response_cache (key TEXT PRIMARY KEY, created_at TEXT NOT NULL, expires_at TEXT NOT NULL,
+            value TEXT NOT NULL)""",
+        "CREATE INDEX response_cache_created ON response_cache (created_at, key)",
+        "CREATE INDEX response_cache_expires ON response_cache (expires_at)",
+    ),
 )
 
 # Postgres: step i brings a schema to version i + 1 (a row in rewardgate_schema).
@@ -105,6 +115,16 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             state TEXT NOT NULL CHECK (state IN ('PENDING', 'QUEUED', 'TRAINING', 'DEPLOYED', 'ERROR')), error TEXT,
             progress JSONB, metrics JSONB, reward_stats JSONB, version TEXT, resumed INTEGER NOT NULL DEFAULT 0)""",
         "CREATE INDEX jobs_created ON jobs (created_at, id)",
+    ),
+    (  # 6: the completion id a client saw (OpenPipe's completionId filter), cache hits, and the response cache
+        'ALTER TABLE logs ADD COLUMN completion_id TEXT COLLATE "C"',
+        "ALTER TABLE logs ADD COLUMN cache_hit BOOLEAN NOT NULL DEFAULT false",
+        "CREATE INDEX logs_completion ON logs (completion_id)",
+        # value: text, not JSONB: the cached completion comes back byte for byte (JSONB would reorder its keys)
+        """CREATE TABLE response_cache (key TEXT COLLATE "C" PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL, value TEXT NOT NULL)""",
+        "CREATE INDEX response_cache_created ON response_cache (created_at, key)",
+        "CREATE INDEX response_cache_expires ON response_cache (expires_at)",
     ),
 )
 

@@ -274,7 +274,8 @@ class PostgresDialect:
         # `metadata` is in log.metadata already: the JSONB column is what the metadata filter reads.
         async with conn.transaction():
             await conn.execute(
-                f"INSERT INTO logs ({LOG_COLUMNS}) VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s::jsonb, %s::jsonb)",
+                f"INSERT INTO logs ({LOG_COLUMNS})"
+                " VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s)",
                 log,
             )
             if candidates:
@@ -296,8 +297,8 @@ class PostgresDialect:
         if where.metadata:  # containment of {k: v, ...}: every pair must match (GIN index)
             clauses.append("metadata @> %s::jsonb")
             params.append(where.metadata_json)
-        for clause, arg in {"model = %s": where.model, "created_at >= %s": where.since,
-                            "created_at < %s": where.before}.items():  # fmt: skip
+        for clause, arg in {"model = %s": where.model, "completion_id = %s": where.completion_id,
+                            "created_at >= %s": where.since, "created_at < %s": where.before}.items():  # fmt: skip
             if arg is not None:
                 clauses.append(clause)
                 params.append(arg)
@@ -331,6 +332,26 @@ class PostgresDialect:
                     " WHERE log_id = %s AND idx = %s",
                     ([slug], result, log_id, index),
                 )
+
+    # ---------------------------------------------------------------- the response cache
+
+    @pooled
+    async def get_cached(self, conn: Conn, key: str, now: datetime) -> str | None:
+        rows = await _rows(conn, "SELECT value FROM response_cache WHERE key = %s AND expires_at > %s", (key, now))
+        return str(rows[0][0]) if rows else None
+
+    @pooled
+    async def put_cached(
+        self, conn: Conn, key: str, value: str, created_at: datetime, expires_at: datetime, max_entries: int
+    ) -> None:
+        async with conn.transaction():  # replicas writing one key at once: the last write wins, never an error
+            await conn.execute("INSERT INTO response_cache (key, created_at, expires_at, value) VALUES (%s, %s, %s, %s)"
+                               " ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at,"
+                               " expires_at = excluded.expires_at, value = excluded.value",
+                               (key, created_at, expires_at, value))  # fmt: skip
+            await conn.execute("DELETE FROM response_cache WHERE expires_at <= %s", (created_at,))
+            await conn.execute("DELETE FROM response_cache WHERE key IN (SELECT key FROM response_cache"
+                               " ORDER BY created_at DESC, key DESC OFFSET %s)", (max_entries,))  # fmt: skip
 
     # ---------------------------------------------------------------- criterion definitions
 
@@ -467,3 +488,7 @@ class PostgresDialect:
         )
         sql = f"UPDATE jobs SET {assignments} WHERE id = %s RETURNING {JOB_COLUMNS}"
         return _found_job(await _rows(conn, sql, (*changes.values(), updated_at, job_id)), job_id)
+
+    @pooled
+    async def delete_jobs(self, conn: Conn, slug: str) -> int:
+        return (await conn.execute("DELETE FROM jobs WHERE slug = %s", (slug,))).rowcount

@@ -78,6 +78,8 @@ class LogRecord:
     metadata: dict[str, str]
     criteria_versions: dict[str, str]  # {slug: version} of every criterion that scored
     candidates: tuple[CandidateRecord, ...]  # candidate_order: rank order, best first; unranked ones last
+    completion_id: str | None = None  # the `id` of the completion the client got (OpenPipe's completionId)
+    cache_hit: bool = False  # answered from the response cache: no upstream call, no scoring
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class LogQuery:
     model: str | None = None
     since: datetime | None = None  # created_at >= since
     before: datetime | None = None  # created_at < before
+    completion_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from gateway.store.records import (
     format_time,
 )
 
-LOG_COLUMNS = "id, created_at, model, request, upstream_ms, scoring_ms, total_ms, metadata, criteria_versions"
+LOG_COLUMNS = ("id, created_at, model, request, upstream_ms, scoring_ms, total_ms, metadata, criteria_versions,"
+               " completion_id, cache_hit")  # fmt: skip
 CANDIDATE_COLUMNS = "log_id, idx, message, status, finish_reason, error, score, rank, criteria_results"
 CANDIDATE_ORDER = "rank IS NULL, rank, idx"  # records.candidate_order, in SQL
 CRITERION_COLUMNS = "slug, version, kind, spec, description, created_at, alignment"
@@ -60,6 +61,8 @@ class RowReader:
                 self.json(r[7]),
                 self.json(r[8]),
                 tuple(candidates[r[0]]),
+                r[9],
+                bool(r[10]),
             )
             for r in rows
         ]

@@ -285,7 +285,9 @@ class SqliteDialect:
             )
             params += [key, value]
         since, before = (None if t is None else format_time(t) for t in (where.since, where.before))
-        for clause, arg in {"model = ?": where.model, "created_at >= ?": since, "created_at < ?": before}.items():
+        conditions = {"model = ?": where.model, "completion_id = ?": where.completion_id, "created_at >= ?": since,
+                      "created_at < ?": before}  # fmt: skip
+        for clause, arg in conditions.items():
             if arg is not None:
                 clauses.append(clause)
                 params.append(arg)
@@ -316,6 +318,30 @@ class SqliteDialect:
                 " WHERE log_id = ? AND idx = ?",
                 [(f'$."{slug}"', result, log_id, index) for index, result in results.items()],
             )
+
+    # ---------------------------------------------------------------- the response cache
+
+    @on_worker
+    def get_cached(self, db: sqlite3.Connection, key: str, now: datetime) -> str | None:
+        row = db.execute(
+            "SELECT value FROM response_cache WHERE key = ? AND expires_at > ?", (key, format_time(now))
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    @on_worker
+    def put_cached(
+        self, db: sqlite3.Connection, key: str, value: str, created_at: datetime, expires_at: datetime,
+        max_entries: int,
+    ) -> None:  # fmt: skip
+        now = format_time(created_at)
+        with write_transaction(db):
+            db.execute("INSERT INTO response_cache (key, created_at, expires_at, value) VALUES (?, ?, ?, ?)"
+                       " ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at,"
+                       " expires_at = excluded.expires_at, value = excluded.value",
+                       (key, now, format_time(expires_at), value))  # fmt: skip
+            db.execute("DELETE FROM response_cache WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM response_cache WHERE key IN (SELECT key FROM response_cache"
+                       " ORDER BY created_at DESC, key DESC LIMIT -1 OFFSET ?)", (max_entries,))  # fmt: skip
 
     # ---------------------------------------------------------------- criterion definitions
 
@@ -436,3 +462,8 @@ class SqliteDialect:
             if db.execute(sql, (*changes.values(), format_time(updated_at), job_id)).rowcount == 0:
                 raise JobNotFoundError(job_id)
         return _job(db, job_id)
+
+    @on_worker
+    def delete_jobs(self, db: sqlite3.Connection, slug: str) -> int:
+        with write_transaction(db):
+            return db.execute("DELETE FROM jobs WHERE slug = ?", (slug,)).rowcount

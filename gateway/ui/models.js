@@ -1,5 +1,6 @@
-// Reward models: the deployed slugs and versions (GET /v1/models) and the training jobs (GET /v1/reward-models,
-// docs/LIFECYCLE.md) with state, progress, TEST accuracy and reward distribution. Pages poll every 2 s while a job
+// Reward models: the deployed slugs and versions (GET /v1/models) and "Fine Tunes", the training jobs as OpenPipe's
+// console names its status list (GET /v1/reward-models, docs/LIFECYCLE.md) with state, progress, TEST accuracy and
+// reward distribution. Pages poll every 2 s while a job
 // is PENDING, QUEUED or TRAINING, and stop when the user leaves.
 
 import { api } from "./api.js";
@@ -33,7 +34,7 @@ function poll(ctx, load) {
 
 export async function list(ctx) {
   const deployed = h("section#deployed", {}, h("h2", {}, "Deployed"), h("p.muted", {}, "Loading…"));
-  const jobs = h("section#jobs", {}, h("h2", {}, "Training jobs"), h("p.muted", {}, "Loading…"));
+  const jobs = h("section#jobs", {}, h("h2", {}, "Fine Tunes"), h("p.muted", {}, "Loading…"));
   fill(ctx.main, h("h1", {}, "Reward models"), deployed, jobs);
   const showDeployed = api("GET", "/v1/models").then((listing) => {
     const bySlug = new Map();
@@ -57,17 +58,17 @@ export async function list(ctx) {
     try {
       const { data } = await api("GET", "/v1/reward-models");
       if (!ctx.alive()) return false;
-      fill(jobs, h("h2", {}, "Training jobs"), jobsTable(data));
+      fill(jobs, h("h2", {}, "Fine Tunes"), jobsTable(data));
       return data.some((job) => ACTIVE.has(job.state));
     } catch (err) {
-      if (ctx.alive()) fill(jobs, h("h2", {}, "Training jobs"), errorBox(err));
+      if (ctx.alive()) fill(jobs, h("h2", {}, "Fine Tunes"), errorBox(err));
       return false;
     }
   });
   await showDeployed;
 }
 
-function jobsTable(jobs, empty = "No training jobs yet: open a dataset and press Reward Model.") {
+function jobsTable(jobs, empty = "No fine tunes yet: open a dataset and press Reward Model.") {
   return table(
     [
       { label: "Job", cell: (job) => link(route("models", job.id), mono(job.id)) },

@@ -235,6 +235,13 @@ ROUND: list[tuple[str, dict[str, Any], int]] = [
     ("a bad request", {"method": "POST", "url": CHAT, "headers": BEST_OF_N,
      "json": {"model": "ok", "messages": MESSAGES, "n": 0}}, 400),
     ("the logs", {"method": "GET", "url": "/v1/logs"}, 200),
+    # the response cache: a write, a hit of what it wrote, a miss (each grows again every round)
+    ("op-cache, written", {"method": "POST", "url": CHAT, "headers": {"op-cache": "writeOnly"},
+     "json": {"model": "ok", "messages": MESSAGES, "seed": 1}}, 200),
+    ("op-cache, a hit", {"method": "POST", "url": CHAT, "headers": {"op-cache": "readOnly"},
+     "json": {"model": "ok", "messages": MESSAGES, "seed": 1}}, 200),
+    ("op-cache, a miss", {"method": "POST", "url": CHAT, "headers": {"op-cache": "readOnly"},
+     "json": {"model": "ok", "messages": MESSAGES, "seed": 2}}, 200),
 ]  # fmt: skip
 
 

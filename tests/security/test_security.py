@@ -1,5 +1,5 @@
-"""Security: gateway keys on every /v1/* route, the provider key kept out of every output, body and header size
-limits over real HTTP, no way for a client to choose the upstream, and the console's API behind the key.
+"""Security: gateway keys on every /v1/* and /api/v1/* route, the provider key kept out of every output, body and
+header size limits over real HTTP, no way for a client to choose the upstream, and the console's API behind the key.
 
 The gateway is the real one (router, SQLite store, embedded reward server with a tiny model) in front of a fake
 upstream that records what reaches it and, on `always-500`, answers with an error that quotes the provider key
@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from gateway.api.ui import UI_DIR
 from gateway.config import GatewaySettings
-from gateway.proxy import MAX_HEADER_BYTES
+from gateway.proxy import GUARDED, MAX_HEADER_BYTES
 from gateway.upstream.providers import LiteLLMProvider, ProviderConfig, UpstreamError
 from gateway.upstream.router import FORBIDDEN_FIELDS
 from tests.gateway.fakes import KEY, MESSAGES, FakeUpstream, Gateway, running_gateway, until
@@ -143,8 +143,8 @@ def concrete(template: str, value: str = "x") -> str:
 async def test_every_v1_route_refuses_a_missing_or_wrong_key_before_doing_anything(
     gw: Gateway, upstream: RecordingUpstream
 ) -> None:
-    v1 = [(path, method) for path, method in routes(gw) if path.startswith("/v1/")]
-    assert len(v1) >= 25
+    v1 = [(path, method) for path, method in routes(gw) if path.startswith(GUARDED)]  # /v1/* and OpenPipe's
+    assert len(v1) >= 39
     body = json.dumps({"model": "ok", "messages": MESSAGES, "store": True, "name": "d"}).encode()
     for path, method in v1:
         for value in BAD_KEYS:
@@ -174,7 +174,7 @@ async def test_refused_requests_reach_neither_the_upstream_nor_the_store(
 
 
 async def test_only_health_metrics_the_document_and_the_console_shell_are_open(gw: Gateway) -> None:
-    open_routes = [(path, method) for path, method in routes(gw) if not path.startswith("/v1/")]
+    open_routes = [(path, method) for path, method in routes(gw) if not path.startswith(GUARDED)]
     assert {path for path, _ in open_routes} == {"/health", "/metrics", "/openapi.json", "/ui", "/ui/static/{name}"}
     for path, method in open_routes:
         response = await gw.client.request(method, concrete(path, "app.js"))
@@ -211,6 +211,33 @@ async def test_the_console_calls_only_v1_routes_and_sends_the_key(gw: Gateway) -
 
 
 # ---------------------------------------------------------------- the provider key
+
+
+async def exercise_openpipe(call: Any, judged: dict[str, Any]) -> None:
+    """Every route of OpenPipe's mount (/api/v1), failures included."""
+    op, chat = "/api/v1", {"model": "ok", "messages": MESSAGES, "n": 2}
+    await call("POST", f"{op}/chat/completions", json={"model": "always-500", "messages": MESSAGES})
+    headers = {"op-criteria": '["tiny-rm", "judge-down"]', "op-cache": "readWrite", "op-tags": '{"app": "op"}'}
+    for _ in range(2):  # a miss, then a hit
+        await call("POST", f"{op}/chat/completions", json=chat, headers=headers)
+    failed = {"reqPayload": {"model": "ok", "messages": MESSAGES}, "statusCode": 500, "errorMessage": "down"}
+    await call("POST", f"{op}/report", json=failed)
+    only = [{"field": "tags.app", "equals": "op"}]
+    await call("POST", f"{op}/logs/update-metadata", json={"filters": only, "metadata": {"k": "v"}})
+    await call("POST", f"{op}/logs/update-tags", json={"filters": only, "tags": {"k": None}})
+    await call("GET", f"{op}/local-testing-only-get-latest-logged-call")
+    assert (await call("POST", f"{op}/criteria/judge", json=judged)).status_code == 502
+    dataset = (await call("POST", f"{op}/datasets", json={"name": "OpenPipe set"})).json()
+    await call("GET", f"{op}/datasets")
+    entries = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:5]]
+    added = f"{op}/datasets/{dataset['id']}/entries"
+    await call("POST", f"{op}/datasets/{{dataset_id}}/entries", added, json={"entries": entries})
+    config = {"provider": "openpipeReward", "baseModel": "minilm"}
+    await call("POST", f"{op}/models", json={"datasetId": dataset["id"], "slug": "op-rm", "trainingConfig": config})
+    await call("GET", f"{op}/models")
+    await call("GET", f"{op}/models/{{slug}}", f"{op}/models/op-rm")
+    await call("DELETE", f"{op}/models/{{slug}}", f"{op}/models/op-rm")
+    await call("DELETE", f"{op}/datasets/{{dataset_id}}", f"{op}/datasets/{dataset['id']}")
 
 
 async def exercise(gw: Gateway, upstream: RecordingUpstream) -> list[httpx.Response]:
@@ -290,6 +317,7 @@ async def exercise(gw: Gateway, upstream: RecordingUpstream) -> list[httpx.Respo
     await call("GET", "/v1/reward-models/{id}", f"/v1/reward-models/{job['id']}")
     await call("POST", "/v1/reward-models/{id}/cancel", f"/v1/reward-models/{job['id']}/cancel")
     await call("DELETE", "/v1/datasets/{dataset}", "/v1/datasets/fb")
+    await exercise_openpipe(call, judged)
     for path in ("/health", "/metrics", "/openapi.json", "/ui"):
         await call("GET", path)
     await call("GET", "/ui/static/{name}", "/ui/static/app.js")

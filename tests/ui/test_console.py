@@ -479,6 +479,7 @@ def test_reward_models_page_lists_what_is_deployed_and_copies_the_slug(console: 
     console.wait(lambda _: button.text == "Copied")
     if live.has_routes("/v1/reward-models"):
         console.find("#jobs table")
+        console.text_of("#jobs h2", "Fine Tunes")  # OpenPipe's console's name for the trained models' statuses
     else:  # the training API is not mounted yet: said inline, the rest of the page works
         console.text_of("#jobs .error", "404")
 
@@ -541,7 +542,9 @@ def test_the_whole_loop_upload_train_deploy_serve_log_feedback(console: Console,
     console.click("#upload-button")
     console.text_of("#upload-report", "Added 60 pairs")
 
+    assert console.find("#train-button").text == "Reward Model"  # the seed's button and dialog
     console.click("#train-button")
+    console.text_of("dialog h2", "Reward Model")
     console.wait(lambda _: len(console.find("#rm-base-model").find_elements("css selector", "option")) > 1 or None)
     from selenium.webdriver.support.ui import Select
 

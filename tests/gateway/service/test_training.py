@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.service.training import (
+    DEFAULT_LEARNING_RATE,
     Hyperparameters,
     JobRunner,
     JobSpec,
@@ -158,6 +159,12 @@ def test_base_models_match_the_trainer_aliases() -> None:
     assert {m.id for m in models} == set(ALIASES.values())
     assert {name for m in models for name in (m.id, *m.aliases)} == set(ALIASES)
     assert [m.id for m in models if m.default] == [DEFAULT_BASE]
+
+
+def test_the_default_learning_rate_is_the_trainers() -> None:
+    from trainer.config import TrainConfig  # no torch at import
+
+    assert TrainConfig.__dataclass_fields__["learning_rate"].default == DEFAULT_LEARNING_RATE
 
 
 def test_output_parsing_progress_bars_and_error_lines() -> None:

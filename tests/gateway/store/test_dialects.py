@@ -54,7 +54,7 @@ def test_both_dialects_are_exactly_the_dialect_interface() -> None:
     pytest.importorskip("psycopg")
     from gateway.store.postgres import PostgresDialect
 
-    assert len(_interface()) == 21
+    assert len(_interface()) == 24
     assert _methods(SqliteDialect) == _interface()
     assert _methods(PostgresDialect) == _interface()
 

@@ -66,3 +66,13 @@ async def test_updates_set_and_clear_fields_and_stamp_updated_at(store: LogStore
     with pytest.raises(InvalidInputError):  # the schema's CHECK on state
         await store.update_job("job_1", state="LOST")
     assert await store.get_job("job_1") == resumed
+
+
+async def test_delete_jobs_removes_every_job_of_one_slug(store: LogStore) -> None:
+    await store.create_job(job())
+    await store.create_job(job("job_2", seconds=1))
+    other = JobRecord("job_3", "tone-rm", "ds_1", "tiny-base", {}, "/data/ds_1.jsonl", T0, T0)
+    await store.create_job(other)
+    assert await store.delete_jobs("support-rm") == 2
+    assert [j.id for j in await store.list_jobs()] == ["job_3"]
+    assert await store.delete_jobs("support-rm") == 0

@@ -232,6 +232,32 @@ async def test_update_metadata_merges_removes_and_reindexes(store: LogStore) -> 
         await store.update_metadata("log_missing", {"a": "b"})
 
 
+async def test_update_metadata_where_patches_every_match_once(store: LogStore) -> None:
+    """The matches are read before the first write: a patch of the filtered key itself reaches each log once."""
+    one, two = await add(store, metadata={"prompt": "a"}), await add(store, metadata={"prompt": "a", "k": "v"})
+    other = await add(store, metadata={"prompt": "b"}, model="other-model")
+    assert await store.update_metadata_where(LogQuery(metadata={"prompt": "a"}), {"prompt": "z", "k": None}) == 2
+    assert [(await store.get_log(x.id)).metadata for x in (one, two, other)] == [
+        {"prompt": "z"},
+        {"prompt": "z"},
+        {"prompt": "b"},
+    ]
+    assert await store.update_metadata_where(LogQuery(metadata={"prompt": "a"}), {"x": "y"}) == 0
+    assert await store.update_metadata_where(LogQuery(model="other-model"), {"x": "y"}) == 1
+
+
+async def test_completion_ids_and_cache_hits_are_stored_and_filtered(store: LogStore) -> None:
+    plain = await add(store)
+    hit = await store.create_log(
+        model="m", request=REQUEST, candidates=[ok(0, 0.5, 0)], latencies=Latencies(), completion_id="chatcmpl-7",
+        cache_hit=True,
+    )  # fmt: skip
+    assert (plain.completion_id, plain.cache_hit) == (None, False)
+    assert await store.get_log(hit.id) == hit and (hit.completion_id, hit.cache_hit) == ("chatcmpl-7", True)
+    assert [x.id for x in await all_logs(store, LogQuery(completion_id="chatcmpl-7"))] == [hit.id]
+    assert render(Log, hit)["completion_id"] == "chatcmpl-7" and render(Log, hit)["cache_hit"] is True
+
+
 # ---------------------------------------------------------------- durability
 
 
