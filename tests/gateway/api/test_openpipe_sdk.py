@@ -102,6 +102,7 @@ async def gateway_on_http(tmp_path: Path, upstream: FakeUpstream, **changes: Any
     settings = GatewaySettings(
         api_keys=(GATEWAY_KEY,), models_dir=str(tmp_path / "models"), jobs_dir=str(tmp_path / "jobs"),
         store_url=str(tmp_path / "gw.db"), trainer_args=FAST, device="cpu",
+        base_model_dirs=(str(tmp_path),),  # the scenario's tiny base model is saved there
     ).replace(**changes)  # fmt: skip
     configs = [ProviderConfig(name, "openai", upstream.url, KEY) for name in ("fake", "openai", "openpipe")]
     router = Router.from_configs(configs, default_provider="openai", retry=RetryPolicy(attempts=1))
