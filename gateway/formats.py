@@ -530,6 +530,22 @@ def load_data(
     return load_pairs(source, skip_invalid=skip_invalid)
 
 
+# ---------------------------------------------------------------- the card's reward statistics (contract 2)
+
+
+def reward_histogram(scores: Sequence[float], bins: int = 20) -> dict[str, list[float] | list[int]] | None:
+    """`reward_stats.histogram` of rewardgate.json, which the console draws: {"edges": bins + 1 values, "counts":
+    bins}; None without scores. Written by the trainer and by the importer of published models."""
+    if not scores:
+        return None
+    low, high = min(scores), max(scores)
+    width = (high - low) / bins or 1.0
+    counts = [0] * bins
+    for score in scores:
+        counts[min(bins - 1, int((score - low) / width))] += 1
+    return {"edges": [round(low + i * width, 6) for i in range(bins + 1)], "counts": counts}
+
+
 # ---------------------------------------------------------------- rendering and pooling (contract 2)
 
 

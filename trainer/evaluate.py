@@ -17,21 +17,9 @@ from typing import Any
 
 import torch
 
-from gateway.formats import Message, PreferencePair, RatedResponse, pool_rewards, render_responses
+from gateway.formats import Message, PreferencePair, RatedResponse, pool_rewards, render_responses, reward_histogram
 from trainer.data import pad_right
 from trainer.objective import Pairwise, Pointwise
-
-
-def reward_histogram(scores: Sequence[float], bins: int = 20) -> dict[str, list[float] | list[int]] | None:
-    """{"edges": bins + 1 values, "counts": bins}: the rewards' distribution, drawn by the console."""
-    if not scores:
-        return None
-    low, high = min(scores), max(scores)
-    width = (high - low) / bins or 1.0
-    counts = [0] * bins
-    for score in scores:
-        counts[min(bins - 1, int((score - low) / width))] += 1
-    return {"edges": [round(low + i * width, 6) for i in range(bins + 1)], "counts": counts}
 
 
 @dataclass(frozen=True)
