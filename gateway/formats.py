@@ -383,6 +383,20 @@ def parse_rated(obj: object) -> RatedResponse:
     return RatedResponse(tuple(prompt), response, reward, split, weight, tools, tool_choice, metadata)
 
 
+def parse_record(obj: object) -> PreferencePair | RatedResponse:
+    """A record of either kind, as `is_rated` tells them apart (a dataset's upload, where each entry says what it
+    is); PairError naming the field."""
+    return parse_rated(obj) if is_rated(obj) else parse_pair(obj)
+
+
+def parse_record_line(text: str) -> PreferencePair | RatedResponse:
+    obj = _decode(text)
+    try:
+        return parse_record(obj)
+    except RecursionError:
+        raise PairError("record nested too deeply") from None
+
+
 def parse_rated_line(text: str) -> RatedResponse:
     obj = _decode(text)
     try:
@@ -438,6 +452,13 @@ def iter_rated(
 ) -> Iterator[tuple[int, RatedResponse | LineError]]:
     """`iter_pairs` for rated responses: (line number, rated response or error) for every non-blank line."""
     yield from _iter_records(source, parse_rated_line)
+
+
+def iter_records(
+    source: str | os.PathLike[str] | Iterable[bytes | str],
+) -> Iterator[tuple[int, PreferencePair | RatedResponse | LineError]]:
+    """`iter_pairs` for lines of either kind, each line parsed as what it is (`parse_record`)."""
+    yield from _iter_records(source, parse_record_line)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,9 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             progress TEXT, metrics TEXT, reward_stats TEXT, version TEXT, resumed INTEGER NOT NULL DEFAULT 0)""",
         "CREATE INDEX jobs_created ON jobs (created_at, id)",
     ),
+    (  # 6: a job's kind: training on a dataset, or importing a published reward model
+        "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train' CHECK (kind IN ('train', 'import'))",
+    ),
 )
 
 # Postgres: step i brings a schema to version i + 1 (a row in rewardgate_schema).
@@ -105,6 +108,9 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             state TEXT NOT NULL CHECK (state IN ('PENDING', 'QUEUED', 'TRAINING', 'DEPLOYED', 'ERROR')), error TEXT,
             progress JSONB, metrics JSONB, reward_stats JSONB, version TEXT, resumed INTEGER NOT NULL DEFAULT 0)""",
         "CREATE INDEX jobs_created ON jobs (created_at, id)",
+    ),
+    (  # 6: a job's kind: training on a dataset, or importing a published reward model
+        "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train' CHECK (kind IN ('train', 'import'))",
     ),
 )
 

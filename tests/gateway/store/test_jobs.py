@@ -66,3 +66,11 @@ async def test_updates_set_and_clear_fields_and_stamp_updated_at(store: LogStore
     with pytest.raises(InvalidInputError):  # the schema's CHECK on state
         await store.update_job("job_1", state="LOST")
     assert await store.get_job("job_1") == resumed
+
+
+async def test_a_jobs_kind_is_stored_train_by_default(store: LogStore) -> None:
+    imported = JobRecord("job_i", "acme-rm", "", "acme/rm-8b", {}, "", T0, T0, kind="import")
+    await store.create_job(imported)
+    await store.create_job(job())
+    assert (await store.get_job("job_i")).kind == "import" and (await store.get_job("job_1")).kind == "train"
+    assert render(Job, await store.get_job("job_i"))["kind"] == "import"
