@@ -51,7 +51,8 @@ class RatedMetrics:
     auc: float | None  # 0/1 rewards only: P(a 1-row scores above a 0-row), ties half
     rmse: float | None  # on the data's scale: the raw reward mapped back by the objective (Pointwise.to_target)
     pass_threshold: float
-    pass_accuracy: float | None  # rows where prediction and reward fall on the same side of pass_threshold
+    pass_accuracy: float | None  # rows where prediction and reward fall on the same side of pass_threshold (None
+    # when every reward is on one side of it: no PASS/FAIL to agree on)
     reward_mean: float
     reward_std: float
     length_spearman: float | None  # the "longer is better" baseline: Spearman of response length with the rewards
@@ -208,6 +209,7 @@ def rated_metrics(
     rewards = [r.reward for r in rows]
     predicted = [to_target(s) for s in scores]
     agree = sum((p >= threshold) == (r >= threshold) for p, r in zip(predicted, rewards, strict=True))
+    both_sides = min(rewards) < threshold <= max(rewards)  # else the agreement says nothing (1-5 stars at 0.5)
     return RatedMetrics(
         count=len(rows),
         pearson=pearson(scores, rewards),
@@ -215,7 +217,7 @@ def rated_metrics(
         auc=roc_auc(scores, rewards) if all(r in (0.0, 1.0) for r in rewards) else None,
         rmse=math.sqrt(statistics.fmean((p - r) ** 2 for p, r in zip(predicted, rewards, strict=True))),
         pass_threshold=threshold,
-        pass_accuracy=agree / len(rows),
+        pass_accuracy=agree / len(rows) if both_sides else None,
         reward_mean=statistics.fmean(scores),
         reward_std=statistics.pstdev(scores),
         length_spearman=spearman([float(len(r.response.content)) for r in rows], rewards),

@@ -287,8 +287,11 @@ class DistillService:
         trainer_args = (*self._settings.trainer_args, f"--pass-threshold={threshold}")
         trainer_args += (f"--epochs={epochs}",) if epochs else ()
 
+        shown: set[int] = set()
+
         async def progress(update: JobUpdate) -> None:
-            if (p := update.progress) is not None:
+            if (p := update.progress) is not None and p.step not in shown:
+                shown.add(p.step)
                 log(f"training: step {p.step}/{p.total or '?'}, loss {p.loss}")
 
         done = await train_rows(path, slug, self._settings.models_dir, base_model=base_model,

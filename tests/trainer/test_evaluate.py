@@ -48,6 +48,7 @@ def test_rated_metrics_map_scores_onto_the_rewards_scale() -> None:
     assert off.pass_accuracy == 0.5 and off.spearman == pytest.approx(-0.8)
     thumbs = rated_metrics([rated(1.0), rated(0.0)], [0.3, -0.3], Pointwise("binary_cross_entropy").to_target, 0.5)
     assert thumbs.auc == 1.0 and thumbs.pass_accuracy == 1.0
+    assert rated_metrics(rows, scores, objective.to_target, threshold=3.0).pass_accuracy is None  # all on one side
     empty = rated_metrics([], [], objective.to_target, 0.5)
     assert empty.count == 0 and empty.to_dict()["pearson"] is None
 
