@@ -176,7 +176,8 @@ def test_the_cli_imports_prints_a_summary_and_refuses_with_exit_1(
 
 @pytest.mark.anyio
 async def test_the_imported_version_is_served_by_slug(published: Path, tmp_path: Path) -> None:
-    import_model(str(published), tmp_path, "acme-rm", calibration=SAMPLE_DATA, device="cpu", log=quiet)
+    import_model(str(published), tmp_path, "acme-rm", calibration=SAMPLE_DATA, calibration_split="TEST", device="cpu",
+                 log=quiet)  # fmt: skip
     app = create_app(ServerSettings(models_dir=str(tmp_path), device="cpu"))
     pair = load_pairs(SAMPLE_DATA).split("TEST")[0]
     conversations = [[m.to_dict() for m in c] for c in (pair.chosen_conversation, pair.rejected_conversation)]
@@ -184,7 +185,7 @@ async def test_the_imported_version_is_served_by_slug(published: Path, tmp_path:
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rm")
         async with client:
             listing = (await client.get("/v1/models")).json()["data"]
-            assert [m["id"] for m in listing] == ["acme-rm@v1"] and listing[0]["reward_stats"]["count"] == 800
+            assert [m["id"] for m in listing] == ["acme-rm@v1"] and listing[0]["reward_stats"]["count"] == 84
             scored = await client.post("/v1/score", json={"model": "acme-rm", "conversations": conversations})
     assert scored.status_code == 200 and scored.json()["version"] == "v1" and len(scored.json()["data"]) == 2
 
