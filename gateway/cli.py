@@ -11,6 +11,8 @@ custom provider `local`, so `local:<name>` needs no key and no network. Must not
 
     rewardgate serve [--config FILE] [--<setting> VALUE ...]        the OpenAI-compatible gateway
     rewardgate eval pairs|replay|logs --criterion ID ...           a criterion offline (gateway.criteria.evaluation)
+    rewardgate distill --criterion JUDGE[@vN] --slug S ...         a judge's stored scores -> a reward model, compared
+                                                                   with the judge (gateway.service.distill)
 
 Settings: defaults < --config file < REWARDGATE_* environment < flags (one flag per GatewaySettings field).
 """
@@ -39,6 +41,7 @@ from gateway.config import GatewaySettings
 from gateway.criteria import DEFAULT_KINDS, CriteriaError, Criterion, CriterionKind, RewardModelCatalog
 from gateway.criteria.evaluation import pairwise_accuracy, parse_replay_rows, replay, replay_report
 from gateway.criteria.reward_client import reward_server_client
+from gateway.errors import GatewayError
 from gateway.formats import DatasetError, load_pairs
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import create_app
@@ -48,6 +51,7 @@ from gateway.reward_serving.server import create_app as create_reward_app
 from gateway.service.chat import ChatService
 from gateway.service.criteria import CriteriaService, load_criteria_file, router_judge
 from gateway.service.datasets import DatasetService
+from gateway.service.distill import DistillService
 from gateway.service.feedback import FeedbackService
 from gateway.service.jobs import JobService
 from gateway.store import LogQuery, open_store
@@ -102,7 +106,8 @@ async def open_services(
             logger.info("criteria file %s: %d new version(s)", settings.criteria_file, len(added))
         await stack.enter_async_context(jobs)  # resumes interrupted training jobs; stops trainers at exit
         feedback = FeedbackService(store)
-        yield Services(settings, store, metrics, chat, criteria, datasets, feedback, jobs, reward)
+        distill = DistillService(settings, store=store, criteria=criteria, datasets=datasets, jobs=jobs)
+        yield Services(settings, store, metrics, chat, criteria, datasets, feedback, jobs, reward, distill)
 
 
 def build_app(settings: GatewaySettings, **wiring: Any) -> Starlette:
@@ -156,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_flags(serve)
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     _eval_commands(commands)
+    _distill_command(commands)
     return parser
 
 
@@ -205,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args["command"] == "eval":
         return asyncio.run(evaluate(args, settings))
+    if args["command"] == "distill":
+        return asyncio.run(distill(args, settings))
     with asyncio.Runner(loop_factory=_fast_loop()) as runner:
         runner.run(serve(settings, log_level))
     return 0
@@ -311,3 +319,43 @@ async def _logs(args: dict[str, Any], service: CriteriaService, criterion: Crite
 
 def _name(criterion: Criterion) -> dict[str, Any]:
     return {"slug": criterion.slug, "version": criterion.version, "kind": criterion.kind}
+
+
+# ---------------------------------------------------------------- rewardgate distill
+
+
+def _distill_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "distill", help="train a reward model on a judge's stored scores and compare the two on a held-back slice"
+    )
+    command.add_argument("--criterion", required=True, help="the judge: 'slug' (its newest version) or 'slug@vN'")
+    command.add_argument("--slug", required=True, help="the reward model to write: MODELS_DIR/SLUG/vN")
+    command.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="log filter; repeatable")
+    command.add_argument("--model", help="log filter: the requested model")
+    command.add_argument("--limit", type=int, default=1000, help="at most this many logs, newest first")
+    command.add_argument("--test-fraction", type=float, default=0.2, help="prompts held back for the comparison")
+    command.add_argument("--threshold", type=float, default=0.5, help="the judge's PASS threshold (normalized)")
+    command.add_argument("--judge-sample", type=int, default=8, help="candidates judged again to time and price it")
+    command.add_argument("--base-model", default="", help="the trainer's --base-model (default: its default)")
+    command.add_argument("--epochs", type=int, default=0, help="the trainer's --epochs (0: its default)")
+    command.add_argument("--out", help="where to write the rows (default: JOBS_DIR/distill/SLUG-<time>.jsonl)")
+    _settings_flags(command)
+
+
+async def distill(args: dict[str, Any], settings: GatewaySettings, environ: Mapping[str, str] | None = None) -> int:
+    """`rewardgate distill` (gateway.service.distill): one JSON report on stdout, training progress on stderr.
+    Exit 0; 1 when training failed; 2 for a bad criterion or too little data."""
+    try:
+        async with open_services(settings.replace(training_worker=False), environ=environ) as services:
+            report = await services.distill.distil(
+                args["criterion"], args["slug"],
+                LogQuery(metadata=dict(item.partition("=")[::2] for item in args["metadata"]), model=args["model"]),
+                limit=args["limit"], test_fraction=args["test_fraction"], threshold=args["threshold"],
+                judge_sample=args["judge_sample"], base_model=args["base_model"], epochs=args["epochs"],
+                out=args["out"], log=lambda line: print(f"rewardgate distill: {line}", file=sys.stderr),
+            )  # fmt: skip
+    except (CriteriaError, GatewayError) as exc:
+        print(f"rewardgate distill: {exc}", file=sys.stderr)
+        return 2
+    _print(report)
+    return 0 if report["state"] == "DEPLOYED" else 1

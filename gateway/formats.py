@@ -1,7 +1,8 @@
 """The shared data format: messages, preference pairs, JSONL reading/validation/splitting, rendering.
 
-Owns DESIGN contract 1 (the preference JSONL) and the one conversation -> tokens render function
-and reward pooling rule of contract 2, used by both the trainer and the reward server.
+Owns DESIGN contract 1 (the preference JSONL), its pointwise sibling (rated responses: one response with a
+scalar reward, validated the same way), and the one conversation -> tokens render function and reward pooling
+rule of contract 2, used by the trainer, the reward server and the importer of published reward models.
 Must not import starlette, httpx, litellm, torch or transformers: tokenizers and models are
 passed in as arguments and used through their methods only.
 """
@@ -214,20 +215,11 @@ def split_for_prompt(prompt: Sequence[Message]) -> Split:
     return "TEST" if bucket < TEST_FRACTION_PER_MILLE else "TRAIN"
 
 
-def parse_pair(obj: object) -> PreferencePair:
-    """Validate one decoded JSON record in any accepted shape; raises PairError naming the field."""
-    if not isinstance(obj, dict):
-        raise PairError(f"record must be a JSON object, got {type(obj).__name__}")
-    if "messages" in obj or "rejected_message" in obj:
-        prompt, chosen, rejected = _seed_shape(obj)
-    elif "prompt" in obj:
-        prompt, chosen, rejected = _prompt_shape(obj)
-    elif isinstance(obj.get("chosen"), list) and obj["chosen"] and isinstance(obj["chosen"][0], dict):
-        prompt, chosen, rejected = _two_conversations_shape(obj)
-    else:
-        raise PairError("missing messages: expected `messages` + `rejected_message` (or prompt/chosen/rejected)")
-    if (chosen.content, chosen.tool_calls) == (rejected.content, rejected.tool_calls):
-        raise PairError("chosen and rejected answers are identical")
+def _common_fields(
+    obj: dict[str, Any], prompt: Sequence[Message]
+) -> tuple[Split, tuple[Mapping[str, Any], ...] | None, str | Mapping[str, Any] | None, Mapping[str, Any]]:
+    """split (the record's, else the prompt-hash split), tools, tool_choice and metadata: the fields a preference
+    pair and a rated response share, checked the same way."""
     split = obj.get("split")
     if split is None:
         split = split_for_prompt(prompt)
@@ -242,38 +234,173 @@ def parse_pair(obj: object) -> PreferencePair:
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise PairError("metadata: must be an object")
-    margin = obj.get("margin", 0.0)
-    if isinstance(margin, bool) or not isinstance(margin, int | float):
-        raise PairError("margin: must be a number")
+    return cast(Split, split), tuple(tools) if tools is not None else None, tool_choice, metadata
+
+
+def _number(obj: dict[str, Any], name: str, default: float | None = None) -> float:
+    """A finite number field (never a bool); `default` when absent, else absent is an error."""
+    if name not in obj and default is not None:
+        return default
+    value = obj.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PairError(f"{name}: {'missing' if name not in obj else 'must be a number'}")
     try:
-        margin = float(margin)
+        number = float(value)
     except OverflowError:
-        raise PairError("margin: number out of range") from None
-    if not math.isfinite(margin):
-        raise PairError("margin: must be a finite number")
+        raise PairError(f"{name}: number out of range") from None
+    if not math.isfinite(number):
+        raise PairError(f"{name}: must be a finite number")
+    return number
+
+
+def parse_pair(obj: object) -> PreferencePair:
+    """Validate one decoded JSON record in any accepted shape; raises PairError naming the field."""
+    if not isinstance(obj, dict):
+        raise PairError(f"record must be a JSON object, got {type(obj).__name__}")
+    if is_rated(obj):
+        raise PairError(
+            "a rated response (`reward` or `label`) among preference pairs: a file holds one kind of record"
+        )
+    if "messages" in obj or "rejected_message" in obj:
+        prompt, chosen, rejected = _seed_shape(obj)
+    elif "prompt" in obj:
+        prompt, chosen, rejected = _prompt_shape(obj)
+    elif isinstance(obj.get("chosen"), list) and obj["chosen"] and isinstance(obj["chosen"][0], dict):
+        prompt, chosen, rejected = _two_conversations_shape(obj)
+    else:
+        raise PairError("missing messages: expected `messages` + `rejected_message` (or prompt/chosen/rejected)")
+    if (chosen.content, chosen.tool_calls) == (rejected.content, rejected.tool_calls):
+        raise PairError("chosen and rejected answers are identical")
+    split, tools, tool_choice, metadata = _common_fields(obj, prompt)
+    margin = _number(obj, "margin", 0.0)
     return PreferencePair(
         prompt=tuple(prompt),
         chosen=chosen,
         rejected=rejected,
-        split=cast(Split, split),
-        tools=tuple(tools) if tools is not None else None,
+        split=split,
+        tools=tools,
         tool_choice=tool_choice,
         metadata=metadata,
         margin=margin,
     )
 
 
-def parse_line(text: str) -> PreferencePair:
+def _decode(text: str) -> object:
     try:
-        obj = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise PairError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise PairError("invalid JSON: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer beyond Python's digit limit
         raise PairError(f"invalid JSON: {exc}") from None
+
+
+def parse_line(text: str) -> PreferencePair:
+    obj = _decode(text)
     try:
         return parse_pair(obj)
+    except RecursionError:
+        raise PairError("record nested too deeply") from None
+
+
+# ---------------------------------------------------------------- rated responses (scalar rewards)
+
+
+@dataclass(frozen=True)
+class RatedResponse:
+    """One response with a scalar reward (a rating, thumbs up/down as 1/0, a judge's score): the pointwise
+    sibling of PreferencePair. `weight` multiplies the record's loss."""
+
+    prompt: tuple[Message, ...]
+    response: Message
+    reward: float
+    split: Split
+    weight: float = 1.0
+    tools: tuple[Mapping[str, Any], ...] | None = None
+    tool_choice: str | Mapping[str, Any] | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def conversation(self) -> tuple[Message, ...]:
+        return (*self.prompt, self.response)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "messages": [m.to_dict() for m in self.conversation],
+            "reward": self.reward,
+            "split": self.split,
+        }
+        if self.weight != 1.0:
+            out["weight"] = self.weight
+        if self.tools is not None:
+            out["tools"] = [dict(t) for t in self.tools]
+        if self.tool_choice is not None:
+            out["tool_choice"] = self.tool_choice
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
+        return out
+
+
+PAIR_KEYS = frozenset({"rejected_message", "chosen", "rejected"})
+
+
+def is_rated(obj: object) -> bool:
+    """Whether a decoded record is a rated response (`reward`, or TRL's unpaired `completion` + `label`) rather
+    than a preference pair: what decides a file's kind (its first record) and a dataset entry's."""
+    return isinstance(obj, dict) and not PAIR_KEYS & set(obj) and ("reward" in obj or "label" in obj)
+
+
+def parse_rated(obj: object) -> RatedResponse:
+    """Validate one rated response: `{"messages": [..., assistant], "reward": number, "split"?, "weight"?}` (plus
+    `tools`, `tool_choice`, `metadata`), or TRL's unpaired shape `{"prompt", "completion", "label": bool}`
+    (label true = reward 1, false = 0). Raises PairError naming the field."""
+    if not isinstance(obj, dict):
+        raise PairError(f"record must be a JSON object, got {type(obj).__name__}")
+    if PAIR_KEYS & set(obj):
+        raise PairError("a preference pair among rated responses: a file holds one kind of record")
+    if "messages" in obj:
+        messages = _messages(obj.get("messages"), "messages")
+        if messages[-1].role != "assistant":
+            raise PairError(f"messages[{len(messages) - 1}]: last message must be the assistant's rated answer")
+        prompt, response = messages[:-1], messages[-1]
+        reward = _number(obj, "reward")
+    elif "prompt" in obj or "completion" in obj:
+        prompt_value = obj.get("prompt")
+        prompt = _messages([{"role": "user", "content": prompt_value}] if isinstance(prompt_value, str)
+                           else prompt_value, "prompt")  # fmt: skip
+        response = _response(obj.get("completion"), "completion")
+        label = obj.get("label")
+        if not isinstance(label, bool):
+            raise PairError(f"label: expected true or false, got {label!r}")
+        reward = 1.0 if label else 0.0
+    else:
+        raise PairError("missing messages: expected `messages` ending with the rated answer, and `reward`")
+    weight = _number(obj, "weight", 1.0)
+    if weight <= 0:
+        raise PairError("weight: must be positive")
+    split, tools, tool_choice, metadata = _common_fields(obj, prompt)
+    return RatedResponse(tuple(prompt), response, reward, split, weight, tools, tool_choice, metadata)
+
+
+def parse_record(obj: object) -> PreferencePair | RatedResponse:
+    """A record of either kind, as `is_rated` tells them apart (a dataset's upload, where each entry says what it
+    is); PairError naming the field."""
+    return parse_rated(obj) if is_rated(obj) else parse_pair(obj)
+
+
+def parse_record_line(text: str) -> PreferencePair | RatedResponse:
+    obj = _decode(text)
+    try:
+        return parse_record(obj)
+    except RecursionError:
+        raise PairError("record nested too deeply") from None
+
+
+def parse_rated_line(text: str) -> RatedResponse:
+    obj = _decode(text)
+    try:
+        return parse_rated(obj)
     except RecursionError:
         raise PairError("record nested too deeply") from None
 
@@ -296,14 +423,7 @@ def without_bom(text: str, number: int) -> str:
     return text.removeprefix("\ufeff") if number == 1 else text
 
 
-def iter_pairs(
-    source: str | os.PathLike[str] | Iterable[bytes | str],
-) -> Iterator[tuple[int, PreferencePair | LineError]]:
-    """Stream (line number, pair or error) over a JSONL file (plain or .gz) or an iterable of lines.
-
-    Blank lines are skipped; every other line yields exactly one result, so a caller sees every
-    bad line, never only the first.
-    """
+def _iter_records(source: str | os.PathLike[str] | Iterable[bytes | str], parse: Any) -> Iterator[tuple[int, Any]]:
     for number, raw in enumerate(_raw_lines(source), start=1):
         if isinstance(raw, bytes):
             try:
@@ -317,9 +437,34 @@ def iter_pairs(
         if not text.strip():
             continue
         try:
-            yield number, parse_line(text)
+            yield number, parse(text)
         except PairError as exc:
             yield number, LineError(number, str(exc))
+
+
+def iter_pairs(
+    source: str | os.PathLike[str] | Iterable[bytes | str],
+) -> Iterator[tuple[int, PreferencePair | LineError]]:
+    """Stream (line number, pair or error) over a JSONL file (plain or .gz) or an iterable of lines.
+
+    Blank lines are skipped; every other line yields exactly one result, so a caller sees every
+    bad line, never only the first.
+    """
+    yield from _iter_records(source, parse_line)
+
+
+def iter_rated(
+    source: str | os.PathLike[str] | Iterable[bytes | str],
+) -> Iterator[tuple[int, RatedResponse | LineError]]:
+    """`iter_pairs` for rated responses: (line number, rated response or error) for every non-blank line."""
+    yield from _iter_records(source, parse_rated_line)
+
+
+def iter_records(
+    source: str | os.PathLike[str] | Iterable[bytes | str],
+) -> Iterator[tuple[int, PreferencePair | RatedResponse | LineError]]:
+    """`iter_pairs` for lines of either kind, each line parsed as what it is (`parse_record`)."""
+    yield from _iter_records(source, parse_record_line)
 
 
 @dataclass(frozen=True)
@@ -349,6 +494,83 @@ def load_pairs(source: str | os.PathLike[str] | Iterable[bytes | str], *, skip_i
     if errors and not skip_invalid:
         raise DatasetError(str(source) if isinstance(source, str | os.PathLike) else "<lines>", errors)
     return PairSet(tuple(pairs), tuple(errors))
+
+
+@dataclass(frozen=True)
+class RatedSet:
+    """A file of rated responses; `binary` when every reward is 0 or 1 (thumbs up/down, PASS/FAIL)."""
+
+    rows: tuple[RatedResponse, ...]
+    skipped: tuple[LineError, ...] = ()
+
+    def split(self, name: Split) -> list[RatedResponse]:
+        return [r for r in self.rows if r.split == name]
+
+    @property
+    def binary(self) -> bool:
+        return bool(self.rows) and all(r.reward in (0.0, 1.0) for r in self.rows)
+
+    def summary(self) -> str:
+        train, test = len(self.split("TRAIN")), len(self.split("TEST"))
+        labels = ", 0/1 labels" if self.binary else ""
+        text = f"{len(self.rows)} rated responses (TRAIN {train}, TEST {test}{labels})"
+        return f"{text}, {len(self.skipped)} invalid line(s) skipped" if self.skipped else text
+
+
+def load_rated(source: str | os.PathLike[str] | Iterable[bytes | str], *, skip_invalid: bool = False) -> RatedSet:
+    """`load_pairs` for rated responses: every bad line reported, the file refused unless `skip_invalid`."""
+    rows: list[RatedResponse] = []
+    errors: list[LineError] = []
+    for _, item in iter_rated(source):
+        if isinstance(item, LineError):
+            errors.append(item)
+        else:
+            rows.append(item)
+    if errors and not skip_invalid:
+        raise DatasetError(str(source) if isinstance(source, str | os.PathLike) else "<lines>", errors)
+    return RatedSet(tuple(rows), tuple(errors))
+
+
+DataKind = Literal["pairs", "rated"]
+
+
+def data_kind(source: str | os.PathLike[str] | Iterable[bytes | str]) -> DataKind:
+    """What a file holds, decided by its first record that decodes to a JSON object (`is_rated`); pairs when
+    none does (the pair reader then reports every line)."""
+    for raw in _raw_lines(source):
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(obj, dict):
+            return "rated" if is_rated(obj) else "pairs"
+    return "pairs"
+
+
+def load_data(
+    source: str | os.PathLike[str] | Sequence[bytes | str], *, skip_invalid: bool = False
+) -> PairSet | RatedSet:
+    """Preference pairs or rated responses, whichever the file holds (`data_kind`); a line of the other kind is
+    a bad line, reported like any other."""
+    if data_kind(source) == "rated":
+        return load_rated(source, skip_invalid=skip_invalid)
+    return load_pairs(source, skip_invalid=skip_invalid)
+
+
+# ---------------------------------------------------------------- the card's reward statistics (contract 2)
+
+
+def reward_histogram(scores: Sequence[float], bins: int = 20) -> dict[str, list[float] | list[int]] | None:
+    """`reward_stats.histogram` of rewardgate.json, which the console draws: {"edges": bins + 1 values, "counts":
+    bins}; None without scores. Written by the trainer and by the importer of published models."""
+    if not scores:
+        return None
+    low, high = min(scores), max(scores)
+    width = (high - low) / bins or 1.0
+    counts = [0] * bins
+    for score in scores:
+        counts[min(bins - 1, int((score - low) / width))] += 1
+    return {"edges": [round(low + i * width, 6) for i in range(bins + 1)], "counts": counts}
 
 
 # ---------------------------------------------------------------- rendering and pooling (contract 2)

@@ -350,6 +350,7 @@ class Job(BaseModel):
     created_at: Timestamp
     updated_at: Timestamp
     resumed: int  # times a gateway restart resumed it
+    kind: Literal["train", "import"] = "train"  # import: a published reward model (base_model is its source)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -605,5 +606,42 @@ class JobCreate(BaseModel):
 
     dataset: str  # its id or name
     slug: str = Field(pattern="^[a-z0-9][a-z0-9._-]{0,127}$")
+    base_model: str = ""
+    hyperparameters: Hyperparameters | None = None
+
+
+class RatingFeedback(BaseModel):
+    """A user's rating of one choice: a rated response (reward = rating) for a pointwise reward model."""
+
+    model_config = _CLOSED
+
+    log_id: str
+    choice_index: int = Field(ge=0)
+    rating: float  # stars, a score, or 1 / 0 for thumbs up / down
+    dataset: str
+
+
+class ImportCreate(BaseModel):
+    """Import a published reward model (a *ForSequenceClassification with one label) as the slug's next version."""
+
+    model_config = _CLOSED
+
+    source: str  # a local model directory, or a hub id where the worker has network
+    slug: str = Field(pattern="^[a-z0-9][a-z0-9._-]{0,127}$")
+    calibration_dataset: str | None = None  # pairs or rated responses: reward_stats (and accuracy on pairs)
+
+
+class DistillCreate(BaseModel):
+    """Distil a criterion (an LLM judge) from its stored scores: the rows become a dataset and a training job."""
+
+    model_config = _CLOSED
+
+    criterion: str  # slug (its newest version) or slug@vN
+    slug: str = Field(pattern="^[a-z0-9][a-z0-9._-]{0,127}$")
+    metadata: dict[str, str] | None = None  # log filter
+    model: str | None = None  # log filter
+    limit: int = Field(default=1000, ge=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    dataset: str | None = None  # default: <slug>-distill
     base_model: str = ""
     hyperparameters: Hyperparameters | None = None

@@ -2,7 +2,7 @@
 resumes from, and the model card `rewardgate.json` (DESIGN contract 2), written last: its presence marks a
 complete model. Checkpoints are `<output>/checkpoints/step-<N>.pt`; only the newest `keep` are kept.
 
-Imports torch and trainer.config / data / distributed / evaluate; nothing else from the project.
+Imports torch, gateway.formats and trainer.config / data / distributed / evaluate; nothing else from the project.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
+from gateway.formats import PairSet
 from trainer.config import TrainConfig
 from trainer.data import TrainingData
 from trainer.distributed import Distributed
-from trainer.evaluate import PairMetrics
+from trainer.evaluate import Metrics
 
 CARD_FILE = "rewardgate.json"  # the gateway's job runner and the reward server read it (contract 2)
 
@@ -161,25 +162,30 @@ def resolved_config(
 
 
 def data_summary(path: str, data: TrainingData) -> dict[str, Any]:
-    """The card's `data`: which file (by content hash: it reads the file), how many pairs went where."""
+    """The card's `data`: which file (by content hash: it reads the file), how many pairs (or rated responses:
+    `rows`) went where."""
+    unit, dataset = data.unit, data.dataset
     return {
         "path": str(path),
         "sha256": file_sha256(path),
-        "pairs": len(data.dataset.pairs),
-        "train_pairs": len(data.train_pairs),
-        "test_pairs": len(data.test_pairs),
+        unit: len(dataset.pairs) if isinstance(dataset, PairSet) else len(dataset.rows),
+        f"train_{unit}": len(data.train),
+        f"test_{unit}": len(data.test),
         "skipped_lines": len(data.dataset.skipped),
         "truncation": data.truncation.to_dict(),
     }
 
 
-def training_summary(steps: int, seconds: float, stopped_early: bool, pairs: int, tokens: int) -> dict[str, Any]:
-    """The card's `training`: optimizer steps, loop time, whether a time budget cut it short, throughput."""
+def training_summary(
+    steps: int, seconds: float, stopped_early: bool, pairs: int, tokens: int, unit: str = "pairs"
+) -> dict[str, Any]:
+    """The card's `training`: optimizer steps, loop time, whether a time budget cut it short, throughput (pairs,
+    or rated responses: `rows`, per second)."""
     return {
         "steps": steps,
         "seconds": round(seconds, 2),
         "stopped_early": stopped_early,
-        "pairs_per_second": round(pairs / seconds, 3) if seconds else 0.0,
+        f"{unit}_per_second": round(pairs / seconds, 3) if seconds else 0.0,
         "tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
     }
 
@@ -194,14 +200,16 @@ def model_card(
     config: dict[str, Any],
     data: dict[str, Any],
     training: dict[str, Any],
-    test: PairMetrics,
+    test: Metrics,
     bf16: bool,
-    reward_stats: PairMetrics,
+    reward_stats: Metrics,
     stats_split: str,
+    objective: dict[str, Any] | None = None,
     created_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """rewardgate.json: what was trained, from what, how, and how well (TEST metrics in the precision
-    evaluated; reward mean/std/histogram on `stats_split`, which the gateway normalises scores with)."""
+    """rewardgate.json: what was trained, from what, with which objective (the loss the data called for), how,
+    and how well (TEST metrics in the precision evaluated; reward mean/std/histogram on `stats_split`, which the
+    gateway normalises scores with)."""
     created = created_at or dt.datetime.now(dt.UTC)
     return {
         "format": 1,
@@ -213,13 +221,14 @@ def model_card(
         "created_at": created.isoformat(timespec="seconds"),
         "max_length": cfg.max_length,
         "config": config,
+        "objective": objective or {"data": "pairs", "loss": "bradley_terry", "center_rewards": cfg.center_rewards},
         "data": data,
         "training": training,
         "metrics": {"test": test.to_dict(), "precision": "bf16" if bf16 else "fp32"},
         "reward_stats": {
             "mean": reward_stats.reward_mean,
             "std": reward_stats.reward_std,
-            "count": 2 * reward_stats.count,
+            "count": reward_stats.scored,
             "split": stats_split,
             "histogram": reward_stats.histogram(),
         },

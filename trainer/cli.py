@@ -1,4 +1,5 @@
-"""`rewardgate-train`: validate | train | eval. Parses flags, calls one function, prints the result.
+"""`rewardgate-train`: validate | train | eval, on preference pairs or rated responses (the file's first record
+decides). Parses flags, calls one function, prints the result.
 
 Exit codes: 0 success, 1 invalid data (one `line N: reason` per bad line), 2 usage error.
 Imports gateway.formats and trainer modules; torch only inside the commands that need it.
@@ -11,8 +12,9 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from gateway.formats import DatasetError, load_pairs
+from gateway.formats import DatasetError, PairSet, load_data
 from trainer.config import SAMPLE_DATA, add_arguments, from_namespace
 
 
@@ -24,7 +26,7 @@ def _offline_env() -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
-        pairs = load_pairs(args.file, skip_invalid=args.skip_invalid)
+        pairs = load_data(args.file, skip_invalid=args.skip_invalid)
     except DatasetError as exc:
         for error in exc.errors:
             print(str(error))
@@ -64,22 +66,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _offline_env()
-    from trainer.evaluate import evaluate_pairs, load_reward_model
+    from trainer.evaluate import evaluate_pairs, evaluate_rated, load_reward_model, target_mapping
 
-    pairs = load_pairs(args.data, skip_invalid=args.skip_invalid)
-    selected = list(pairs.pairs) if args.split == "all" else pairs.split(args.split)
+    data = load_data(args.data, skip_invalid=args.skip_invalid)
     model, tokenizer, meta = load_reward_model(args.model, args.device)
     max_length = args.max_length or int(meta.get("max_length", 512))
     bf16 = args.precision == "bf16"
-    metrics = evaluate_pairs(model, tokenizer, selected, max_length, bf16=bf16)
+    if isinstance(data, PairSet):
+        pairs = list(data.pairs) if args.split == "all" else data.split(args.split)
+        metrics: Any = evaluate_pairs(model, tokenizer, pairs, max_length, bf16=bf16)
+    else:  # rated responses: correlations, AUC for 0/1 rewards, PASS/FAIL agreement at --threshold
+        rows = list(data.rows) if args.split == "all" else data.split(args.split)
+        metrics = evaluate_rated(
+            model, tokenizer, rows, max_length, target_mapping(meta), bf16=bf16, threshold=args.threshold
+        )
     out = {
         "model": meta.get("slug", str(args.model)),
         "version": meta.get("version"),
         "data": args.data,
+        "kind": "pairs" if isinstance(data, PairSet) else "rated",
         "split": args.split,
         "precision": args.precision,
         **metrics.to_dict(),
-        "skipped_lines": len(pairs.skipped),
+        "skipped_lines": len(data.skipped),
     }
     print(json.dumps(out, indent=1))
     return 0
@@ -89,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewardgate-train", description="Train and evaluate reward models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("validate", help="check a preference JSONL; one line per bad line")
+    p = sub.add_parser("validate", help="check a preference or rated-response JSONL; one line per bad line")
     p.add_argument("file")
     p.add_argument("--skip-invalid", action="store_true", help="report bad lines but accept the rest")
     p.set_defaults(run=cmd_validate)
@@ -98,9 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("eval", help="pairwise accuracy of a trained model on a preference JSONL, as JSON")
-    p.add_argument("--model", required=True, help="reward-model directory written by `train`")
-    p.add_argument("--data", default=SAMPLE_DATA, help="preference JSONL")
+    p = sub.add_parser(
+        "eval",
+        help="a reward model on preference pairs (pairwise accuracy) or rated responses (Pearson, Spearman, AUC), "
+        "as JSON",
+    )
+    p.add_argument("--model", required=True, help="reward-model directory (trained, imported or distilled)")
+    p.add_argument("--data", default=SAMPLE_DATA, help="preference pairs or rated responses (JSONL)")
     p.add_argument("--split", default="all", choices=("all", "TRAIN", "TEST"), help="which pairs to score")
     p.add_argument("--max-length", type=int, default=0, help="render budget (default: the model's)")
     p.add_argument("--device", default="auto")
@@ -111,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fp32 = the reward server's CPU numbers; bf16 = faster on GPUs and AMX CPUs",
     )
     p.add_argument("--skip-invalid", action="store_true", help="score the valid lines of a file with bad ones")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="rated responses: PASS/FAIL agreement at this reward (the model's score mapped onto the rewards' scale)",
+    )
     p.set_defaults(run=cmd_eval)
     return parser
 

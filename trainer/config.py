@@ -24,20 +24,28 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = _opt(SAMPLE_DATA, "preference JSONL (contract 1); default: the bundled sample")
+    data: str = _opt(
+        SAMPLE_DATA, "preference pairs (contract 1) or rated responses (JSONL, .gz works); default: the bundled sample"
+    )
     output: str = _opt("", "directory to write the reward model to (required unless --models-dir)")
     models_dir: str = _opt("", "write to MODELS_DIR/SLUG/vN, N = the next free version")
     slug: str = _opt("", "model slug; default: the output directory's name")
     base_model: str = _opt("", "HF model id or path, or an offline alias (minilm, smollm2); empty = the default")
     epochs: int = _opt(2, "passes over the TRAIN split")
     learning_rate: float = _opt(5e-5, "peak learning rate")
-    batch_size: str = _opt("auto", "pairs per optimizer micro-batch (all processes together under torchrun), or 'auto'")
+    batch_size: str = _opt(
+        "auto",
+        "pairs (or rated responses) per optimizer micro-batch (all processes together under torchrun), or 'auto'",
+    )
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
     max_length: int = _opt(384, "token budget per conversation (prompt trimmed from the left first)")
     warmup_ratio: float = _opt(0.05, "fraction of steps with linear warmup")
     schedule: str = _opt("cosine", "learning-rate decay after warmup", choices=SCHEDULES)
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     center_rewards: float = _opt(0.0, "coefficient of the reward-centring penalty (0 = off; TRL suggests 0.01)")
+    pass_threshold: float = _opt(
+        0.5, "rated responses: TEST reports the PASS/FAIL agreement at this reward (0.5 suits 0/1 labels and judges)"
+    )
     precision: str = _opt(
         "auto",
         "auto = bf16 weights with fp32 master copies on CUDA and on CPUs with native "

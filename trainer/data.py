@@ -1,5 +1,6 @@
-"""Pairs -> token ids -> length-grouped, right-padded batches (chosen rows first, then rejected rows); the
-TRAIN/TEST pairs of one run.
+"""Pairs or rated responses -> token ids -> length-grouped, right-padded batches (for pairs: chosen rows first,
+then rejected rows; for rated responses: one row each, with its target and weight); the TRAIN/TEST records of one
+run and the objective their data calls for.
 
 Imports gateway.formats (the one render function), trainer.config and torch; nothing else from the project.
 """
@@ -9,12 +10,13 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from gateway.formats import PairSet, PreferencePair, render_responses
+from gateway.formats import PairSet, PreferencePair, RatedResponse, RatedSet, render_responses
 from trainer.config import TrainConfig
+from trainer.objective import Pairwise, Pointwise, pointwise_objective
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,31 @@ class TokenizedPair:
 
 
 @dataclass(frozen=True)
+class TokenizedRow:
+    """One rated response: its token ids, its training target (objective.target of the reward), its weight."""
+
+    ids: tuple[int, ...]
+    target: float
+    weight: float = 1.0
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+    @property
+    def longest(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
 class TruncationReport:
-    pairs_in: int
-    prompts_trimmed: int  # pairs kept with prompt tokens cut from the left
-    dropped: int  # pairs left out because a response alone exceeded max_length
+    pairs_in: int  # records in: pairs, or rated responses (`unit`)
+    prompts_trimmed: int  # records kept with prompt tokens cut from the left
+    dropped: int  # records left out because a response alone exceeded max_length
+    unit: str = "pairs"
 
     def to_dict(self) -> dict[str, int]:
-        return {"pairs_in": self.pairs_in, "prompts_trimmed": self.prompts_trimmed, "dropped": self.dropped}
+        return {f"{self.unit}_in": self.pairs_in, "prompts_trimmed": self.prompts_trimmed, "dropped": self.dropped}
 
 
 def tokenize_pairs(
@@ -64,31 +84,66 @@ def tokenize_pairs(
     return out, TruncationReport(len(pairs), trimmed, dropped)
 
 
+def tokenize_rated(
+    rows: Sequence[RatedResponse], tokenizer: Any, max_length: int, objective: Pointwise
+) -> tuple[list[TokenizedRow], TruncationReport]:
+    """`tokenize_pairs` for rated responses: the same render, the same truncation rule, the target of each."""
+    out: list[TokenizedRow] = []
+    trimmed = dropped = 0
+    for index, row in enumerate(rows):
+        (rendered,) = render_responses(tokenizer, row.prompt, [row.response], max_length, row.tools)
+        if not rendered.input_ids:
+            raise ValueError(f"the tokenizer produced no tokens for TRAIN row {index}")
+        if rendered.response_tokens_truncated:
+            dropped += 1
+            continue
+        trimmed += bool(rendered.prompt_tokens_trimmed)
+        out.append(TokenizedRow(rendered.input_ids, objective.target(row.reward), row.weight))
+    return out, TruncationReport(len(rows), trimmed, dropped, "rows")
+
+
 @dataclass(frozen=True)
 class TrainingData:
-    """The pairs of one run: TRAIN (sampled down to max_pairs) tokenized for training, TEST for evaluation."""
+    """The records of one run: TRAIN (sampled down to max_pairs) tokenized for training, TEST for evaluation, and
+    the objective: Bradley-Terry for pairs, the pointwise loss the TRAIN rewards call for for rated responses."""
 
-    dataset: PairSet  # the whole file: its counts and skipped lines go into the model card
-    train_pairs: list[PreferencePair]
-    test_pairs: list[PreferencePair]
-    examples: list[TokenizedPair]  # train_pairs tokenized, less those whose answer did not fit
+    dataset: PairSet | RatedSet  # the whole file: its counts and skipped lines go into the model card
+    train: list[Any]  # PreferencePair or RatedResponse, as the file holds
+    test: list[Any]
+    examples: list[Any]  # train tokenized (TokenizedPair or TokenizedRow), less those whose answer did not fit
     truncation: TruncationReport
+    objective: Pairwise | Pointwise
+
+    @property
+    def unit(self) -> str:
+        return self.truncation.unit
 
     def summary(self) -> str:
         return (
-            f"{self.dataset.summary()}; training on {len(self.examples)} pairs; truncation {self.truncation.to_dict()}"
+            f"{self.dataset.summary()}; training on {len(self.examples)} {self.unit}; "
+            f"truncation {self.truncation.to_dict()}"
         )
 
 
-def training_data(cfg: TrainConfig, dataset: PairSet, tokenizer: Any) -> TrainingData:
-    """Split by each pair's `split`, take at most `max_pairs` TRAIN pairs (a seeded sample), tokenize them."""
-    train_pairs, test_pairs = dataset.split("TRAIN"), dataset.split("TEST")
+def training_data(cfg: TrainConfig, dataset: PairSet | RatedSet, tokenizer: Any) -> TrainingData:
+    """Split by each record's `split`, take at most `max_pairs` TRAIN records (a seeded sample), tokenize them."""
+    train: list[Any] = list(dataset.split("TRAIN"))
+    test: list[Any] = list(dataset.split("TEST"))
     if cfg.max_pairs:
-        train_pairs = random.Random(cfg.seed).sample(train_pairs, min(cfg.max_pairs, len(train_pairs)))
-    examples, truncation = tokenize_pairs(train_pairs, tokenizer, cfg.max_length)
+        train = random.Random(cfg.seed).sample(train, min(cfg.max_pairs, len(train)))
+    objective: Pairwise | Pointwise
+    examples: list[Any]
+    if isinstance(dataset, RatedSet):
+        if not train:
+            raise ValueError(f"{cfg.data}: no TRAIN rows")
+        objective = pointwise_objective([r.reward for r in train])
+        examples, truncation = tokenize_rated(train, tokenizer, cfg.max_length, objective)
+    else:
+        objective = Pairwise(cfg.center_rewards)
+        examples, truncation = tokenize_pairs(train, tokenizer, cfg.max_length)
     if not examples:
-        raise ValueError(f"{cfg.data}: no TRAIN pairs fit max_length={cfg.max_length}")
-    return TrainingData(dataset, train_pairs, test_pairs, examples, truncation)
+        raise ValueError(f"{cfg.data}: no TRAIN {truncation.unit} fit max_length={cfg.max_length}")
+    return TrainingData(dataset, train, test, examples, truncation, objective)
 
 
 def length_grouped_batches(
@@ -119,8 +174,16 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def collate(batch: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """One forward pass for the whole batch: rows [0, B) are chosen, rows [B, 2B) rejected."""
+def collate(batch: Sequence[TokenizedPair] | Sequence[TokenizedRow], pad_id: int) -> dict[str, torch.Tensor]:
+    """One forward pass for the whole batch. Pairs: rows [0, B) are chosen, rows [B, 2B) rejected, with their
+    margins. Rated responses: one row each, with `target` and `weight`."""
+    if batch and isinstance(batch[0], TokenizedRow):
+        rows = cast(Sequence[TokenizedRow], batch)
+        ids, mask = pad_right([r.ids for r in rows], pad_id)
+        targets = torch.tensor([r.target for r in rows], dtype=torch.float32)
+        weights = torch.tensor([r.weight for r in rows], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": mask, "target": targets, "weight": weights}
+    batch = cast(Sequence[TokenizedPair], batch)
     ids, mask = pad_right([p.chosen for p in batch] + [p.rejected for p in batch], pad_id)
     margins = torch.tensor([p.margin for p in batch], dtype=torch.float32)
     return {"input_ids": ids, "attention_mask": mask, "margin": margins}

@@ -1,5 +1,6 @@
-"""The Bradley-Terry objective and the learning-rate schedule (and its fit to a time budget): pure functions,
-tested on their own.
+"""The objectives (Bradley-Terry on preference pairs; regression or binary cross-entropy on rated responses,
+chosen from the data) and the learning-rate schedule (and its fit to a time budget): pure functions and frozen
+values, tested on their own.
 
 Imports torch only; nothing from the project.
 """
@@ -7,7 +8,9 @@ Imports torch only; nothing from the project.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +44,113 @@ def bradley_terry_loss(
             "reward_std": float(both.std()) if both.numel() > 1 else 0.0,
         }
     return loss, stats
+
+
+def regression_loss(
+    rewards: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """mean(weight * (r - target)^2): the reward regressed on a (standardized) target. A weight multiplies its
+    row's loss, so sharding a batch over processes keeps the gradient (every row counts by itself)."""
+    err = rewards.float() - targets.float()
+    per_row = err**2
+    loss = (per_row * weights.float()).mean() if weights is not None else per_row.mean()
+    with torch.no_grad():
+        stats = {
+            "loss": float(loss),
+            "rmse": float(per_row.mean().sqrt()),
+            "reward_mean": float(rewards.float().mean()),
+        }
+    return loss, stats
+
+
+def binary_loss(
+    rewards: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """mean(weight * BCE(sigmoid(r), label)): the reward is the logit of P(label = 1), as a thumbs-up/down or
+    PASS/FAIL classifier. `accuracy` counts r > 0 as predicting 1."""
+    per_row = F.binary_cross_entropy_with_logits(rewards.float(), labels.float(), reduction="none")
+    loss = (per_row * weights.float()).mean() if weights is not None else per_row.mean()
+    with torch.no_grad():
+        hits = ((rewards.float() > 0) == (labels > 0.5)).float().mean()
+        stats = {"loss": float(loss), "accuracy": float(hits), "reward_mean": float(rewards.float().mean())}
+    return loss, stats
+
+
+@dataclass(frozen=True)
+class Pairwise:
+    """Bradley-Terry on preference pairs: a batch is chosen rows then rejected rows (trainer.data.collate)."""
+
+    center_coef: float = 0.0
+    kind: Literal["pairs"] = "pairs"
+
+    def loss(self, rewards: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        n = rewards.shape[0] // 2
+        return bradley_terry_loss(rewards[:n], rewards[n:], batch["margin"], self.center_coef)
+
+    def describe(self) -> str:
+        return "bradley_terry: -logsigmoid(r_chosen - r_rejected - margin) on preference pairs"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": "pairs", "loss": "bradley_terry", "center_rewards": self.center_coef}
+
+
+@dataclass(frozen=True)
+class Pointwise:
+    """A loss on rated responses, chosen from the TRAIN rewards by `pointwise_objective`: `binary_cross_entropy`
+    when every reward is 0 or 1 (the reward is the logit of P(1)), else `regression` on targets standardized by
+    the TRAIN mean and std (the reward predicts (reward - mean) / std). `to_target` maps a raw reward back to the
+    data's scale, which is how evaluation compares it with the rewards (and a judge's PASS threshold)."""
+
+    loss_name: Literal["regression", "binary_cross_entropy"]
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    kind: Literal["rated"] = "rated"
+
+    def target(self, reward: float) -> float:
+        if self.loss_name == "binary_cross_entropy":
+            return reward
+        return (reward - self.target_mean) / self.target_std
+
+    def to_target(self, raw: float) -> float:
+        if self.loss_name == "binary_cross_entropy":
+            return 1.0 / (1.0 + math.exp(-raw)) if raw >= -700 else 0.0
+        return self.target_mean + self.target_std * raw
+
+    def loss(self, rewards: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.loss_name == "binary_cross_entropy":
+            return binary_loss(rewards, batch["target"], batch["weight"])
+        return regression_loss(rewards, batch["target"], batch["weight"])
+
+    def describe(self) -> str:
+        if self.loss_name == "binary_cross_entropy":
+            return "binary_cross_entropy: every reward is 0 or 1, so the reward model is trained as the logit of P(1)"
+        return (
+            f"regression: mean squared error on standardized rewards ((reward - {self.target_mean:.4g}) / "
+            f"{self.target_std:.4g}, the TRAIN mean and std)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": "rated",
+            "loss": self.loss_name,
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+            "why": "every TRAIN reward is 0 or 1"
+            if self.loss_name == "binary_cross_entropy"
+            else "rewards are not all 0/1",
+        }
+
+
+def pointwise_objective(rewards: Sequence[float]) -> Pointwise:
+    """The loss the data calls for: binary cross-entropy for 0/1 labels, else regression on standardized targets
+    (a constant reward has std 0: it is centred only)."""
+    if not rewards:
+        raise ValueError("no rewards to choose a loss from")
+    if all(r in (0.0, 1.0) for r in rewards):
+        return Pointwise("binary_cross_entropy")
+    mean = math.fsum(rewards) / len(rewards)
+    std = math.sqrt(math.fsum((r - mean) ** 2 for r in rewards) / len(rewards))
+    return Pointwise("regression", mean, std if std > 0 else 1.0)
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:

@@ -1,4 +1,5 @@
-"""train(cfg): preference pairs -> a Bradley-Terry reward model directory (DESIGN contract 2).
+"""train(cfg): preference pairs -> a Bradley-Terry reward model directory (DESIGN contract 2); rated responses
+(scalar rewards) -> the same directory, trained pointwise with the loss their data calls for (objective.py).
 
 One function read top to bottom: setup, data, model, optimizer, loop, evaluation, save. What it calls lives in
 data, model, optimizer, objective, checkpoint (+ the model card) and distributed (the rules for several
@@ -19,7 +20,7 @@ from typing import Any, TextIO
 
 import torch
 
-from gateway.formats import load_pairs, pool_rewards
+from gateway.formats import load_data, pool_rewards
 from trainer.bases import resolve_base
 from trainer.checkpoint import (
     data_summary,
@@ -39,7 +40,7 @@ from trainer.checkpoint import (
 from trainer.config import TrainConfig
 from trainer.data import collate, length_grouped_batches, training_data
 from trainer.distributed import session, shard
-from trainer.evaluate import PairMetrics, evaluate_pairs
+from trainer.evaluate import Metrics, evaluate_records
 from trainer.model import (
     auto_attention,
     auto_precision,
@@ -48,7 +49,7 @@ from trainer.model import (
     resolve_batch_size,
     trained_model,
 )
-from trainer.objective import Schedule, bradley_terry_loss
+from trainer.objective import Schedule
 from trainer.optimizer import adamw, optimizer_step, trainable_weights
 from trainer.plot import write_plot
 
@@ -56,7 +57,7 @@ from trainer.plot import write_plot
 @dataclass(frozen=True)
 class TrainResult:
     output: Path
-    test: PairMetrics
+    test: Metrics
     steps: int
     train_seconds: float
     pairs_per_second: float
@@ -83,12 +84,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         dist.print(f"config: {json.dumps(cfg.to_dict())}")
 
         # ------------------------------------------------------------ data
-        dataset = load_pairs(cfg.data, skip_invalid=cfg.skip_invalid)
+        dataset = load_data(cfg.data, skip_invalid=cfg.skip_invalid)  # preference pairs or rated responses
         with dist.main_first():  # resolving an alias may convert and cache the base model: once, on rank 0
             base = resolve_base(cfg.base_model)
         tokenizer = load_tokenizer(base)
-        data = training_data(cfg, dataset, tokenizer)  # TRAIN tokenized (at most max_pairs of it), TEST as pairs
+        data = training_data(cfg, dataset, tokenizer)  # TRAIN tokenized (at most max_pairs of it), TEST as records
+        objective = data.objective  # Bradley-Terry for pairs; for rated responses the loss their rewards call for
         dist.print(f"data: {data.summary()}")
+        dist.print(f"objective: {objective.describe()}")
 
         # ------------------------------------------------------------ model
         attention = cfg.attention if cfg.attention != "auto" else auto_attention(device)
@@ -111,27 +114,28 @@ def train(cfg: TrainConfig) -> TrainResult:
             dist.print(f"resumed from {ckpt.name}: epoch {start_epoch}, batch {start_batch}, step {step}")
 
         # ------------------------------------------------------------ training loop
-        first_step, lengths = step, [p.longest for p in data.examples]
+        first_step, lengths, pad = step, [p.longest for p in data.examples], tokenizer.pad_token_id
         metrics_log: TextIO = (output / "metrics.jsonl").open("a") if dist.is_main else io.StringIO()
         progress = progress_bar(cfg, schedule.total_steps, step, dist.is_main)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
         bf16 = precision != "fp32"  # evaluation runs in the training precision (fast); the server's fp32 differs
-        evaluate = partial(evaluate_pairs, tokenizer=tokenizer, max_length=cfg.max_length, device=device, bf16=bf16)
+        evaluate = partial(
+            evaluate_records, objective=objective, tokenizer=tokenizer, max_length=cfg.max_length, device=device,
+            bf16=bf16, threshold=cfg.pass_threshold,
+        )  # fmt: skip
         t0, pairs_done, tokens_done, window, stop = time.perf_counter(), 0, 0, [], False
         for epoch in range(start_epoch, cfg.epochs):
             # Every rank builds this same global order from the seed, then takes its own slice of each batch.
             order = length_grouped_batches(lengths, batch_size, seed=cfg.seed + epoch)
             for i in range(start_batch if epoch == start_epoch else 0, len(order)):
                 part = shard(order[i], dist.rank, dist.world_size)  # one process: the whole batch, weight 1
-                batch = collate([data.examples[j] for j in part.pairs], tokenizer.pad_token_id)
-                ids, mask, margin = (batch[k].to(device) for k in ("input_ids", "attention_mask", "margin"))
+                batch = {k: v.to(device) for k, v in collate([data.examples[j] for j in part.pairs], pad).items()}
                 at_epoch_end = i + 1 == len(order)
                 at_step = (i + 1) % cfg.grad_accum == 0 or at_epoch_end  # an epoch's last micro-batches step too
                 with dist.gradient_sync(runner, at_step):  # all-reduce gradients on a step's last micro-batch only
-                    with autocast:  # one forward for the batch: rows [0, n) chosen, [n, 2n) rejected
-                        rewards = pool_rewards(runner, ids, mask)
-                    n = len(part.pairs)
-                    loss, stats = bradley_terry_loss(rewards[:n], rewards[n:], margin, cfg.center_rewards)
+                    with autocast:  # one forward for the batch (pairs: rows [0, n) chosen, [n, 2n) rejected)
+                        rewards = pool_rewards(runner, batch["input_ids"], batch["attention_mask"])
+                    loss, stats = objective.loss(rewards, batch)
                     (loss * part.weight / cfg.grad_accum).backward()
                 window.append(dist.reduce_stats(stats, part.counted))
                 pairs_done += len(order[i])
@@ -148,7 +152,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                 if step % cfg.log_every == 0 or at_epoch_end:
                     row = train_row(window, step, epoch, lr, time.perf_counter() - t0)
                     write_row(metrics_log, row)
-                    progress.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
+                    shown = {"loss": f"{row['loss']:.3f}"} | (
+                        {"acc": f"{row['accuracy']:.2f}"} if "accuracy" in row else {}
+                    )
+                    progress.set_postfix(shown)
                     window = []
                 last_step = at_epoch_end and epoch + 1 == cfg.epochs  # the final save follows: no checkpoint needed
                 if (step % cfg.save_steps == 0 or at_epoch_end) and not last_step:
@@ -161,7 +168,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     stop = True
                     break
             if cfg.eval_every_epoch and not stop:
-                write_row(metrics_log, eval_row(step, evaluate(dist.scorer(model, runner), pairs=data.test_pairs)))
+                write_row(metrics_log, eval_row(step, evaluate(dist.scorer(model, runner), data.test)))
             if stop:
                 break
         progress.close()
@@ -170,10 +177,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         # ------------------------------------------------------------ evaluation
         model = trained_model(model, weights, cfg.lora)  # fp32 master weights; LoRA merged
         scorer = dist.scorer(model, runner)  # every rank evaluates (it would idle otherwise); rank 0 writes
-        test = evaluate(scorer, pairs=data.test_pairs)
-        # The card's reward stats, which the gateway normalises scores with: TEST's, else 512 TRAIN pairs'.
-        stats_split = "TEST" if data.test_pairs else "TRAIN"
-        reward_stats = test if data.test_pairs else evaluate(scorer, pairs=data.train_pairs[:512])
+        test = evaluate(scorer, data.test)
+        # The card's reward stats, which the gateway normalises scores with: TEST's, else 512 TRAIN records'.
+        stats_split = "TEST" if data.test else "TRAIN"
+        reward_stats = test if data.test else evaluate(scorer, data.train[:512])
         write_row(metrics_log, eval_row(step, test))
         metrics_log.close()
         weights_to_save = dist.gathered(model.state_dict())  # FSDP: the whole weights, gathered by every rank
@@ -190,8 +197,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             cfg, slug, version, base, type(model).__name__,
             config=resolved_config(cfg, batch_size, precision, attention, device, dist.world_size),
             data=data_summary(cfg.data, data),
-            training=training_summary(step, train_seconds, stop, pairs_done, tokens_done),
-            test=test, bf16=bf16, reward_stats=reward_stats, stats_split=stats_split,
+            training=training_summary(step, train_seconds, stop, pairs_done, tokens_done, data.unit),
+            test=test, bf16=bf16, reward_stats=reward_stats, stats_split=stats_split, objective=objective.to_dict(),
         )  # fmt: skip
         write_model_card(output, card)  # last: its presence marks a complete model
         remove_checkpoints(output)
@@ -213,7 +220,7 @@ def train_row(window: list[dict[str, float]], step: int, epoch: int, lr: float, 
     return means | {"kind": "train", "step": step, "epoch": epoch, "lr": lr, "elapsed_s": round(elapsed_s, 2)}
 
 
-def eval_row(step: int, metrics: PairMetrics) -> dict[str, Any]:
+def eval_row(step: int, metrics: Metrics) -> dict[str, Any]:
     return {"kind": "eval", "step": step, **metrics.to_dict()}
 
 

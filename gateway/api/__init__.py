@@ -18,6 +18,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.service.chat import ChatService
 from gateway.service.criteria import CriteriaService
 from gateway.service.datasets import DatasetService
+from gateway.service.distill import DistillService
 from gateway.service.feedback import FeedbackService
 from gateway.service.jobs import JobService
 from gateway.store import LogStore
@@ -37,6 +38,7 @@ class Services:
     feedback: FeedbackService
     jobs: JobService
     reward: httpx.AsyncClient  # the reward-model criteria's client of the reward server(s)
+    distill: DistillService  # a judge's stored scores -> a dataset and a training job
 
 
 Handler = Callable[[Request, Services], Awaitable[Response]]

@@ -15,7 +15,8 @@ reward_serving internals.
     POST   /v1/datasets/{dataset}/entries/from-logs     {log_ids} or {metadata, model?, since?, before?}
                                                         -> {added, skipped: [{log_id, reason}], dataset}
     POST   /v1/feedback                                 {log_id, choice_index, dataset} or {thread, dataset,
-                                                        accepted_log_id?} -> {added, skipped, dataset}
+                                                        accepted_log_id?} -> {added, skipped, dataset}; with
+                                                        `rating` (a number): that choice as a rated response
 """
 
 from __future__ import annotations

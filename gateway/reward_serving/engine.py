@@ -100,9 +100,16 @@ class TorchRewardEngine:
 
     @classmethod
     def load(
-        cls, path: str | Path, *, device: str = "auto", dtype: str = "auto", compile_blocks: bool = False
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        compile_blocks: bool = False,
+        max_length: int | None = None,
     ) -> TorchRewardEngine:
-        """Load a reward-model directory written by the trainer (blocking: call it off the event loop)."""
+        """Load a reward-model directory written by the trainer (blocking: call it off the event loop).
+        `max_length` overrides the card's (the importer loads a directory before its card exists)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = Path(path)
@@ -116,7 +123,7 @@ class TorchRewardEngine:
         if model.config.num_labels != 1:
             raise ModelLoadError(f"{path}: a reward model has num_labels=1, this one has {model.config.num_labels}")
         model.to(target).eval()
-        max_length = _max_length(card, model.config, path)
+        max_length = _max_length(card if max_length is None else {"max_length": max_length}, model.config, path)
         if compile_blocks:
             compile_repeated_blocks(model)
         # Compiled layers were measured on padded passes only; the shared-prompt path stays off with them.

@@ -1,7 +1,8 @@
 """The datasets service (docs/LIFECYCLE.md, "Datasets"): named lists of seed-format preference pairs (DESIGN
-contract 1) filled by uploads and by stored best-of-N logs (and, through gateway.service.feedback, by users'
-feedback), and exported as the JSONL the trainer reads. Owns the pair-from-a-log rule both use. Used by
-gateway.api.datasets. Must not import starlette, torch, trainer or reward_serving.
+contract 1), or of rated responses (a response with a scalar reward: formats' pointwise records), filled by
+uploads and by stored best-of-N logs (and, through gateway.service.feedback, by users' feedback and ratings), and
+exported as the JSONL the trainer reads. A dataset holds one kind: the first entry decides. Owns the pair-from-a-log
+rule both use. Used by gateway.api.datasets. Must not import starlette, torch, trainer or reward_serving.
 
 Decisions where LIFECYCLE.md is silent:
 - Every pair is normalised by gateway.formats (any accepted shape is stored in the seed shape) and its split is
@@ -19,14 +20,23 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.criteria import SLUG
 from gateway.errors import InvalidRequestError
-from gateway.formats import LineError, PairError, PreferencePair, iter_pairs, parse_pair
+from gateway.formats import (
+    LineError,
+    PairError,
+    PreferencePair,
+    RatedResponse,
+    is_rated,
+    iter_records,
+    parse_pair,
+    parse_record,
+)
 from gateway.store import (
     MAX_PAGE,
     CandidateRecord,
@@ -48,13 +58,16 @@ DATASET_ID = re.compile(r"ds_[0-9A-HJKMNP-TV-Z]{26}")
 
 @dataclass(frozen=True)
 class Upload:
-    """An upload, validated: the good pairs and every bad entry."""
+    """An upload, validated: the good records (preference pairs or rated responses) and every bad entry."""
 
-    pairs: tuple[PreferencePair, ...]
+    pairs: tuple[PreferencePair | RatedResponse, ...]
     invalid: tuple[EntryError, ...]
 
 
-def storable(pair: PreferencePair) -> PreferencePair:
+Record = TypeVar("Record", bound=PreferencePair | RatedResponse)
+
+
+def storable(pair: Record) -> Record:
     # JSON readers accept NaN and Infinity (e.g. inside metadata); the store and the trainer's files do not.
     try:
         json.dumps(pair.to_json(), allow_nan=False)
@@ -64,10 +77,10 @@ def storable(pair: PreferencePair) -> PreferencePair:
 
 
 def read_jsonl(body: bytes) -> Upload:
-    """A JSONL body: one pair per non-blank line."""
-    pairs: list[PreferencePair] = []
+    """A JSONL body: one pair (or rated response) per non-blank line."""
+    pairs: list[PreferencePair | RatedResponse] = []
     invalid: list[EntryError] = []
-    for index, (line, item) in enumerate(iter_pairs(body.splitlines())):
+    for index, (line, item) in enumerate(iter_records(body.splitlines())):
         try:
             if isinstance(item, LineError):
                 raise PairError(item.reason)
@@ -81,11 +94,11 @@ def read_entries(entries: object) -> Upload:
     """The `entries` list of a JSON body."""
     if not isinstance(entries, list):
         raise InvalidRequestError('entries: expected {"entries": [pair, ...]} or a JSONL body', param="entries")
-    pairs: list[PreferencePair] = []
+    pairs: list[PreferencePair | RatedResponse] = []
     invalid: list[EntryError] = []
     for index, raw in enumerate(entries):
         try:
-            pairs.append(storable(parse_pair(raw)))
+            pairs.append(storable(parse_record(raw)))
         except PairError as exc:
             invalid.append(EntryError(index, index + 1, str(exc)))
         except RecursionError:
@@ -155,6 +168,22 @@ def _when(value: object, name: str) -> datetime | None:
     return parsed
 
 
+async def check_kind(store: LogStore, dataset: str, rated: Iterable[bool]) -> None:
+    """A dataset holds one kind of record (the trainer reads one kind per file): the first entry decides; 400
+    when adding records (`rated`: whether each is a rated response) would mix pairs and rated responses."""
+    kinds = set(rated)
+    page = await store.list_entries(dataset, limit=1)
+    if page.entries:
+        kinds.add(is_rated(page.entries[0].pair))
+    if len(kinds) > 1:
+        raise InvalidRequestError(
+            "a dataset holds either preference pairs or rated responses, not both (the first entry decides): "
+            "put the other kind in another dataset",
+            param="entries",
+            code="mixed_kinds",
+        )
+
+
 class DatasetService:
     def __init__(self, store: LogStore) -> None:
         self._store = store
@@ -192,6 +221,7 @@ class DatasetService:
             raise InvalidRequestError("the upload has no entries", param="entries")
         if upload.invalid and not skip_invalid:
             raise InvalidEntriesError(upload.invalid)
+        await check_kind(self._store, dataset, (isinstance(p, RatedResponse) for p in upload.pairs))
         result = await self._store.add_entries(dataset, [NewEntry(p.to_json()) for p in upload.pairs])
         return Added(result.dataset, result.added, upload.invalid)
 
@@ -226,6 +256,7 @@ class DatasetService:
                 entries.append(NewEntry(parse_pair(pair).to_json(), "log", log_id))  # parsed again: the hash split
             else:
                 skipped.append((log_id, "no log with that id" if log is None else _why_no_pair(log)))
+        await check_kind(self._store, dataset, [False] if entries else [])
         result = await self._store.add_entries(dataset, entries)
         skipped += [(log_id, "already in the dataset") for log_id in result.duplicates]
         return Added(result.dataset, result.added, skipped=tuple(skipped))

@@ -1,5 +1,6 @@
 """Feedback as preference pairs (docs/LIFECYCLE.md, "Feedback"): a user's choice among a stored best-of-N answer's
-choices, or the accepted regeneration of a thread, added to a dataset the trainer reads. Used by
+choices, or the accepted regeneration of a thread, added to a dataset the trainer reads; or a user's rating of one
+choice (`rating`: stars, or 1/0 for thumbs up/down) as a rated response, which trains a pointwise reward model. Used by
 gateway.api.datasets. Must not import starlette, torch, trainer or reward_serving.
 
 Decisions where LIFECYCLE.md is silent: (a) the chosen choice over every other produced candidate; choices whose
@@ -10,13 +11,14 @@ log's request. The dataset is created when a valid name does not exist yet, once
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from gateway.criteria import SLUG
 from gateway.errors import InvalidRequestError, NotFoundError
-from gateway.formats import PairError
-from gateway.service.datasets import DATASET_ID, Added, pair_entry, produced
+from gateway.formats import PairError, parse_rated
+from gateway.service.datasets import DATASET_ID, Added, check_kind, pair_entry, produced, storable
 from gateway.store import MAX_PAGE, DatasetNotFoundError, DatasetRecord, LogQuery, LogRecord, LogStore, NewEntry
 
 THREAD_KEY = "rg_thread"  # the metadata key that groups the regenerations of one answer into a thread
@@ -34,25 +36,31 @@ class FeedbackService:
 
     async def add(self, body: Mapping[str, Any]) -> Added:
         """(a) `{"log_id", "choice_index", "dataset"}`: the chosen choice over every other produced candidate;
-        (b) `{"thread", "dataset", "accepted_log_id"?}`: the accepted response over the thread's first one."""
+        (b) `{"thread", "dataset", "accepted_log_id"?}`: the accepted response over the thread's first one;
+        (c) `{"log_id", "choice_index", "rating", "dataset"}`: that choice as a rated response (reward = rating)."""
         dataset = _text(body.get("dataset"), "dataset")
         by_choice = "log_id" in body
         if by_choice == ("thread" in body):
             raise InvalidRequestError("give either log_id + choice_index, or thread", param="log_id")
-        allowed = {"log_id", "choice_index", "dataset"} if by_choice else {"thread", "accepted_log_id", "dataset"}
+        allowed = (
+            {"log_id", "choice_index", "rating", "dataset"} if by_choice else {"thread", "accepted_log_id", "dataset"}
+        )
         extra = sorted(set(body) - allowed)
         if extra:
             raise InvalidRequestError(
                 f"unknown field {extra[0]!r} (allowed: {', '.join(sorted(allowed))})", param=extra[0]
             )
         skipped: list[tuple[int | str, str]] = []
-        if by_choice:
+        if by_choice and "rating" in body:
+            entries = [await self._rating(_text(body["log_id"], "log_id"), body.get("choice_index"), body["rating"])]
+        elif by_choice:
             entries, skipped = await self._choice(_text(body["log_id"], "log_id"), body.get("choice_index"))
         else:
             accepted = body.get("accepted_log_id")
             accepted_id = None if accepted is None else _text(accepted, "accepted_log_id")
             entries = [await self._thread(_text(body["thread"], "thread"), accepted_id)]
         target = await self._feedback_dataset(dataset)
+        await check_kind(self._store, target.id, [by_choice and "rating" in body])
         result = await self._store.add_entries(target.id, entries)
         return Added(result.dataset, result.added, skipped=tuple(skipped))
 
@@ -105,6 +113,31 @@ class FeedbackService:
             reasons = "; ".join(f"choice {ref}: {why}" for ref, why in skipped)
             raise InvalidRequestError(f"no valid pair from log {log_id}: {reasons}", param="log_id", code="no_pair")
         return entries, skipped
+
+    async def _rating(self, log_id: str, choice_index: object, rating: object) -> NewEntry:
+        if isinstance(rating, bool) or not isinstance(rating, int | float) or not math.isfinite(rating):
+            raise InvalidRequestError(
+                "rating: a finite number (stars, a score, or 1 / 0 for thumbs up / down)", param="rating"
+            )
+        if isinstance(choice_index, bool) or not isinstance(choice_index, int) or choice_index < 0:
+            raise InvalidRequestError("choice_index: required, a choice's index (0 = the best)", param="choice_index")
+        log = await self._store.get_log(log_id)
+        chosen = next((c for c in produced(log) if c.rank == choice_index), None)
+        if chosen is None:
+            raise InvalidRequestError(
+                f"choice_index: log {log_id} has no produced choice {choice_index}", param="choice_index"
+            )
+        messages = log.request.get("messages")
+        record: dict[str, Any] = {
+            "messages": [*messages, chosen.message] if isinstance(messages, list) else None,
+            "reward": rating,
+            "metadata": {"log_id": log_id, "feedback": "rating", "choice": choice_index},
+        }
+        record.update({key: log.request[key] for key in ("tools", "tool_choice") if log.request.get(key) is not None})
+        try:
+            return NewEntry(storable(parse_rated(record)).to_json(), "feedback", log_id)
+        except PairError as exc:
+            raise InvalidRequestError(f"log {log_id}: no valid rated response: {exc}", param="log_id") from None
 
     async def _thread(self, thread: str, accepted_id: str | None) -> NewEntry:
         logs: list[LogRecord] = []  # newest first

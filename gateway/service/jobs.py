@@ -1,4 +1,5 @@
-"""Reward-model training jobs as a product flow (docs/LIFECYCLE.md): a job is created from a dataset, stored,
+"""Reward-model training jobs as a product flow (docs/LIFECYCLE.md): a job is created from a dataset (or, kind
+"import", from a published reward model's source and an optional calibration dataset), stored,
 run by gateway.service.training's JobRunner in a trainer subprocess, and every state change the runner reports is
 written to the store. Owns the validation of a new job, the dataset export the trainer reads, cancellation, and
 recovery at start-up (jobs that were TRAINING resume from their checkpoint, PENDING/QUEUED ones are queued
@@ -104,7 +105,7 @@ class JobService:
 
     async def _submit(self, job: JobRecord, *, resume: bool) -> None:
         hp = job.hyperparameters
-        spec = JobSpec(job.id, job.slug, job.data_path, job.base_model, Hyperparameters(**hp))
+        spec = JobSpec(job.id, job.slug, job.data_path, job.base_model, Hyperparameters(**hp), kind=job.kind)
         await self._runner.submit(spec, resume=resume)
 
     async def _on_update(self, job_id: str, update: JobUpdate) -> None:
@@ -134,13 +135,7 @@ class JobService:
         unknown = sorted(set(body) - {"dataset", "slug", "base_model", "hyperparameters"})
         if unknown:
             raise InvalidRequestError(f"unknown field {unknown[0]!r}", param=unknown[0])
-        slug = body.get("slug")
-        if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
-            raise InvalidRequestError(
-                f"slug: 1 to 128 lowercase letters, digits, '.', '_' or '-', got {slug!r}", param="slug"
-            )
-        if await self._store.criterion_versions(slug):
-            raise CriterionExistsError(f"{slug!r} is a criterion's slug: choose another")
+        slug = await self._new_slug(body.get("slug"))
         base = self._base_model(body.get("base_model", ""))
         hyperparameters = _hyperparameters(body.get("hyperparameters") or {})
         if not isinstance(body.get("dataset"), str):
@@ -150,16 +145,62 @@ class JobService:
             raise InvalidRequestError(f"dataset {dataset.name!r} has no TRAIN pairs", param="dataset")
         now = datetime.now(UTC)
         job_id = new_id("job", now)
-        data_path = self._jobs_dir / job_id / "data.jsonl"
-        data_path.parent.mkdir(parents=True, exist_ok=True)
-        with data_path.open("w", encoding="utf-8") as out:  # a snapshot: later uploads do not change this job
-            async for line in self._datasets.export(dataset.id):
-                out.write(line)
-        job = JobRecord(job_id, slug, dataset.id, base, hyperparameters, str(data_path.resolve()), now, now)
+        data_path = await self._export(dataset.id, job_id, "data.jsonl")
+        job = JobRecord(job_id, slug, dataset.id, base, hyperparameters, str(data_path), now, now)
         await self._store.create_job(job)
         if self._settings.training_worker:  # else the worker replica picks it up from the store
             await self._submit(job, resume=False)
         return await self._store.get_job(job_id)
+
+    async def create_import(self, body: Mapping[str, Any]) -> JobRecord:
+        """`{source, slug, calibration_dataset?}`: a job (kind "import") running `rewardgate-rm import SOURCE` into
+        the models directory, calibrated on the dataset's records when one is named (exported like a training
+        job's data)."""
+        unknown = sorted(set(body) - {"source", "slug", "calibration_dataset"})
+        if unknown:
+            raise InvalidRequestError(f"unknown field {unknown[0]!r}", param=unknown[0])
+        slug = await self._new_slug(body.get("slug"))
+        source = body.get("source")
+        if not isinstance(source, str):
+            raise InvalidRequestError("source: a hub id 'owner/name' or a model directory", param="source")
+        if not _HUB_ID.fullmatch(source):  # a path: only inside base_model_dirs, refused alike otherwise
+            allowed = self._allowed_base_dir(source)
+            if allowed is None:
+                raise InvalidRequestError(
+                    "source: not a hub id 'owner/name' or a model directory under the configured base_model_dirs",
+                    param="source",
+                )
+            source = allowed
+        now = datetime.now(UTC)
+        job_id = new_id("job", now)
+        dataset_id, data_path = "", ""
+        if body.get("calibration_dataset") is not None:
+            if not isinstance(body["calibration_dataset"], str):
+                raise InvalidRequestError("calibration_dataset: a dataset id or name", param="calibration_dataset")
+            dataset = await self._datasets.get(body["calibration_dataset"])
+            dataset_id, data_path = dataset.id, str(await self._export(dataset.id, job_id, "calibration.jsonl"))
+        job = JobRecord(job_id, slug, dataset_id, source, {}, data_path, now, now, kind="import")
+        await self._store.create_job(job)
+        if self._settings.training_worker:
+            await self._submit(job, resume=False)
+        return await self._store.get_job(job_id)
+
+    async def _new_slug(self, slug: object) -> str:
+        if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
+            raise InvalidRequestError(
+                f"slug: 1 to 128 lowercase letters, digits, '.', '_' or '-', got {slug!r}", param="slug"
+            )
+        if await self._store.criterion_versions(slug):
+            raise CriterionExistsError(f"{slug!r} is a criterion's slug: choose another")
+        return slug
+
+    async def _export(self, dataset_id: str, job_id: str, name: str) -> Path:
+        path = self._jobs_dir / job_id / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as out:  # a snapshot: later uploads do not change this job
+            async for line in self._datasets.export(dataset_id):
+                out.write(line)
+        return path.resolve()
 
     def _base_model(self, value: object) -> str:
         """An offline alias, a hub id, or a directory inside one of `base_model_dirs`. Any other path is refused

@@ -1,4 +1,5 @@
-"""Training jobs: runs `python -m trainer train` as a subprocess per job and reports what it does.
+"""Training jobs: runs `python -m trainer train` as a subprocess per job and reports what it does; import jobs
+(`kind="import"`) run `python -m gateway.reward_serving import` the same way (same queue, output protocol, card).
 
 Owns the job queue (FIFO, `concurrency` at a time, one job per slug at a time), the trainer's
 command line, process-group termination, and reading the trainer's output (stdout, stderr, the
@@ -96,13 +97,16 @@ class Hyperparameters:
 class JobSpec:
     job_id: str
     slug: str
-    data_path: str  # an exported preference JSONL (DESIGN contract 1)
+    data_path: str  # an exported preference JSONL (or rated responses); for an import, its calibration file or ""
     base_model: str = ""  # an alias from base_models(), a local directory or a hub id; "" = the default
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    kind: Literal["train", "import"] = "train"  # import: base_model is the published reward model to import
 
     def __post_init__(self) -> None:
-        if not self.job_id or not self.data_path:
+        if not self.job_id or not (self.data_path or self.kind == "import"):
             raise ValueError("job_id and data_path must not be empty")
+        if self.kind == "import" and not self.base_model:
+            raise ValueError("an import needs its source in base_model")
         if not _SLUG.fullmatch(self.slug):
             raise ValueError(f"slug: lowercase letters, digits, '.', '_' or '-', got {self.slug!r}")
 
@@ -145,6 +149,12 @@ def trainer_argv(
     # --flag=value: a value that starts with "-" (a path, a model id) is never read as a flag
     job_flags = [f"{flag}={value}" for flag, value in options.items() if value is not None]
     return ["train", *trainer_args, *job_flags, *(["--resume"] if resume else [])]
+
+
+def import_argv(spec: JobSpec, models_dir: Path) -> list[str]:
+    """The arguments after `python -m gateway.reward_serving import`: the source last, after `--`."""
+    calibration = [f"--calibration={spec.data_path}"] if spec.data_path else []
+    return [f"--models-dir={models_dir}", f"--slug={spec.slug}", *calibration, "--", spec.base_model]
 
 
 class TrainerOutput:
@@ -236,8 +246,9 @@ class JobRunner:
     """Runs training jobs, `concurrency` at a time (1 = one per device), in submission order.
 
     `trainer_args`: operator flags for every run (--threads, --precision, --save-steps...); `command`:
-    the trainer entry point (tests put a fake there); `env`: the trainers' environment (default: this
-    process's, read at each start); `grace_s`: SIGTERM to SIGKILL; `poll_s`: how often progress is read.
+    the trainer entry point (tests put a fake there); `import_command`: the importer's, for `kind="import"` jobs;
+    `env`: the trainers' environment (default: this process's, read at each start); `grace_s`: SIGTERM to
+    SIGKILL; `poll_s`: how often progress is read.
     One runner per models_dir: a job's version directory is the one its trainer created.
     """
 
@@ -249,6 +260,7 @@ class JobRunner:
         concurrency: int = 1,
         trainer_args: Sequence[str] = (),
         command: Sequence[str] = (sys.executable, "-m", "trainer"),
+        import_command: Sequence[str] = (sys.executable, "-m", "gateway.reward_serving", "import"),
         env: Mapping[str, str] | None = None,
         grace_s: float = 10.0,
         poll_s: float = 0.5,
@@ -260,6 +272,7 @@ class JobRunner:
         self._concurrency = concurrency
         self._trainer_args = tuple(trainer_args)
         self._command = tuple(command)
+        self._import_command = tuple(import_command)
         self._env = env
         self._grace_s = grace_s
         self._poll_s = poll_s
@@ -360,13 +373,17 @@ class JobRunner:
         job.versions_before = frozenset(_versions(root))
         unfinished = [n for n in job.versions_before if not (root / f"v{n}" / CARD_FILE).exists()]
         job.resume_dir = root / f"v{max(unfinished)}" if job.resume and unfinished else None  # the trainer's rule
-        argv = trainer_argv(job.spec, self.models_dir, resume=job.resume, trainer_args=self._trainer_args)
+        if job.spec.kind == "import":  # an import starts over: the importer removes what a failed run left
+            job.resume_dir = None
+            command = [*self._import_command, *import_argv(job.spec, self.models_dir)]
+        else:
+            argv = trainer_argv(job.spec, self.models_dir, resume=job.resume, trainer_args=self._trainer_args)
+            command = [*self._command, *argv]
         env = dict(os.environ if self._env is None else self._env)
         env |= {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         try:
             job.process = await asyncio.create_subprocess_exec(
-                *self._command,
-                *argv,
+                *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

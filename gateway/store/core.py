@@ -113,6 +113,7 @@ def _job_row(job: JobRecord) -> JobRow:
         reward_stats=text("reward_stats"),
         version=job.version,
         resumed=job.resumed,
+        kind=job.kind,
     )
 
 

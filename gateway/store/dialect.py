@@ -72,6 +72,7 @@ class JobRow(NamedTuple):
     reward_stats: str | None
     version: str | None
     resumed: int
+    kind: str
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,9 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX response_cache_created ON response_cache (created_at, key)",
         "CREATE INDEX response_cache_expires ON response_cache (expires_at)",
     ),
+    (  # 7: a job's kind: training on a dataset, or importing a published reward model
+        "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train' CHECK (kind IN ('train', 'import'))",
+    ),
 )
 
 # Postgres: step i brings a schema to version i + 1 (a row in rewardgate_schema).
@@ -125,6 +128,9 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             expires_at TIMESTAMPTZ NOT NULL, value TEXT NOT NULL)""",
         "CREATE INDEX response_cache_created ON response_cache (created_at, key)",
         "CREATE INDEX response_cache_expires ON response_cache (expires_at)",
+    ),
+    (  # 7: a job's kind: training on a dataset, or importing a published reward model
+        "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train' CHECK (kind IN ('train', 'import'))",
     ),
 )
 

@@ -114,6 +114,7 @@ class DatasetRecord:
 
 
 JobState = Literal["PENDING", "QUEUED", "TRAINING", "DEPLOYED", "ERROR"]
+JobKind = Literal["train", "import"]
 JOB_FIELDS = ("state", "error", "progress", "metrics", "reward_stats", "version", "resumed")  # what updates change
 JOB_JSON_FIELDS = ("progress", "metrics", "reward_stats")  # the ones of JOB_FIELDS stored as JSON
 
@@ -137,6 +138,7 @@ class JobRecord:
     reward_stats: Mapping[str, Any] | None = None
     version: str | None = None  # "vN" once DEPLOYED
     resumed: int = 0  # times a gateway restart resumed it
+    kind: JobKind = "train"  # train: rewardgate-train on the dataset; import: rewardgate-rm import of base_model
 
 
 @dataclass(frozen=True)

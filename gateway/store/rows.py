@@ -33,7 +33,7 @@ DATASET_SELECT = """SELECT d.id, d.name, d.description, d.created_at,
     FROM datasets d"""
 ENTRY_COLUMNS = "seq, id, dataset_id, created_at, split, source, source_ref, pair"
 JOB_COLUMNS = ("id, slug, dataset_id, base_model, hyperparameters, data_path, created_at, updated_at, state, error,"
-               " progress, metrics, reward_stats, version, resumed")  # fmt: skip
+               " progress, metrics, reward_stats, version, resumed, kind")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -93,4 +93,4 @@ class RowReader:
     def job(self, r: Any) -> JobRecord:
         """A row of JOB_COLUMNS."""
         return JobRecord(r[0], r[1], r[2], r[3], self.json(r[4]), r[5], self.time(r[6]), self.time(r[7]), r[8],
-                         r[9], self.json(r[10]), self.json(r[11]), self.json(r[12]), r[13], r[14])  # fmt: skip
+                         r[9], self.json(r[10]), self.json(r[11]), self.json(r[12]), r[13], r[14], r[15])  # fmt: skip

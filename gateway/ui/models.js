@@ -1,12 +1,14 @@
 // Reward models: the deployed slugs and versions (GET /v1/models) and "Fine Tunes", the training jobs as OpenPipe's
 // console names its status list (GET /v1/reward-models, docs/LIFECYCLE.md) with state, progress, TEST accuracy and
-// reward distribution. Pages poll every 2 s while a job
-// is PENDING, QUEUED or TRAINING, and stop when the user leaves.
+// reward distribution. Pages poll every 2 s while a job is PENDING, QUEUED or TRAINING, and stop when the user
+// leaves. Models also come from a published checkpoint (Import) or a judge's stored scores (Distil): sources.js
+// holds those dialogs.
 
 import { api } from "./api.js";
 import {
   badge, copyButton, errorBox, facts, fill, fmtNum, fmtPct, fmtTime, h, link, mono, progressBar, route, table,
 } from "./dom.js";
+import { openDistillDialog, openImportDialog } from "./sources.js";
 
 const ACTIVE = new Set(["PENDING", "QUEUED", "TRAINING"]);
 const POLL_MS = 2000;
@@ -35,7 +37,10 @@ function poll(ctx, load) {
 export async function list(ctx) {
   const deployed = h("section#deployed", {}, h("h2", {}, "Deployed"), h("p.muted", {}, "Loading…"));
   const jobs = h("section#jobs", {}, h("h2", {}, "Fine Tunes"), h("p.muted", {}, "Loading…"));
-  fill(ctx.main, h("h1", {}, "Reward models"), deployed, jobs);
+  const sources = h("div.actions", {},
+    h("button#import-button", { type: "button", on: { click: openImportDialog } }, "Import a reward model"),
+    h("button#distill-button", { type: "button", on: { click: openDistillDialog } }, "Distil a judge"));
+  fill(ctx.main, h("div.title-row", {}, h("h1", {}, "Reward models"), sources), deployed, jobs);
   const showDeployed = api("GET", "/v1/models").then((listing) => {
     const bySlug = new Map();
     for (const m of listing.data) {
@@ -68,6 +73,43 @@ export async function list(ctx) {
   await showDeployed;
 }
 
+/** A job's headline TEST number: pairwise accuracy, or for a model of rated responses Spearman's rho. */
+function headline(metrics) {
+  if (metrics.accuracy !== undefined && metrics.accuracy !== null) return fmtPct(metrics.accuracy);
+  if (metrics.spearman !== undefined && metrics.spearman !== null) return `ρ ${fmtNum(metrics.spearman)}`;
+  return "—";
+}
+
+/** TEST metrics as the data's kind has them: pairs (accuracy), rated responses (correlations), an import's calibration. */
+function metricFacts(job, metrics) {
+  if (!Object.keys(metrics).length) return h("p.muted", {}, "Measured on the TEST split when training ends.");
+  if (metrics.spearman !== undefined) {
+    return facts([
+      ["Spearman with the rewards", h("span#test-spearman", {}, fmtNum(metrics.spearman))],
+      ["Pearson", fmtNum(metrics.pearson)],
+      metrics.auc !== null && metrics.auc !== undefined ? ["AUC (0/1 labels)", fmtNum(metrics.auc)] : null,
+      [`PASS/FAIL agreement at ${fmtNum(metrics.pass_threshold)}`, fmtPct(metrics.pass_accuracy)],
+      ["Rated responses", fmtNum(metrics.count)],
+      ["Longer-answer baseline (Spearman)", fmtNum(metrics.length_spearman)],
+    ]);
+  }
+  if (job.kind === "import") {
+    return metrics.accuracy === undefined
+      ? facts([["Calibration responses", fmtNum(metrics.count)]])
+      : facts([
+        ["Pairwise accuracy on the calibration pairs", h("span#test-accuracy", {}, fmtPct(metrics.accuracy))],
+        ["Mean margin", fmtNum(metrics.mean_margin)],
+        ["Pairs", fmtNum(metrics.count)],
+      ]);
+  }
+  return facts([
+    ["Pairwise accuracy", h("span#test-accuracy", {}, fmtPct(metrics.accuracy))],
+    ["Mean margin", fmtNum(metrics.mean_margin)],
+    ["Pairs", fmtNum(metrics.count)],
+    ["Longer-answer baseline", fmtPct(metrics.length_baseline_accuracy)],
+  ]);
+}
+
 function jobsTable(jobs, empty = "No fine tunes yet: open a dataset and press Reward Model.") {
   return table(
     [
@@ -75,9 +117,9 @@ function jobsTable(jobs, empty = "No fine tunes yet: open a dataset and press Re
       { label: "Slug", cell: (job) => mono(pinned(job)) },
       { label: "State", cell: (job) => badge(job.state) },
       { label: "Progress", cell: (job) => progressBar(job.progress && job.progress.step, job.progress && job.progress.total) },
-      { label: "TEST accuracy", num: true, cell: (job) => fmtPct(testMetrics(job).accuracy) },
+      { label: "TEST", num: true, cell: (job) => headline(testMetrics(job)) },
       { label: "Base model", cell: (job) => job.base_model || "—" },
-      { label: "Dataset", cell: (job) => link(route("datasets", job.dataset_id), mono(job.dataset_id)) },
+      { label: "Dataset", cell: (job) => (job.dataset_id ? link(route("datasets", job.dataset_id), mono(job.dataset_id)) : "—") },
       { label: "Created", cell: (job) => h("span.nowrap", {}, fmtTime(job.created_at)) },
     ],
     jobs,
@@ -130,24 +172,19 @@ function jobPage(job, versions, errors, ctx) {
       h("h1", {}, mono(pinned(job)), " ", h("span#job-state", {}, badge(job.state))),
       h("div.actions", {}, copyButton(job.slug, "Copy slug"), job.version ? copyButton(pinned(job), `Copy ${job.version}`) : null, cancel)),
     errors,
-    job.error ? h("div.error", { role: "alert" }, h("strong", {}, "Training failed"), ": ", job.error) : null,
+    job.error ? h("div.error", { role: "alert" }, h("strong", {}, job.kind === "import" ? "Import failed" : "Training failed"), ": ", job.error) : null,
     facts([
       ["Progress", h("span.progress-row", {}, progressBar(p.step, p.total),
         ` loss ${fmtNum(p.loss)} · accuracy ${fmtPct(p.accuracy)}`)],
-      ["Dataset", link(route("datasets", job.dataset_id), mono(job.dataset_id))],
-      ["Base model", job.base_model || "default"],
-      ["Hyperparameters", `batch size ${hp.batch_size ?? "auto"} · learning rate ${hp.learning_rate ?? "—"} · epochs ${hp.epochs ?? "—"}`],
+      [job.kind === "import" ? "Calibration dataset" : "Dataset", job.dataset_id ? link(route("datasets", job.dataset_id), mono(job.dataset_id)) : "none"],
+      [job.kind === "import" ? "Imported from" : "Base model", job.base_model || "default"],
+      job.kind === "import" ? null : ["Hyperparameters", `batch size ${hp.batch_size ?? "auto"} · learning rate ${hp.learning_rate ?? "—"} · epochs ${hp.epochs ?? "—"}`],
       ["Created · updated", `${fmtTime(job.created_at)} · ${fmtTime(job.updated_at)}`],
       job.resumed ? ["Resumed", `${job.resumed} time${job.resumed === 1 ? "" : "s"} after a restart`] : null,
       job.state === "DEPLOYED" ? ["Use it", h("code", {}, `op-criteria: ["${job.slug}"]`)] : null,
     ]),
-    h("h2", {}, "TEST metrics"),
-    Object.keys(metrics).length ? facts([
-      ["Pairwise accuracy", h("span#test-accuracy", {}, fmtPct(metrics.accuracy))],
-      ["Mean margin", fmtNum(metrics.mean_margin)],
-      ["Pairs", fmtNum(metrics.count)],
-      ["Longer-answer baseline", fmtPct(metrics.length_baseline_accuracy)],
-    ]) : h("p.muted", {}, "Measured on the TEST split when training ends."),
+    h("h2", {}, job.kind === "import" ? "Calibration" : "TEST metrics"),
+    metricFacts(job, metrics),
     h("h2", {}, "Reward distribution"),
     rewardDistribution(job.reward_stats),
     h("h2", {}, "Versions of ", mono(job.slug)),

@@ -316,6 +316,8 @@ async def exercise(gw: Gateway, upstream: RecordingUpstream) -> list[httpx.Respo
     await call("GET", "/v1/reward-models")
     await call("GET", "/v1/reward-models/{id}", f"/v1/reward-models/{job['id']}")
     await call("POST", "/v1/reward-models/{id}/cancel", f"/v1/reward-models/{job['id']}/cancel")
+    await call("POST", "/v1/reward-models/import", json={"source": "/no/such/model", "slug": "imp-rm"})  # a 400
+    await call("POST", "/v1/reward-models/distill", json={"criterion": "judge-down", "slug": "dis-rm"})  # a 400
     await call("DELETE", "/v1/datasets/{dataset}", "/v1/datasets/fb")
     await exercise_openpipe(call, judged)
     for path in ("/health", "/metrics", "/openapi.json", "/ui"):

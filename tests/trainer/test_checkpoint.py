@@ -47,6 +47,7 @@ CARD_KEYS = [
     "created_at",
     "max_length",
     "config",
+    "objective",
     "data",
     "training",
     "metrics",
@@ -84,6 +85,7 @@ def test_the_card_holds_contract_2s_keys_in_order() -> None:
     assert card["created_at"] == "2026-01-02T03:04:05+00:00" and card["max_length"] == 1024
     resolved = {"resolved_batch_size": 8, "precision": "bf16", "attention": "eager", "device": "cpu", "processes": 1}
     assert card["config"] == cfg.to_dict() | resolved
+    assert card["objective"] == {"data": "pairs", "loss": "bradley_terry", "center_rewards": 0.0}
     assert card["data"] == {
         "path": SAMPLE_DATA,
         "sha256": hashlib.sha256(Path(SAMPLE_DATA).read_bytes()).hexdigest(),

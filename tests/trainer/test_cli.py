@@ -64,3 +64,18 @@ def test_eval_reports_accuracy_margin_count_and_the_length_baseline(
     assert report["count"] == 42 and report["split"] == "TEST"
     assert set(report) >= {"accuracy", "mean_margin", "length_baseline_accuracy", "reward_mean", "reward_std"}
     assert 0.0 <= report["accuracy"] <= 1.0
+
+
+def test_validate_and_eval_take_rated_responses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.scripts.test_make_rated_data import load_script
+
+    path = tmp_path / "thumbs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in load_script().rated_rows(limit=30)))
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: valid: 60 rated responses (TRAIN 54, TEST 6, 0/1 labels)"
+    model = tiny.save_reward_model(tmp_path / "rm")
+    assert main(["eval", "--model", str(model), "--data", str(path), "--threshold", "0.6"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "rated" and report["count"] == 60 and report["pass_threshold"] == 0.6
+    assert set(report) >= {"pearson", "spearman", "auc", "rmse", "pass_accuracy", "length_spearman"}
+    assert 0.0 <= report["auc"] <= 1.0

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.formats import Message, PreferencePair, load_pairs
+from gateway.formats import Message, PreferencePair, RatedResponse, RatedSet, load_pairs
 from tests import tiny
 from trainer.config import SAMPLE_DATA, TrainConfig
-from trainer.data import TokenizedPair, collate, length_grouped_batches, tokenize_pairs, training_data
+from trainer.data import TokenizedPair, collate, length_grouped_batches, tokenize_pairs, tokenize_rated, training_data
+from trainer.objective import Pointwise
 
 
 def pair(prompt: str, chosen: str, rejected: str) -> PreferencePair:
@@ -56,12 +57,42 @@ def test_training_data_samples_at_most_max_pairs_of_train_and_keeps_test_whole()
     tok, dataset = tiny.chat_tokenizer(), load_pairs(SAMPLE_DATA)
     data = training_data(TrainConfig(max_pairs=16, max_length=1024), dataset, tok)
     again = training_data(TrainConfig(max_pairs=16, max_length=1024), dataset, tok)
-    assert len(data.train_pairs) == len(data.examples) == 16 and data.train_pairs == again.train_pairs  # seeded
-    assert all(p.split == "TRAIN" for p in data.train_pairs) and data.test_pairs == dataset.split("TEST")
+    assert len(data.train) == len(data.examples) == 16 and data.train == again.train  # seeded
+    assert all(p.split == "TRAIN" for p in data.train) and data.test == dataset.split("TEST")
     assert "training on 16 pairs" in data.summary()
-    assert len(training_data(TrainConfig(max_length=1024), dataset, tok).train_pairs) == len(dataset.split("TRAIN"))
+    assert len(training_data(TrainConfig(max_length=1024), dataset, tok).train) == len(dataset.split("TRAIN"))
 
 
 def test_training_data_refuses_a_max_length_no_train_pair_fits() -> None:
     with pytest.raises(ValueError, match="no TRAIN pairs fit max_length=8"):
         training_data(TrainConfig(max_pairs=4, max_length=8), load_pairs(SAMPLE_DATA), tiny.chat_tokenizer())
+
+
+def test_rated_responses_tokenize_with_their_targets_and_truncation_rule() -> None:
+    tok = tiny.chat_tokenizer()
+    rows = [
+        RatedResponse((Message("user", "short question"),), Message("assistant", "good answer"), 5.0, "TRAIN", 2.0),
+        RatedResponse((Message("user", "a long question " * 40),), Message("assistant", "fine"), 3.0, "TRAIN"),
+        RatedResponse((Message("user", "q"),), Message("assistant", "a very long answer " * 40), 1.0, "TRAIN"),
+    ]
+    objective = Pointwise("regression", 3.0, 2.0)
+    examples, report = tokenize_rated(rows, tok, 64, objective)
+    assert report.to_dict() == {"rows_in": 3, "prompts_trimmed": 1, "dropped": 1}
+    assert [(e.target, e.weight) for e in examples] == [(1.0, 2.0), (0.0, 1.0)]
+    assert tok.decode(examples[0].ids).endswith("good answer<|im_end|>\n")
+    out = collate(examples, pad_id=0)
+    assert out["input_ids"].shape[0] == 2 and out["target"].tolist() == [1.0, 0.0] and out["weight"].tolist() == [2, 1]
+    assert out["attention_mask"].sum(dim=1).tolist() == [len(e.ids) for e in examples]
+
+
+def test_training_data_of_rated_responses_chooses_the_loss_from_train() -> None:
+    rows = [
+        RatedResponse((Message("user", f"q{i}"),), Message("assistant", f"a{i}"), float(i % 2), split)
+        for i, split in enumerate(["TRAIN"] * 6 + ["TEST"] * 2)
+    ]
+    data = training_data(TrainConfig(max_length=64), RatedSet(tuple(rows)), tiny.chat_tokenizer())
+    assert data.unit == "rows" and len(data.examples) == 6 and len(data.test) == 2
+    assert isinstance(data.objective, Pointwise) and data.objective.loss_name == "binary_cross_entropy"
+    assert data.summary().startswith("8 rated responses (TRAIN 6, TEST 2, 0/1 labels); training on 6 rows")
+    with pytest.raises(ValueError, match="no TRAIN rows"):
+        training_data(TrainConfig(), RatedSet(tuple(rows[6:])), tiny.chat_tokenizer())

@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from trainer.objective import Schedule, bradley_terry_loss, lr_multiplier
+from trainer.objective import (
+    Pairwise,
+    Pointwise,
+    Schedule,
+    binary_loss,
+    bradley_terry_loss,
+    lr_multiplier,
+    pointwise_objective,
+    regression_loss,
+)
 
 
 def test_loss_is_mean_negative_log_sigmoid_of_the_gap() -> None:
@@ -79,3 +88,49 @@ def test_a_time_budget_stops_the_run_early_when_spent_or_when_the_fitted_schedul
     assert fitted.stops_early(48, 11.0)  # the fitted schedule has ended
     end = Schedule.planned(1.0, "cosine", 48, 0.05, budget_s=12.0)
     assert not end.stops_early(48, 13.0)  # the planned end is reached: not an early stop
+
+
+# ---------------------------------------------------------------- rated responses (pointwise)
+
+
+def test_regression_loss_is_the_weighted_mean_squared_error() -> None:
+    rewards, targets = torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0])
+    loss, stats = regression_loss(rewards, targets)
+    assert float(loss) == pytest.approx((1.0 + 4.0) / 2)
+    weighted, _ = regression_loss(rewards, targets, torch.tensor([2.0, 0.5]))
+    assert float(weighted) == pytest.approx((2.0 * 1.0 + 0.5 * 4.0) / 2)  # a weight multiplies its row's loss
+    assert stats["rmse"] == pytest.approx(math.sqrt(2.5)) and stats["reward_mean"] == 0.0
+
+
+def test_binary_loss_is_cross_entropy_with_the_reward_as_the_logit() -> None:
+    rewards, labels = torch.tensor([2.0, 2.0]), torch.tensor([1.0, 0.0])
+    loss, stats = binary_loss(rewards, labels)
+    expected = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(2.0))) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6) and stats["accuracy"] == 0.5
+    up = torch.tensor([0.0], requires_grad=True)
+    binary_loss(up, torch.tensor([1.0]))[0].backward()
+    assert up.grad is not None and float(up.grad) < 0  # a 1-label pushes its reward up
+
+
+def test_the_data_chooses_the_loss() -> None:
+    thumbs = pointwise_objective([1.0, 0.0, 1.0])
+    assert thumbs.loss_name == "binary_cross_entropy" and thumbs.target(1.0) == 1.0
+    assert thumbs.to_target(0.0) == 0.5 and thumbs.to_target(-1000.0) == 0.0
+    stars = pointwise_objective([1.0, 3.0, 5.0])
+    assert stars.loss_name == "regression" and stars.target_mean == 3.0
+    assert stars.target(5.0) == pytest.approx(2.0 / stars.target_std) and stars.to_target(stars.target(4.0)) == 4.0
+    assert pointwise_objective([2.0, 2.0]).target_std == 1.0  # a constant reward is centred only
+    assert "0 or 1" in thumbs.describe() and "standardized" in stars.describe()
+    assert stars.to_dict()["loss"] == "regression" and thumbs.to_dict()["data"] == "rated"
+    with pytest.raises(ValueError):
+        pointwise_objective([])
+
+
+def test_each_objective_reads_its_own_batch() -> None:
+    pairwise = Pairwise()
+    rewards = torch.tensor([2.0, 1.0, 0.0, 1.0])  # chosen rows, then rejected rows
+    loss, stats = pairwise.loss(rewards, {"margin": torch.zeros(2)})
+    assert stats["accuracy"] == 0.5 and float(loss) == float(bradley_terry_loss(rewards[:2], rewards[2:])[0])
+    batch = {"target": torch.tensor([1.0, 0.0, 1.0, 0.0]), "weight": torch.ones(4)}
+    assert Pointwise("binary_cross_entropy").loss(rewards, batch)[1]["accuracy"] == 0.25
+    assert "rmse" in Pointwise("regression").loss(rewards, batch)[1]

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from gateway.formats import load_pairs, pool_rewards, render_conversation
+from gateway.formats import load_rated as load_rated_file
 from tests import tiny
 from trainer.config import SAMPLE_DATA, TrainConfig
 from trainer.evaluate import PairMetrics, load_reward_model, score_conversations
@@ -235,3 +236,40 @@ def test_a_train_row_averages_the_window_and_an_eval_row_carries_the_metrics() -
     assert list(row)[:2] == ["loss", "accuracy"]  # the batch metrics first, as metrics.jsonl always had them
     metrics = PairMetrics(4, 0.75, 0.5, 0.0, 1.0, 0.5, (1.0, 0.0))
     assert eval_row(7, metrics) == {"kind": "eval", "step": 7, **metrics.to_dict()}
+
+
+# ---------------------------------------------------------------- rated responses
+
+
+def rated_file(tmp_path: Path, labels: str) -> Path:
+    from tests.scripts.test_make_rated_data import load_script
+
+    path = tmp_path / f"{labels}.jsonl"
+    rows = load_script().rated_rows(labels=labels)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(("labels", "loss"), [("thumbs", "binary_cross_entropy"), ("stars", "regression")])
+def test_rated_responses_train_a_pointwise_model_with_the_loss_their_data_calls_for(
+    llama_base: Path, tmp_path: Path, labels: str, loss: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = config(llama_base, tmp_path / "m", data=str(rated_file(tmp_path, labels)), max_pairs=160, epochs=3)
+    result = train(cfg)
+    assert f"objective: {loss}" in capsys.readouterr().out  # the loss is stated in the log
+    meta = json.loads((result.output / "rewardgate.json").read_text())
+    assert meta["objective"]["data"] == "rated" and meta["objective"]["loss"] == loss  # and in the card
+    assert meta["data"]["train_rows"] == 160 and meta["data"]["test_rows"] == 84 and meta["data"]["rows"] == 800
+    assert meta["data"]["truncation"]["rows_in"] == 160 and "rows_per_second" in meta["training"]
+    test = meta["metrics"]["test"]
+    assert test["count"] == 84 and test["spearman"] > 0.3 and test["pass_threshold"] == 0.5
+    assert (test["auc"] is not None) == (labels == "thumbs")
+    if labels == "thumbs":
+        assert test["auc"] > 0.7 and test["pass_accuracy"] > 0.6
+    assert meta["reward_stats"]["count"] == 84 and meta["reward_stats"]["std"] > 0
+    rows = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kind"] == "train" and rows[0]["loss"] > 0 and rows[-1]["kind"] == "eval"
+    # the served directory: the same render and pooling, so plain transformers gives the card's scores
+    model, tok, _ = load_reward_model(result.output, "cpu")
+    conversations = [r.conversation for r in load_rated_file(cfg.data).split("TEST")[:4]]
+    assert len(score_conversations(model, tok, conversations, 1024)) == 4

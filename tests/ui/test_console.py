@@ -579,3 +579,53 @@ def test_the_whole_loop_upload_train_deploy_serve_log_feedback(console: Console,
     console.click("#entries-more")  # entries are listed oldest first, 50 a page
     feedback_rows = console.many("#entries tbody tr", containing="feedback")
     assert len(feedback_rows) == 2 and all(log_id in r.text for r in feedback_rows)
+
+
+@browser_test
+def test_import_a_published_model_and_distil_a_judge_from_the_reward_models_page(
+    console: Console, live: Live, tmp_path: Path
+) -> None:
+    """The two dialogs of the Reward models page: Import (a tiny published classifier) and Distil (a rule's stored
+    scores), each to a DEPLOYED job whose page shows its numbers."""
+    if not live.has_routes("/v1/reward-models/import", "/v1/reward-models/distill"):
+        pytest.skip("the import and distill routes are not mounted in this gateway")
+    published = save_base(tmp_path / "published", "llama", seed=5)
+    console.open("models")
+    console.click("#import-button")
+    console.type("#import-source", str(published))
+    console.type("#import-slug", "console-imported")
+    console.shoot("import-dialog")
+    console.click("#import-start")
+    console.wait(lambda d: "#/models/job_" in d.current_url)
+    state = console.wait(lambda _: {"DEPLOYED", "ERROR"} & {console.find("#job-state").text}, timeout=300)
+    assert state == {"DEPLOYED"}, console.find("main").text
+    console.text_of("main", "Imported from")
+    console.text_of("main h2", "Calibration")
+
+    rule = {"slug": "says-password", "kind": "rule", "spec": {"type": "regex", "pattern": "password", "must": "match"}}
+    assert live.api("POST", "/v1/criteria", json=rule).status_code == 201
+    for i in range(6):
+        body = {"model": "fake:ok", "messages": [{"role": "user", "content": f"Locked out, ticket {i}"}], "n": 4,
+                "store": True, "metadata": {"suite": "distil"}}  # fmt: skip
+        done = live.api("POST", "/v1/chat/completions", json=body, headers={"op-criteria": '["says-password"]'})
+        assert done.status_code == 200, done.text
+    base = save_base(tmp_path / "tiny-base", "llama")
+    console.open("models")
+    console.click("#distill-button")
+    console.wait(lambda _: len(console.find("#distill-criterion").find_elements("css selector", "option")) > 0 or None)
+    from selenium.webdriver.support.ui import Select
+
+    Select(console.find("#distill-criterion")).select_by_value("says-password")
+    console.type("#distill-slug", "console-distilled")
+    console.type("#distill-metadata", "suite=distil")
+    console.type("#distill-epochs", "1")
+    console.type("#distill-base-model", str(base))
+    console.shoot("distill-dialog")
+    console.click("#distill-start")
+    console.wait(lambda d: "#/models/job_" in d.current_url)
+    state = console.wait(lambda _: {"DEPLOYED", "ERROR"} & {console.find("#job-state").text}, timeout=300)
+    assert state == {"DEPLOYED"}, console.find("main").text
+    console.text_of("main", "PASS/FAIL agreement at 0.5")
+    console.find("#test-spearman")
+    console.open("models")
+    console.text_of("#deployed", "console-distilled")

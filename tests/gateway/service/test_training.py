@@ -22,6 +22,7 @@ from gateway.service.training import (
     JobUpdate,
     TrainerOutput,
     base_models,
+    import_argv,
     trainer_argv,
 )
 from tests import tiny
@@ -135,6 +136,21 @@ def test_the_trainer_parser_accepts_the_command_line(tmp_path: Path) -> None:
     cfg = from_namespace(build_parser().parse_args(trainer_argv(job, tmp_path, resume=True)))
     assert (cfg.data, cfg.models_dir, cfg.slug, cfg.base_model) == ("d.jsonl", str(tmp_path), "rm", "/models/base")
     assert (cfg.batch_size, cfg.learning_rate, cfg.epochs, cfg.max_length, cfg.resume) == ("auto", 3e-4, 1, 64, True)
+
+
+def test_an_import_jobs_command_line_parses_with_the_source_last(tmp_path: Path) -> None:
+    from gateway.reward_serving.cli import import_parser
+
+    job = JobSpec("job_3", "acme-rm", "/jobs/job_3/calibration.jsonl", "-odd/dir", kind="import")
+    argv = import_argv(job, tmp_path)
+    args = import_parser().parse_args(argv)
+    assert (args.source, args.models_dir, args.slug) == ("-odd/dir", str(tmp_path), "acme-rm")  # a "-" source stays one
+    assert args.calibration == "/jobs/job_3/calibration.jsonl"
+    assert "--calibration" not in " ".join(import_argv(JobSpec("j", "rm", "", "acme/rm", kind="import"), tmp_path))
+    with pytest.raises(ValueError, match="source"):
+        JobSpec("j", "rm", "", "", kind="import")
+    with pytest.raises(ValueError, match="data_path"):
+        JobSpec("j", "rm", "")
 
 
 @pytest.mark.parametrize(

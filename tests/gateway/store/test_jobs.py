@@ -76,3 +76,11 @@ async def test_delete_jobs_removes_every_job_of_one_slug(store: LogStore) -> Non
     assert await store.delete_jobs("support-rm") == 2
     assert [j.id for j in await store.list_jobs()] == ["job_3"]
     assert await store.delete_jobs("support-rm") == 0
+
+
+async def test_a_jobs_kind_is_stored_train_by_default(store: LogStore) -> None:
+    imported = JobRecord("job_i", "acme-rm", "", "acme/rm-8b", {}, "", T0, T0, kind="import")
+    await store.create_job(imported)
+    await store.create_job(job())
+    assert (await store.get_job("job_i")).kind == "import" and (await store.get_job("job_1")).kind == "train"
+    assert render(Job, await store.get_job("job_i"))["kind"] == "import"

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.anyio
 SPEC = {"type": "json"}
 # sha256 (first 16 hex digits) of each step's statements joined by newlines, as released. Append; never edit.
 SQLITE_STEPS = ["b494f175a713bfee", "b857f4b73dcfb3cd", "66ff3431fa8ed769", "5c82ebcf925b248d", "893f11bf90eec9f0",
-                "c05449d5f4592429"]  # fmt: skip
+                "c05449d5f4592429", "18b8bcf5cab4aa09"]  # fmt: skip
 POSTGRES_STEPS = ["b1cda1704c6d03dc", "6cd36c6c6b291ba0", "51d1f341ad035ad3", "93e78a3fcd9fd3b6", "226c348a7f226ce7",
-                  "f2d8a09c8dfa6b36"]  # fmt: skip
+                  "f2d8a09c8dfa6b36", "18b8bcf5cab4aa09"]  # fmt: skip
 
 
 @pytest.fixture
