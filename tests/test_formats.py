@@ -1,4 +1,5 @@
-"""Tests for gateway/formats.py, contract 1 (preference JSONL); rendering and pooling: tests/test_render.py.
+"""Tests for gateway/formats (messages, pairs, files), contract 1 (preference JSONL); rendering and pooling:
+tests/test_render.py.
 
 Validation is asserted through `iter_pairs`/`load_pairs` with exact line numbers; property tests
 (hypothesis) check that no input line can make the reader raise.

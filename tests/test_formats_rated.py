@@ -1,4 +1,4 @@
-"""Rated responses (gateway/formats.py, "rated responses"): the pointwise sibling of contract 1, validated the same
+"""Rated responses (gateway/formats/rated.py): the pointwise sibling of contract 1, validated the same
 way (every bad line with its number and field), and a file's kind decided by its first record."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Tests for gateway/formats.py's render and pooling rule (DESIGN contract 2), on the tiny models of tests/tiny.py."""
+"""Tests for gateway/formats/rendering.py's render and pooling rule (DESIGN contract 2), on the tiny models of
+tests/tiny.py."""
 
 from __future__ import annotations
 
