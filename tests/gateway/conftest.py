@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
 
+from tests import tiny
 from tests.gateway.fakes import FakeUpstream, Gateway, fake_upstream, running_gateway
 from tests.tiny import save_reward_model
 
@@ -123,6 +124,12 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     save_reward_model(root / "tiny-rm" / "v1", "tiny-rm", "v1", seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama base model directory, for training jobs that take seconds."""
+    return tiny.save_base(tmp_path_factory.mktemp("base") / "llama", "llama")
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -233,6 +234,45 @@ def two_versions(root: Path) -> Path:
     save_reward_model(root / "tiny-rm" / "v1", "tiny-rm", "v1", seed=0)
     save_reward_model(root / "tiny-rm" / "v2", "tiny-rm", "v2", seed=1)
     return root
+
+
+@dataclass
+class ServeProcess:
+    """A `python -m gateway serve` process: the port it listens on and every line it printed so far."""
+
+    port: int
+    output: list[bytes]
+
+    def text(self) -> str:
+        return b"".join(self.output).decode(errors="replace")
+
+
+@asynccontextmanager
+async def serve_process(args: list[str], env: dict[str, str], *, timeout: float = 60.0) -> AsyncIterator[ServeProcess]:
+    """`rewardgate serve` as a user starts it (stdout and stderr read as it runs), until uvicorn says where it
+    listens; terminated on exit."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output: list[bytes] = []
+
+    async def drain() -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            output.append(line)
+
+    reader = asyncio.create_task(drain())
+    try:
+        started = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+        await until(lambda: any(started.search(line) for line in output) or proc.returncode is not None, timeout)
+        ports = [m.group(1).decode() for line in output if (m := started.search(line))]
+        assert ports, b"".join(output).decode(errors="replace")[-3000:]
+        yield ServeProcess(int(ports[0]), output)
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 60)
+        await reader
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -17,29 +17,13 @@ import pytest
 from gateway.config import GatewaySettings
 from gateway.store import LogQuery
 from tests import tiny
-from tests.gateway.fakes import FakeUpstream, Gateway, fake_upstream, running_gateway
+from tests.gateway.fakes import FakeUpstream, Gateway, running_gateway
 from trainer.config import SAMPLE_DATA
 
 pytestmark = pytest.mark.anyio
 FAST = ("--threads=1", "--precision=fp32", "--log-every=1")
 RUN_S = 180.0
 TRAIN = {"epochs": 6, "learning_rate": 0.002, "batch_size": 8}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny.save_base(tmp_path_factory.mktemp("base") / "llama", "llama")
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with fake_upstream() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,7 +31,7 @@ from gateway.config import GatewaySettings
 from gateway.proxy import GUARDED, MAX_HEADER_BYTES
 from gateway.upstream.providers import LiteLLMProvider, ProviderConfig, UpstreamError
 from gateway.upstream.router import FORBIDDEN_FIELDS
-from tests.gateway.fakes import KEY, MESSAGES, FakeUpstream, Gateway, running_gateway, until
+from tests.gateway.fakes import KEY, MESSAGES, FakeUpstream, Gateway, running_gateway, serve_process, until
 from tests.tiny import save_reward_model
 
 pytestmark = pytest.mark.anyio
@@ -372,24 +371,8 @@ async def test_a_real_gateway_process_never_logs_a_key(
     env = {**os.environ, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream.url, "REWARDGATE_API_KEYS": GATEWAY_KEY}
     args = ["--host", "127.0.0.1", "--port", "0", "--models-dir", str(models_dir), "--log-level", "debug",
             "--store-url", f"sqlite:///{tmp_path / 'gw.db'}", "--jobs-dir", str(tmp_path / "jobs")]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    output: list[bytes] = []
-
-    async def drain() -> None:
-        assert proc.stdout is not None
-        async for line in proc.stdout:
-            output.append(line)
-
-    reader = asyncio.create_task(drain())
-    try:
-        started = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-        await until(lambda: any(started.search(line) for line in output) or proc.returncode is not None, 60)
-        ports = [m.group(1).decode() for line in output if (m := started.search(line))]
-        assert ports, b"".join(output).decode(errors="replace")[-3000:]
-        port = ports[0]
+    async with serve_process(args, env) as served:
+        port = served.port
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=30) as client:
             spec = {"model": "openai:always-500", "instructions": "Pass answers that mention a password."}
             created = await client.post("/v1/criteria", json={"slug": "judge-down", "kind": "llm_judge", "spec": spec})
@@ -403,11 +386,7 @@ async def test_a_real_gateway_process_never_logs_a_key(
                                       headers={"Authorization": "Bearer nope"})).status_code == 401  # fmt: skip
             assert KEY not in (await client.get("/metrics")).text
             assert KEY not in (await client.get("/v1/logs/export")).text
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30)
-        await reader
-    text = b"".join(output).decode(errors="replace")
+    text = served.text()
     assert "gateway settings" in text and '"POST /v1/chat/completions HTTP/1.1" 500' in text, text[-3000:]
     assert KEY not in text and GATEWAY_KEY not in text
 

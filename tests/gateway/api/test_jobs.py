@@ -7,35 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.config import GatewaySettings
-from tests import tiny
-from tests.gateway.fakes import MESSAGES, FakeUpstream, Gateway, fake_upstream, running_gateway, until
+from tests.gateway.fakes import MESSAGES, FakeUpstream, Gateway, running_gateway, until
 
 pytestmark = pytest.mark.anyio
 FAST = ("--threads=1", "--precision=fp32", "--log-every=1")
 RUN_S = 120.0  # a tiny run takes seconds; the deadline allows for a loaded 2-core machine
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny.save_base(tmp_path_factory.mktemp("base") / "llama", "llama")
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with fake_upstream() as fake:
-        yield fake
 
 
 def settings_for(tmp_path: Path, *extra_args: str) -> GatewaySettings:

@@ -38,7 +38,7 @@ from gateway.config import GatewaySettings
 from gateway.upstream.providers import ProviderConfig
 from gateway.upstream.router import RetryPolicy, Router
 from tests import tiny
-from tests.gateway.fakes import KEY, FakeUpstream, until
+from tests.gateway.fakes import KEY, FakeUpstream, serve_process, until
 from tests.tiny import save_reward_model
 
 pytestmark = pytest.mark.anyio
@@ -191,30 +191,10 @@ async def test_the_readme_program_against_rewardgate_serve(sdk: Path, tmp_path: 
     env = {**os.environ, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream.url, "REWARDGATE_API_KEYS": GATEWAY_KEY}
     args = ["--host", "127.0.0.1", "--port", "0", "--models-dir", str(tmp_path / "models"),
             "--store-url", f"sqlite:///{tmp_path / 'gw.db'}", "--jobs-dir", str(tmp_path / "jobs")]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    lines: list[bytes] = []
-
-    async def drain() -> None:
-        assert proc.stdout is not None
-        async for line in proc.stdout:
-            lines.append(line)
-
-    reader = asyncio.create_task(drain())
-    try:
-        started = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-        await until(lambda: any(started.search(line) for line in lines) or proc.returncode is not None, 120)
-        ports = [m.group(1).decode() for line in lines if (m := started.search(line))]
-        assert ports, b"".join(lines).decode(errors="replace")[-3000:]
-        url = f"http://127.0.0.1:{ports[0]}/api/v1"
+    async with serve_process(args, env, timeout=120) as served:
+        url = f"http://127.0.0.1:{served.port}/api/v1"
         code, output = await run(sdk, str(QUICKSTART), env=sdk_env(url), cwd=tmp_path, timeout=600)
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 60)
-        await reader
-    assert code == 0, output[-6000:] + b"".join(lines).decode(errors="replace")[-3000:]
+    assert code == 0, output[-6000:] + served.text()[-3000:]
     scores = [float(line.split()[0]) for line in output.splitlines() if re.match(r"-?\d+(\.\d+)? ", line)]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True), output
     assert "judged:" in output and "'prompt_id': 'counting'" in output, output

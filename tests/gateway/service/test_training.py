@@ -25,23 +25,12 @@ from gateway.service.training import (
     import_argv,
     trainer_argv,
 )
-from tests import tiny
 from tests.gateway.fakes import until
 
 pytestmark = pytest.mark.anyio
 # Small and quick: one torch thread each (2 jobs may share 2 cores), fp32 (no bf16 autodetect), every step logged.
 FAST = ("--threads=1", "--precision=fp32", "--log-every=1")
 RUN_S = 60.0  # deadline for one trainer run on a loaded 2-core machine (a run takes about 6 s)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny.save_base(tmp_path_factory.mktemp("base") / "llama", "llama")
 
 
 def write_pairs(path: Path, train: int = 16, test: int = 4) -> Path:
