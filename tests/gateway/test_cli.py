@@ -16,11 +16,6 @@ from tests.tiny import save_causal_lm, save_reward_model
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def test_settings_precedence_file_env_flags(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text('port = 9000\nmax_n = 4\napi_keys = ["gw-secret-1", "gw-secret-2"]\nupstream_models = "x,y"\n')

@@ -70,11 +70,6 @@ def sdk() -> Path:
     return python
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def sdk_env(base_url: str, **extra: str) -> dict[str, str]:
     """Only what a user of the SDK sets (and PATH): none of this venv's PYTHONPATH or keys."""
     return {"PATH": os.environ.get("PATH", ""), "OPENPIPE_BASE_URL": base_url, "OPENPIPE_API_KEY": GATEWAY_KEY,

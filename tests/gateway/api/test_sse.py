@@ -16,11 +16,6 @@ from gateway.upstream.providers import UpstreamError
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def test_a_ranked_completion_streamed_round_trips_through_the_accumulator() -> None:
     completion = {
         "id": "chatcmpl-rg-1",

@@ -15,11 +15,6 @@ from gateway.formats import Message
 ROW = {"input": [{"role": "user", "content": "hi"}], "output": "hello", "label": "PASS"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def lines(*rows: object) -> list[str]:
     return [json.dumps(r) if not isinstance(r, str) else r for r in rows]
 

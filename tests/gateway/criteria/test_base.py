@@ -34,11 +34,6 @@ from gateway.formats import Message
 PROMPT = [Message("user", "How do I reset my password?")]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # ---------------------------------------------------------------- the header
 
 

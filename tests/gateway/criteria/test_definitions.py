@@ -13,11 +13,6 @@ from gateway.protocol import CriterionDefinition
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def rule(slug: str, version: int) -> CriterionDefinition:
     return CriterionDefinition(slug=slug, version=version, kind="rule", spec={"type": "json"})
 

@@ -37,11 +37,6 @@ PASS = '{"explanation": "No apology.", "verdict": "PASS", "confidence": 0.9}'
 FAIL = '{"explanation": "It apologises.", "verdict": "FAIL", "confidence": 0.75}'
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def sections(user_text: str) -> dict[str, str]:
     """The CONVERSATION and OUTPUT sections of a judge's user message, as the judge is told to read them."""
     opening = re.match(r"<<<CONVERSATION (\w+)>>>\n", user_text)

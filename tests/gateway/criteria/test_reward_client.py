@@ -20,11 +20,6 @@ pytestmark = pytest.mark.anyio
 Behaviour = Callable[[httpx.Request], httpx.Response]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def ok(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json={"served_by": request.url.host, "path": request.url.path,
                                      "body": json.loads(request.content or b"null")})  # fmt: skip

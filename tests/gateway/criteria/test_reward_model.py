@@ -40,11 +40,6 @@ ANSWERS = [
 ]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-rm v1 (TEST stats mean 0.5, std 2) and v2 (mean 0, std 1); other-rm v1 without reward_stats."""

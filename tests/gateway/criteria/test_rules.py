@@ -22,11 +22,6 @@ PROMPT = [Message("user", "Where is my order?")]
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def check(spec: Any, content: str, *, tool_calls: tuple[dict[str, Any], ...] = ()) -> CriterionResult:
     [result] = await RuleCriterion("r", "v3", spec).score(PROMPT, [Message("assistant", content, tool_calls)])
     return result

@@ -17,11 +17,6 @@ BODY: dict[str, Any] = {"model": "openai:gpt-4o-mini", "messages": [{"role": "us
 RM = [("support-rm", "v1", 1.0)]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def test_what_changes_the_answer_changes_the_key() -> None:
     key = cache_key(BODY, RM)
     changed = [

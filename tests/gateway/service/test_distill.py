@@ -28,11 +28,6 @@ from gateway.store import CandidateRecord, Latencies, LogQuery, LogRecord, open_
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class FakeCriterion:
     slug: str = "pw-judge"

@@ -27,11 +27,6 @@ NAIVE = datetime(2026, 1, 1)
 NAN = float("nan")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Recording:
     """A real dialect, recording the name of every method the core calls."""
 

@@ -14,11 +14,6 @@ pytestmark = pytest.mark.anyio
 SPEC = {"type": "json"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_versions_count_up_per_slug_and_never_change(store_url: str) -> None:
     store = await open_store(store_url)
     try:

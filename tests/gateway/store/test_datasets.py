@@ -29,11 +29,6 @@ pytestmark = pytest.mark.anyio
 T0 = datetime(2026, 3, 1, 9, 0, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def ticking() -> Callable[[], datetime]:
     """A clock that moves one second per call, so creation order is unambiguous."""
     times = (T0 + timedelta(seconds=i) for i in range(10**6))

@@ -17,11 +17,6 @@ T1 = T0 + timedelta(hours=1)
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def store(store_url: str) -> AsyncIterator[LogStore]:
     s = await open_store(store_url, clock=lambda: T1)
     yield s

@@ -37,11 +37,6 @@ from tests.gateway.store.conftest import REQUEST, T0, add, all_logs, failed, ok
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # ---------------------------------------------------------------- create, get, ids
 
 

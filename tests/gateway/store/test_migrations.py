@@ -26,11 +26,6 @@ POSTGRES_STEPS = ["b1cda1704c6d03dc", "6cd36c6c6b291ba0", "51d1f341ad035ad3", "9
                   "f2d8a09c8dfa6b36", "18b8bcf5cab4aa09"]  # fmt: skip
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.parametrize(
     ("steps", "released"), [(SQLITE_MIGRATIONS, SQLITE_STEPS), (POSTGRES_MIGRATIONS, POSTGRES_STEPS)]
 )

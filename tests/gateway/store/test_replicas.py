@@ -22,11 +22,6 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def replicas(store_url: str) -> AsyncIterator[list[LogStore]]:
     """REPLICAS stores on one database; the first creates it (starting together is the next test's subject)."""
     first = await open_store(store_url)

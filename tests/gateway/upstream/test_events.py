@@ -16,11 +16,6 @@ from gateway.upstream.events import StreamAccumulator, whole_events
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 DONE = b"data: [DONE]\n\n"
 
 

@@ -53,11 +53,6 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 STREAM_TEXT = ["Hel", "lo", "!"]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class FakeUpstream:
     """POST /v1/chat/completions. The request's `model` picks the behaviour:
     ok: answers, honouring `n` | short: one choice whatever `n` | garbage: 200 with a non-JSON body

@@ -26,11 +26,6 @@ pytestmark = [
 MESSAGES = [{"role": "user", "content": "Where is order QB-1?"}]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class BadParameter(ValueError):
     status = 400
 
