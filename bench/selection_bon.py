@@ -1,13 +1,25 @@
-"""Selection quality of best-of-N with a trained reward model, through the product's own commands.
+"""Reward-model quality as it is used: train with `rewardgate-train` on a mix of real preference sources, then
+measure through the product's own commands on data the trainer never saw, each result beside its baselines.
 
-Replays ../shared/data rewardbench_bon candidates 0-10 of half the prompts (split by prompt hash) with a reward
-model that `rewardgate-train` trains on the vs_gpt35_TRAIN pairs of the OTHER half, picking with
-`rewardgate eval replay`; win rate = mean of judge_preference[pick] - 1. Beside it: random, longest, oracle, and
-the published reward models' picks in the file (over the prompts where their pick is among candidates 0-10).
-Then the same model's pairwise accuracy on PandaLM with `rewardgate eval pairs`. Results: docs/BENCHMARKS.md,
-"Best-of-N selection quality".
+Sources (../shared/data/external, never copied into the project), split by prompt so no eval prompt is trained on:
 
-    python bench/selection_bon.py [--base-model minilm] [--epochs 1] [--out docs/selection_bon.json]
+- `vs_gpt35`: GPT-4-judged pairs, a Tulu-2-13B answer vs the GPT-3.5 reference. Pairs of the prompts replayed
+  below are held out (`gpt4_pairs` eval); the others train.
+- `bon_pairs`: pairs of two judged Tulu candidates of the same prompt (candidates 0-10 of bon_candidates_TRAIN,
+  the one with the higher P(beats the reference) chosen when the two differ by at least --bon-gap), from the
+  prompts that are NOT replayed.
+- `hh`: Anthropic HH-RLHF harmless-base human pairs, split by prompt hash: a quarter held out (`hh` eval).
+
+Half the bon_candidates prompts (by a prompt hash) are replayed with `rewardgate eval replay`: best-of-11 win rate
+(mean of judge_preference[pick] - 1) beside random, longest and oracle. Pairwise accuracy (`rewardgate eval
+pairs`, the served fp32 path) on each held-out set beside "longer answer wins", and on the pairs of each set
+where the chosen answer is the SHORTER one ("length misleads": longer-wins scores 0 % there, from the same
+scores). PandaLM (human labels, out of distribution) too.
+
+    python bench/selection_bon.py [--preset default] [--mix vs_gpt35=1,bon_pairs=1,hh=1] [--train-args "..."]
+        [--out docs/selection_bon.json]
+
+Results: docs/BENCHMARKS.md, "Reward-model quality".
 """
 
 from __future__ import annotations
@@ -17,6 +29,9 @@ import gzip
 import hashlib
 import json
 import os
+import random
+import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -27,107 +42,194 @@ from typing import Any
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "external"
 BON = SHARED / "rewardbench_bon" / "bon_candidates_TRAIN.jsonl.gz"
 PAIRS = SHARED / "rewardbench_bon" / "vs_gpt35_TRAIN.jsonl.gz"
+HH = SHARED / "hh_harmless" / "harmless_base_DEV.jsonl.gz"
 PANDALM = SHARED / "pandalm" / "testset_v1.jsonl"
 CANDIDATES = 11  # judge_preference is known for candidates 0-10 only
-# The CPU recipe of bench/base_models_cpu.py (bf16 on AMX, frozen embeddings, top layers trained).
-RECIPES: dict[str, list[str]] = {
-    "minilm": ["--batch-size", "16", "--learning-rate", "5e-5", "--freeze-layers", "2", "--freeze-embeddings"],
-    "smollm2": ["--batch-size", "8", "--learning-rate", "2e-5", "--freeze-layers", "24", "--freeze-embeddings"],
-}
+SOURCES = ("vs_gpt35", "bon_pairs", "hh")
 
 
-def replayed(key: str) -> bool:
-    """Half the prompts, by a hash that is independent of the trainer's own 90/10 TRAIN/TEST hash."""
-    return hashlib.sha256(("bon-replay:" + key).encode()).digest()[0] % 2 == 0
+def prompt_key(messages: list[dict[str, Any]]) -> str:
+    return json.dumps([(m["role"], m["content"]) for m in messages])
 
 
-def prepare(tmp: Path) -> tuple[Path, Path, list[dict[str, Any]], dict[str, int]]:
-    with gzip.open(BON, "rt") as fh:
-        bon = [json.loads(line) for line in fh]
-    replay_rows, kept = [], []
-    replay_keys = set()
+def in_half(salt: str, key: str, denominator: int = 2) -> bool:
+    """A prompt-hash split, independent of the trainer's own 90/10 TRAIN/TEST hash."""
+    return hashlib.sha256((salt + key).encode()).digest()[0] % denominator == 0
+
+
+def read_gz(path: Path) -> list[dict[str, Any]]:
+    with gzip.open(path, "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def bon_pairs(row: dict[str, Any], gap: float) -> list[dict[str, Any]]:
+    """Every pair of judged candidates 0-10 of one prompt whose P(beats the reference) differ by >= gap."""
+    p = [None if v is None else v - 1 for v in row["judge_preference"][:CANDIDATES]]
+    out = []
+    for i in range(len(p)):
+        for j in range(i + 1, len(p)):
+            a, b = p[i], p[j]
+            if a is None or b is None or abs(a - b) < gap:
+                continue
+            win, lose = (i, j) if a > b else (j, i)
+            out.append({"messages": [*row["messages"], {"role": "assistant", "content": row["candidates"][win]}],
+                        "rejected_message": {"role": "assistant", "content": row["candidates"][lose]}})  # fmt: skip
+    return out
+
+
+def mixed(pairs: list[dict[str, Any]], weight: float, seed: int) -> list[dict[str, Any]]:
+    """weight < 1: a seeded sample of that fraction; an integer part > 1: whole repeats, then the fraction."""
+    whole, frac = int(weight), weight - int(weight)
+    sample = random.Random(seed).sample(pairs, round(frac * len(pairs)))
+    return pairs * whole + sample
+
+
+def shorter_chosen(pair: dict[str, Any]) -> bool:
+    return len(pair["messages"][-1]["content"]) < len(pair["rejected_message"]["content"])
+
+
+def misleads_accuracy(rows: list[dict[str, Any]], scores_file: Path) -> dict[str, Any]:
+    """Accuracy over the pairs whose chosen answer is the shorter one (where "longer wins" is always wrong)."""
+    scores = [json.loads(line) for line in scores_file.read_text().splitlines()]
+    kept = [s for row, s in zip(rows, scores, strict=True) if shorter_chosen(row) and s["chosen"] is not None]
+    wins = [1.0 if s["chosen"] > s["rejected"] else 0.5 if s["chosen"] == s["rejected"] else 0.0 for s in kept]
+    return {"pairs": len(wins), "accuracy": sum(wins) / len(wins) if wins else None, "length_baseline": 0.0}
+
+
+def write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def prepare(tmp: Path, mix: dict[str, float], bon_gap: float, seed: int, eval_limit: int = 0) -> dict[str, Any]:
+    bon = read_gz(BON)
+    replay_rows, replay_keys, train_prompts = [], set(), []
     for row in bon:
-        key = json.dumps([(m["role"], m["content"]) for m in row["messages"]])
-        if replayed(key):
+        key = prompt_key(row["messages"])
+        if in_half("bon-replay:", key):
             replay_keys.add(key)
             labels = [None if v is None else v - 1 for v in row["judge_preference"]]
             replay_rows.append({"id": row["id"], "messages": row["messages"], "candidates": row["candidates"],
                                 "labels": labels})  # fmt: skip
-            kept.append(row)
-    replay_file = tmp / "replay.jsonl"
-    replay_file.write_text("".join(json.dumps(r) + "\n" for r in replay_rows))
-    train_file = tmp / "train_pairs.jsonl"
-    counts = {"replayed_prompts": len(replay_rows), "train_pairs": 0, "dropped_pairs_of_replayed_prompts": 0}
-    with train_file.open("w") as out, gzip.open(PAIRS, "rt") as pairs:
-        for line in pairs:
-            pair = json.loads(line)
-            key = json.dumps([(m["role"], m["content"]) for m in pair["messages"][:-1]])
-            if key in replay_keys:
-                counts["dropped_pairs_of_replayed_prompts"] += 1
-                continue
-            pair.pop("split", None)  # the trainer's prompt-hash split: 90 % TRAIN, 10 % TEST
-            out.write(json.dumps(pair) + "\n")
-            counts["train_pairs"] += 1
-    return replay_file, train_file, kept, counts
+        else:
+            train_prompts.append(row)
+    sources: dict[str, list[dict[str, Any]]] = {name: [] for name in SOURCES}
+    evals: dict[str, list[dict[str, Any]]] = {"gpt4_pairs": [], "hh": []}
+    for pair in read_gz(PAIRS):
+        pair.pop("split", None)
+        held_out = prompt_key(pair["messages"][:-1]) in replay_keys
+        (evals["gpt4_pairs"] if held_out else sources["vs_gpt35"]).append(pair)
+    for row in train_prompts:
+        sources["bon_pairs"].extend(bon_pairs(row, bon_gap))
+    for pair in read_gz(HH):
+        pair.pop("split", None)
+        held_out = in_half("hh-eval:", prompt_key(pair["messages"][:-1]), 4)
+        (evals["hh"] if held_out else sources["hh"]).append(pair)
+    train: list[dict[str, Any]] = []
+    for name, weight in mix.items():
+        train.extend(mixed(sources[name], weight, seed))
+    random.Random(seed).shuffle(train)  # the trainer's own 90/10 prompt-hash TRAIN/TEST split applies inside
+    files: dict[str, Any] = {
+        "replay": write(tmp / "replay.jsonl", replay_rows),
+        "train": write(tmp / "train.jsonl", train),
+    }
+    evals["pandalm"] = [json.loads(line) for line in PANDALM.read_text().splitlines() if line.strip()]
+    if eval_limit:
+        evals = {name: random.Random(seed).sample(rows, min(eval_limit, len(rows))) for name, rows in evals.items()}
+    files["evals"] = {name: (write(tmp / f"{name}.jsonl", rows), rows) for name, rows in evals.items()}
+    files["counts"] = {
+        "replayed_prompts": len(replay_rows),
+        "available": {name: len(rows) for name, rows in sources.items()},
+        "train_records": len(train),
+        "mix": mix,
+        "eval_pairs": {name: len(rows) for name, rows in evals.items()},
+        "eval_pairs_chosen_shorter": {name: sum(map(shorter_chosen, rows)) for name, rows in evals.items()},
+    }
+    return files
 
 
 def run(command: list[str]) -> str:
-    print("$", " ".join(command), flush=True)
+    print("$", " ".join(shlex.quote(c) for c in command), flush=True)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done.stdout
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    mix = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        if name not in SOURCES:
+            raise SystemExit(f"--mix: unknown source {name!r}; expected one of {SOURCES}")
+        mix[name] = float(weight or 1)
+    return mix
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base-model", default="minilm", choices=list(RECIPES))
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--time-budget-s", type=float, default=900.0)
+    parser.add_argument("--preset", default="default", help="rewardgate-train's --preset")
+    parser.add_argument("--mix", default="vs_gpt35=1,bon_pairs=1,hh=1", help="source=weight,... (see mixed())")
+    parser.add_argument("--bon-gap", type=float, default=0.1, help="bon_pairs: least P(beats reference) difference")
+    parser.add_argument("--train-args", default="", help="more rewardgate-train flags, e.g. '--base-model smollm2'")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--eval-dtype", default="float32", help="the reward server's dtype (bfloat16: faster on AMX)")
+    parser.add_argument("--eval-limit", type=int, default=0, help="score at most this many pairs of each set (0 = all)")
+    parser.add_argument("--evaluate", default="", help="evaluate this model directory instead of training one")
+    parser.add_argument("--keep-model", default="", help="copy the trained model directory here")
     parser.add_argument("--out", default="docs/selection_bon.json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    results: dict[str, Any] = {"base_model": args.base_model, "epochs": args.epochs, "loadavg_start": os.getloadavg()}
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results: dict[str, Any] = {"preset": args.preset, "train_args": args.train_args, "bon_gap": args.bon_gap,
+                               "loadavg_start": os.getloadavg(), "started": started}  # fmt: skip
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
-        replay_file, train_file, rows, counts = prepare(tmp)
-        results["data"] = counts
+        files = prepare(tmp, parse_mix(args.mix), args.bon_gap, args.seed, args.eval_limit)
+        results["data"] = files["counts"]
         models, slug = tmp / "models", "bon-rm"
-        started = time.perf_counter()
-        run([sys.executable, "-m", "trainer", "train", "--data", str(train_file), "--models-dir", str(models),
-             "--slug", slug, "--base-model", args.base_model, "--epochs", str(args.epochs),
-             "--max-length", str(args.max_length), "--time-budget-s", str(args.time_budget_s), "--no-progress",
-             "--save-steps", "100000", *RECIPES[args.base_model]])  # fmt: skip
-        results["train_seconds"] = round(time.perf_counter() - started, 1)
+        if args.evaluate:
+            (models / slug).mkdir(parents=True)
+            (models / slug / "v1").symlink_to(Path(args.evaluate).resolve())
+        else:
+            started = time.perf_counter()
+            run([sys.executable, "-m", "trainer", "train", "--data", str(files["train"]), "--models-dir", str(models),
+                 "--slug", slug, *(["--preset", args.preset] if args.preset else []), "--no-progress",
+                 "--seed", str(args.seed), *shlex.split(args.train_args)])  # fmt: skip
+            results["train_wall_seconds"] = round(time.perf_counter() - started, 1)
+            results["train_peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2)
         meta = json.loads((models / slug / "v1" / "rewardgate.json").read_text())
-        results["held_out"] = meta["metrics"]["test"]
+        results["model_card"] = {k: meta.get(k) for k in ("config", "data", "training", "metrics", "objective")}
+        if args.keep_model:
+            run(["cp", "-r", str(models / slug / "v1"), args.keep_model])
         common = ["--criterion", slug, "--models-dir", str(models), "--store-url", str(tmp / "eval.db"),
-                  "--device", "cpu"]  # fmt: skip
-        picks = tmp / "picks.jsonl"
-        replay = json.loads(run([sys.executable, "-m", "gateway", "eval", "replay", "--data", str(replay_file),
-                                 "--max-candidates", str(CANDIDATES), "--out", str(picks), *common]))  # fmt: skip
-        results["replay"] = replay
-        from gateway.criteria.evaluation import published_picks_report
-
-        labelled = [{**r, "labels": [None if v is None else v - 1 for v in r["judge_preference"]]} for r in rows]
-        results["published"] = published_picks_report(labelled, labels_field="labels", max_candidates=CANDIDATES)
-        pandalm = json.loads(run([sys.executable, "-m", "gateway", "eval", "pairs", "--data", str(PANDALM),
-                                  *common]))  # fmt: skip
-        results["pandalm"] = pandalm
+                  "--device", "cpu", "--reward-dtype", args.eval_dtype]  # fmt: skip
+        replay = ["--data", str(files["replay"]), "--max-candidates", str(CANDIDATES)]
+        results["replay"] = json.loads(run([sys.executable, "-m", "gateway", "eval", "replay", *replay, *common]))
+        results["pairs"] = {}
+        for name, (path, rows) in files["evals"].items():
+            scores = tmp / f"{name}.scores.jsonl"
+            results["pairs"][name] = json.loads(run([sys.executable, "-m", "gateway", "eval", "pairs", "--data",
+                                                     str(path), "--out", str(scores), *common]))  # fmt: skip
+            results["pairs"][name + " (length misleads)"] = misleads_accuracy(rows, scores)
     results["loadavg_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    report(results)
+
+
+def report(results: dict[str, Any]) -> None:
+    training = results["model_card"]["training"] or {}
+    print(f"\ntrained {json.dumps(training)}; peak RSS {results.get('train_peak_rss_gib')} GiB")
     means = results["replay"]["mean_label"]
-    print(f"\nreplayed prompts: {results['replay']['labelled_rows']} (candidates 0-{CANDIDATES - 1})")
+    print(f"best-of-{CANDIDATES} on {results['replay']['labelled_rows']} unseen prompts (win rate vs GPT-3.5):")
     for name in ("criterion", "random", "longest", "oracle"):
-        label = f"reward model ({args.base_model})" if name == "criterion" else name
-        print(f"  {label:40} win rate {100 * means[name]:5.1f} %")
-    for name, entry in results["published"].items():
-        print(f"  {name:40} win rate {100 * entry['mean_label']:5.1f} %  ({entry['rows']} prompts)")
-    p = results["pandalm"]
-    print(f"PandaLM: accuracy {100 * p['accuracy']:.1f} %, longer-answer baseline {100 * p['length_baseline']:.1f} %")
+        print(f"  {'reward model' if name == 'criterion' else name:14} {100 * means[name]:5.1f} %")
+    print("pairwise accuracy (reward model | longer wins | random 50 %):")
+    for name, entry in results["pairs"].items():
+        acc, base = entry["accuracy"], entry["length_baseline"]
+        print(f"  {name:28} {entry['pairs']:5} pairs  {100 * acc:5.1f} % | {100 * base:5.1f} %")
 
 
 if __name__ == "__main__":

@@ -238,6 +238,7 @@ def _eval_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     pairs.add_argument("--data", required=True, help="preference JSONL (contract 1; .gz works)")
     pairs.add_argument("--split", default="all", choices=("all", "TRAIN", "TEST"))
     pairs.add_argument("--skip-invalid", action="store_true", help="evaluate the valid lines of a file with bad ones")
+    pairs.add_argument("--out", help="write one JSON line per pair: index and the chosen and rejected scores")
     rows = kinds.add_parser("replay", help="best-of-N replay over stored candidates, beside random/longest/oracle")
     rows.add_argument("--data", required=True, help="JSONL rows: messages, candidates, optional labels (.gz works)")
     rows.add_argument("--max-candidates", type=int, default=0, help="consider the first K candidates (0 = all)")
@@ -283,6 +284,10 @@ async def _pairs(args: dict[str, Any], criterion: Criterion) -> int:
         return 1
     pairs = loaded.pairs if args["split"] == "all" else loaded.split(args["split"])
     report = await pairwise_accuracy(criterion, pairs, concurrency=args["concurrency"])
+    if args.get("out"):
+        with open(args["out"], "w", encoding="utf-8") as out:
+            for i, (chosen, rejected) in enumerate(report.scores):
+                out.write(json.dumps({"index": i, "chosen": chosen, "rejected": rejected}) + "\n")
     _print({"criterion": _name(criterion), "data": args["data"], "split": args["split"],
             "skipped_lines": len(loaded.skipped), **report.to_json()})  # fmt: skip
     return 0

@@ -22,6 +22,10 @@ def _offline_env() -> None:
     # The trainer never needs the hub; fail fast instead of waiting on a network that is not there.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # oneDNN (torch's CPU kernels) caches a primitive per tensor shape, and length-grouped batches bring hundreds of
+    # shapes: with its default cache a CPU run's RSS grew to 7.5 GiB; without it the same speed (measured:
+    # docs/BENCHMARKS.md, "Reward-model quality"). Read when torch first builds a primitive, so set before import.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

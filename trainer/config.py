@@ -16,14 +16,50 @@ PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
 SCHEDULES = ("cosine", "linear", "constant")
 ATTENTIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 STRATEGIES = ("ddp", "fsdp")
+LONG_ANSWERS = ("keep", "drop")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+# Named recipes: values for TrainConfig's fields, applied by the CLI (and the gateway's training jobs, which run
+# it) under the flags given explicitly. Chosen by measurement: docs/BENCHMARKS.md, "Reward-model quality".
+PRESETS: dict[str, dict[str, Any]] = {
+    # 15 minutes of training on 2 CPU cores.
+    "default": {
+        "base_model": "minilm",
+        "epochs": 2,
+        "time_budget_s": 900.0,
+        "batch_size": "8",
+        "learning_rate": 2e-4,
+        "max_length": 512,
+        "freeze_embeddings": True,
+    },
+    # 60 minutes of training on 2 CPU cores.
+    "quality": {
+        "base_model": "minilm",
+        "epochs": 3,
+        "time_budget_s": 3600.0,
+        "batch_size": "8",
+        "learning_rate": 1e-4,
+        "max_length": 512,
+        "freeze_embeddings": True,
+    },
+    # TrainConfig's field defaults: no time budget, nothing frozen, batch auto (a GPU, or your own recipe).
+    "none": {},
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    preset: str = _opt(
+        "",
+        "a named recipe (default = 15 CPU minutes, quality = 60 CPU minutes, none = plain defaults) whose values "
+        "apply under the flags given",
+        cli_default="default",
+        choices=tuple(PRESETS),
+    )
     data: str = _opt(
         SAMPLE_DATA, "preference pairs (contract 1) or rated responses (JSONL, .gz works); default: the bundled sample"
     )
@@ -39,9 +75,20 @@ class TrainConfig:
     )
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
     max_length: int = _opt(384, "token budget per conversation (prompt trimmed from the left first)")
+    long_answers: str = _opt(
+        "keep",
+        "an answer longer than the budget: keep = train on its head, as the server scores it; "
+        "drop = leave the record out",
+        choices=LONG_ANSWERS,
+    )
     warmup_ratio: float = _opt(0.05, "fraction of steps with linear warmup")
     schedule: str = _opt("cosine", "learning-rate decay after warmup", choices=SCHEDULES)
     weight_decay: float = _opt(0.0, "AdamW weight decay")
+    length_debiased: bool = _opt(
+        False,
+        "pairs: train a length head beside the reward head and decorrelate the reward from the answer's length; "
+        "serve the reward head only (README, 'Length')",
+    )
     center_rewards: float = _opt(0.0, "coefficient of the reward-centring penalty (0 = off; TRL suggests 0.01)")
     pass_threshold: float = _opt(
         0.5, "rated responses: TEST reports the PASS/FAIL agreement at this reward (0.5 suits 0/1 labels and judges)"
@@ -99,6 +146,12 @@ class TrainConfig:
             raise ValueError("warmup_ratio: must be in [0, 1)")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate: must be positive")
+        if self.long_answers not in LONG_ANSWERS:
+            raise ValueError(f"long_answers: expected one of {LONG_ANSWERS}")
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"preset: expected one of {tuple(PRESETS)}")
+        if self.length_debiased and self.distributed_strategy == "fsdp":
+            raise ValueError("length_debiased with fsdp is not supported: use ddp")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention: expected one of {ATTENTIONS}")
         if self.distributed_strategy not in STRATEGIES:
@@ -111,14 +164,24 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_preset(cls, preset: str, **options: Any) -> TrainConfig:
+        """The preset's values under `options` (a preset's name unknown: ValueError)."""
+        if preset not in PRESETS:
+            raise ValueError(f"preset: expected one of {tuple(PRESETS)}, got {preset!r}")
+        return cls(**(PRESETS[preset] | options | {"preset": preset}))
+
 
 def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per TrainConfig field: --learning-rate for learning_rate, --no-progress for bools."""
+    """One flag per TrainConfig field: --learning-rate for learning_rate, --no-progress for bools. A flag not given
+    parses to None, so `from_namespace` can tell it from a value the preset sets; the help shows the field default."""
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": f.metadata["help"]}
+        default = f.metadata.get("cli_default", f.default)
+        shown = f" (preset or {default})" if f.name != "preset" else f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"] + shown}
         if f.type in (bool, "bool"):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -129,5 +192,7 @@ def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
 
 
 def from_namespace(ns: argparse.Namespace) -> TrainConfig:
+    """The field defaults, under the preset's values (`--preset`, else `default`), under the flags given."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(ns).items() if k in names})
+    given = {k: v for k, v in vars(ns).items() if k in names and v is not None}
+    return TrainConfig.from_preset(given.pop("preset", "default"), **given)

@@ -24,6 +24,8 @@ class TokenizedPair:
     chosen: tuple[int, ...]
     rejected: tuple[int, ...]
     margin: float
+    chosen_chars: int = 0  # the answers' whole lengths in characters (the length-debiased objective reads them)
+    rejected_chars: int = 0
 
     @property
     def tokens(self) -> int:
@@ -55,21 +57,27 @@ class TokenizedRow:
 class TruncationReport:
     pairs_in: int  # records in: pairs, or rated responses (`unit`)
     prompts_trimmed: int  # records kept with prompt tokens cut from the left
-    dropped: int  # records left out because a response alone exceeded max_length
+    dropped: int  # records left out because a response alone exceeded max_length (long_answers="drop")
     unit: str = "pairs"
+    cut: int = 0  # records kept with a response cut to its head (long_answers="keep"), as the server scores it
 
     def to_dict(self) -> dict[str, int]:
-        return {f"{self.unit}_in": self.pairs_in, "prompts_trimmed": self.prompts_trimmed, "dropped": self.dropped}
+        return {
+            f"{self.unit}_in": self.pairs_in,
+            "prompts_trimmed": self.prompts_trimmed,
+            "answers_cut": self.cut,
+            "dropped": self.dropped,
+        }
 
 
 def tokenize_pairs(
-    pairs: Sequence[PreferencePair], tokenizer: Any, max_length: int
+    pairs: Sequence[PreferencePair], tokenizer: Any, max_length: int, long_answers: str = "keep"
 ) -> tuple[list[TokenizedPair], TruncationReport]:
-    """Render every pair with the shared render function. A pair whose response had to be cut is
-    dropped (training on a cut answer teaches the wrong thing); trimmed prompts are kept. Both are
-    counted and reported, never silent."""
+    """Render every pair with the shared render function. A pair with a response longer than the budget is
+    kept with that response cut to its head, exactly what the reward server scores for it (`long_answers="keep"`),
+    or left out (`"drop"`); trimmed prompts are kept. All three are counted and reported, never silent."""
     out: list[TokenizedPair] = []
-    trimmed = dropped = 0
+    trimmed = dropped = cut = 0
     for index, pair in enumerate(pairs):
         chosen, rejected = render_responses(
             tokenizer, pair.prompt, [pair.chosen, pair.rejected], max_length, pair.tools
@@ -77,29 +85,34 @@ def tokenize_pairs(
         if not chosen.input_ids or not rejected.input_ids:
             raise ValueError(f"the tokenizer produced no tokens for TRAIN pair {index}")
         if chosen.response_tokens_truncated or rejected.response_tokens_truncated:
-            dropped += 1
-            continue
+            if long_answers == "drop":
+                dropped += 1
+                continue
+            cut += 1
         trimmed += bool(chosen.prompt_tokens_trimmed or rejected.prompt_tokens_trimmed)
-        out.append(TokenizedPair(chosen.input_ids, rejected.input_ids, pair.margin))
-    return out, TruncationReport(len(pairs), trimmed, dropped)
+        lengths = len(pair.chosen.content), len(pair.rejected.content)
+        out.append(TokenizedPair(chosen.input_ids, rejected.input_ids, pair.margin, *lengths))
+    return out, TruncationReport(len(pairs), trimmed, dropped, cut=cut)
 
 
 def tokenize_rated(
-    rows: Sequence[RatedResponse], tokenizer: Any, max_length: int, objective: Pointwise
+    rows: Sequence[RatedResponse], tokenizer: Any, max_length: int, objective: Pointwise, long_answers: str = "keep"
 ) -> tuple[list[TokenizedRow], TruncationReport]:
     """`tokenize_pairs` for rated responses: the same render, the same truncation rule, the target of each."""
     out: list[TokenizedRow] = []
-    trimmed = dropped = 0
+    trimmed = dropped = cut = 0
     for index, row in enumerate(rows):
         (rendered,) = render_responses(tokenizer, row.prompt, [row.response], max_length, row.tools)
         if not rendered.input_ids:
             raise ValueError(f"the tokenizer produced no tokens for TRAIN row {index}")
         if rendered.response_tokens_truncated:
-            dropped += 1
-            continue
+            if long_answers == "drop":
+                dropped += 1
+                continue
+            cut += 1
         trimmed += bool(rendered.prompt_tokens_trimmed)
         out.append(TokenizedRow(rendered.input_ids, objective.target(row.reward), row.weight))
-    return out, TruncationReport(len(rows), trimmed, dropped, "rows")
+    return out, TruncationReport(len(rows), trimmed, dropped, "rows", cut)
 
 
 @dataclass(frozen=True)
@@ -134,13 +147,15 @@ def training_data(cfg: TrainConfig, dataset: PairSet | RatedSet, tokenizer: Any)
     objective: Pairwise | Pointwise
     examples: list[Any]
     if isinstance(dataset, RatedSet):
+        if cfg.length_debiased:
+            raise ValueError("length_debiased: needs preference pairs (a rated-response file was given)")
         if not train:
             raise ValueError(f"{cfg.data}: no TRAIN rows")
         objective = pointwise_objective([r.reward for r in train])
-        examples, truncation = tokenize_rated(train, tokenizer, cfg.max_length, objective)
+        examples, truncation = tokenize_rated(train, tokenizer, cfg.max_length, objective, cfg.long_answers)
     else:
-        objective = Pairwise(cfg.center_rewards)
-        examples, truncation = tokenize_pairs(train, tokenizer, cfg.max_length)
+        objective = Pairwise(cfg.center_rewards, cfg.length_debiased)
+        examples, truncation = tokenize_pairs(train, tokenizer, cfg.max_length, cfg.long_answers)
     if not examples:
         raise ValueError(f"{cfg.data}: no TRAIN {truncation.unit} fit max_length={cfg.max_length}")
     return TrainingData(dataset, train, test, examples, truncation, objective)
@@ -176,7 +191,7 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 
 def collate(batch: Sequence[TokenizedPair] | Sequence[TokenizedRow], pad_id: int) -> dict[str, torch.Tensor]:
     """One forward pass for the whole batch. Pairs: rows [0, B) are chosen, rows [B, 2B) rejected, with their
-    margins. Rated responses: one row each, with `target` and `weight`."""
+    margins and the answers' lengths in characters. Rated responses: one row each, with `target` and `weight`."""
     if batch and isinstance(batch[0], TokenizedRow):
         rows = cast(Sequence[TokenizedRow], batch)
         ids, mask = pad_right([r.ids for r in rows], pad_id)
@@ -186,4 +201,5 @@ def collate(batch: Sequence[TokenizedPair] | Sequence[TokenizedRow], pad_id: int
     batch = cast(Sequence[TokenizedPair], batch)
     ids, mask = pad_right([p.chosen for p in batch] + [p.rejected for p in batch], pad_id)
     margins = torch.tensor([p.margin for p in batch], dtype=torch.float32)
-    return {"input_ids": ids, "attention_mask": mask, "margin": margins}
+    lengths = torch.tensor([p.chosen_chars for p in batch] + [p.rejected_chars for p in batch], dtype=torch.float32)
+    return {"input_ids": ids, "attention_mask": mask, "margin": margins, "length": lengths}

@@ -42,11 +42,12 @@ def load_tokenizer(base: str) -> Any:
     return tokenizer
 
 
-def build_model(cfg: TrainConfig, base: str, attention: str, pad_token_id: int) -> Any:
-    """The base with a one-output head, set up as the config asks, in training mode, still on the CPU."""
+def build_model(cfg: TrainConfig, base: str, attention: str, pad_token_id: int, outputs: int = 1) -> Any:
+    """The base with an `outputs`-output head (1; 2 for the length-debiased objective: reward, length), set up as
+    the config asks, in training mode, still on the CPU."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, attn_implementation=attention)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=outputs, attn_implementation=attention)
     model.config.pad_token_id = pad_token_id
     freeze(model, cfg.freeze_embeddings, cfg.freeze_layers)
     if not cfg.dropout:  # p=0 also lets attention take its fused kernel instead of a dropout-capable one
@@ -63,14 +64,33 @@ def build_model(cfg: TrainConfig, base: str, attention: str, pad_token_id: int) 
 
 def trained_model(model: Any, weights: Weights, lora: bool) -> Any:
     """The model to evaluate and save, in eval mode: the fp32 master weights rather than their bf16
-    rounding (.to keeps the Parameters the master copies are written into), LoRA merged into a plain model."""
+    rounding (.to keeps the Parameters the master copies are written into), LoRA merged into a plain model,
+    and a one-output head (the reward: a length-debiased model's length output is dropped)."""
     if weights.master is not None:
         model.to(torch.float32)
         copy_master_to_params(weights)
     if lora:
         model = model.merge_and_unload()
+    if model.config.num_labels > 1:
+        keep_first_output(model)
     model.eval()
     return model
+
+
+def keep_first_output(model: Any) -> None:
+    """Cut the classification head to its first output (the reward), so the model is a plain num_labels=1 one."""
+    head = model.score if hasattr(model, "score") else model.classifier
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"{type(model).__name__}: its head is not one linear layer; cannot drop the length output")
+    single = torch.nn.Linear(head.in_features, 1, bias=head.bias is not None, dtype=head.weight.dtype)
+    with torch.no_grad():
+        single.weight.copy_(head.weight[:1])
+        if head.bias is not None:
+            single.bias.copy_(head.bias[:1])
+    single.to(head.weight.device)
+    setattr(model, "score" if hasattr(model, "score") else "classifier", single)
+    model.config.num_labels = 1
+    model.num_labels = 1
 
 
 def transformer_layers(model: Any) -> Any:

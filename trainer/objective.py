@@ -76,22 +76,74 @@ def binary_loss(
     return loss, stats
 
 
+def batch_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of two (batch,) tensors, differentiable; 0 when either is constant."""
+    x, y = x.float() - x.float().mean(), y.float() - y.float().mean()
+    correlation: torch.Tensor = (x * y).sum() / (x.norm() * y.norm() + 1e-8)
+    return correlation
+
+
+def length_debiased_loss(
+    outputs: torch.Tensor, lengths: torch.Tensor, margin: torch.Tensor | None = None, center_coef: float = 0.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Bradley-Terry on the sum of two heads, quality (column 0) + length (column 1), plus a decorrelation term
+    over the batch: |corr(quality, log length)| - corr(length head, log length). In the spirit of ODIN (Chen et al.
+    2024): the preference is fitted by both heads together while the length head is pushed to carry what the
+    answer's length explains and the quality head to carry none of it; only the quality head is served.
+    `outputs` is (2B, 2), chosen rows then rejected rows; `lengths` the answers' lengths in characters."""
+    n = outputs.shape[0] // 2
+    quality, length_head = outputs[:, 0].float(), outputs[:, 1].float()
+    total = quality + length_head
+    loss, stats = bradley_terry_loss(total[:n], total[n:], margin, center_coef)
+    log_length = lengths.float().log1p()
+    quality_corr = batch_correlation(quality, log_length)
+    length_corr = batch_correlation(length_head, log_length)
+    loss = loss + quality_corr.abs() - length_corr
+    with torch.no_grad():
+        stats |= {
+            "loss": float(loss),
+            "quality_accuracy": float((quality[:n] > quality[n:]).float().mean()),
+            "quality_length_corr": float(quality_corr),
+            "length_head_corr": float(length_corr),
+        }
+    return loss, stats
+
+
 @dataclass(frozen=True)
 class Pairwise:
-    """Bradley-Terry on preference pairs: a batch is chosen rows then rejected rows (trainer.data.collate)."""
+    """Bradley-Terry on preference pairs: a batch is chosen rows then rejected rows (trainer.data.collate). With
+    `length_debiased`, the model has a second (length) output and the loss is `length_debiased_loss`; the saved
+    model keeps the first (quality) output only (trainer.model.trained_model)."""
 
     center_coef: float = 0.0
+    length_debiased: bool = False
     kind: Literal["pairs"] = "pairs"
 
-    def loss(self, rewards: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    @property
+    def outputs(self) -> int:
+        return 2 if self.length_debiased else 1
+
+    def loss(self, outputs: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """`outputs`: (2B,) rewards or (2B, k) head outputs (column 0 is the reward)."""
+        if self.length_debiased:
+            return length_debiased_loss(outputs, batch["length"], batch["margin"], self.center_coef)
+        rewards = outputs[:, 0] if outputs.dim() == 2 else outputs
         n = rewards.shape[0] // 2
         return bradley_terry_loss(rewards[:n], rewards[n:], batch["margin"], self.center_coef)
 
     def describe(self) -> str:
+        if self.length_debiased:
+            return (
+                "bradley_terry on quality + length heads, quality decorrelated from the answer's length (served: the "
+                "quality head)"
+            )
         return "bradley_terry: -logsigmoid(r_chosen - r_rejected - margin) on preference pairs"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"data": "pairs", "loss": "bradley_terry", "center_rewards": self.center_coef}
+        out: dict[str, Any] = {"data": "pairs", "loss": "bradley_terry", "center_rewards": self.center_coef}
+        if self.length_debiased:
+            out |= {"length_debiased": True, "served": "the quality head (the length head is dropped on save)"}
+        return out
 
 
 @dataclass(frozen=True)
@@ -106,6 +158,10 @@ class Pointwise:
     target_std: float = 1.0
     kind: Literal["rated"] = "rated"
 
+    @property
+    def outputs(self) -> int:
+        return 1
+
     def target(self, reward: float) -> float:
         if self.loss_name == "binary_cross_entropy":
             return reward
@@ -116,7 +172,8 @@ class Pointwise:
             return 1.0 / (1.0 + math.exp(-raw)) if raw >= -700 else 0.0
         return self.target_mean + self.target_std * raw
 
-    def loss(self, rewards: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, outputs: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        rewards = outputs[:, 0] if outputs.dim() == 2 else outputs
         if self.loss_name == "binary_cross_entropy":
             return binary_loss(rewards, batch["target"], batch["weight"])
         return regression_loss(rewards, batch["target"], batch["weight"])

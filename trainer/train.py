@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import torch
 
-from gateway.formats import load_data, pool_rewards
+from gateway.formats import load_data, pool_logits
 from trainer.bases import resolve_base
 from trainer.checkpoint import (
     data_summary,
@@ -95,7 +95,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
         # ------------------------------------------------------------ model
         attention = cfg.attention if cfg.attention != "auto" else auto_attention(device)
-        model = build_model(cfg, base, attention, tokenizer.pad_token_id)
+        model = build_model(cfg, base, attention, tokenizer.pad_token_id, objective.outputs)
         if not dist.fsdp:  # FSDP moves each block to the GPU as it shards it: the whole model need not fit one GPU
             model.to(device=device, dtype=torch.bfloat16 if bf16_weights else None)
         batch_size = resolve_batch_size(cfg, model, data.examples, tokenizer.pad_token_id, device, precision, dist)
@@ -134,8 +134,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 at_step = (i + 1) % cfg.grad_accum == 0 or at_epoch_end  # an epoch's last micro-batches step too
                 with dist.gradient_sync(runner, at_step):  # all-reduce gradients on a step's last micro-batch only
                     with autocast:  # one forward for the batch (pairs: rows [0, n) chosen, [n, 2n) rejected)
-                        rewards = pool_rewards(runner, batch["input_ids"], batch["attention_mask"])
-                    loss, stats = objective.loss(rewards, batch)
+                        outputs = pool_logits(runner, batch["input_ids"], batch["attention_mask"])
+                    loss, stats = objective.loss(outputs, batch)
                     (loss * part.weight / cfg.grad_accum).backward()
                 window.append(dist.reduce_stats(stats, part.counted))
                 pairs_done += len(order[i])

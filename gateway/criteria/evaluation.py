@@ -32,6 +32,8 @@ class PairwiseReport:
     ties: int
     errored: int
     length_baseline: float | None  # the longer answer wins, ties half, over the same pairs
+    # each pair's normalized (chosen, rejected) scores, in input order; None where the criterion errored
+    scores: tuple[tuple[float | None, float | None], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,8 +70,9 @@ async def pairwise_accuracy(
         wins += _win(chosen.normalized, rejected.normalized)
         length += _win(len(pair.chosen.content), len(pair.rejected.content))
     scored = len(pairs) - errored
+    scores = tuple((chosen.normalized, rejected.normalized) for chosen, rejected in answers)
     return PairwiseReport(
-        len(pairs), wins / scored if scored else None, ties, errored, length / scored if scored else None
+        len(pairs), wins / scored if scored else None, ties, errored, length / scored if scored else None, scores
     )
 
 

@@ -51,6 +51,7 @@ from .rated import (
 from .rendering import (
     Rendered,
     group_by_prompt,
+    pool_logits,
     pool_rewards,
     render_conversation,
     render_many,
@@ -91,6 +92,7 @@ __all__ = [
     "parse_rated_line",
     "parse_record",
     "parse_record_line",
+    "pool_logits",
     "pool_rewards",
     "render_conversation",
     "render_many",

@@ -160,15 +160,22 @@ def pool_rewards(model: Any, input_ids: Any, attention_mask: Any) -> Any:
     real token never attends to the pads after it under the causal mask, so the result is the
     same, and SDPA can take its flash/causal path instead of materialising a padded mask
     (measured: docs/BENCHMARKS.md). Encoder classifiers (BERT family) attend both ways, so they get
-    the mask and pool at [CLS], position 0, which right padding never moves. Returns (batch,).
+    the mask and pool at [CLS], position 0, which right padding never moves. Returns (batch,): the
+    head's first output.
     """
+    return pool_logits(model, input_ids, attention_mask)[:, 0]
+
+
+def pool_logits(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """`pool_rewards` with every output of the head: (batch, num_labels). The trainer's length-debiased objective
+    trains a second (length) output beside the reward; a served model has one."""
     if hasattr(model, "get_base_model"):  # a peft wrapper: work on the model it wraps
         model = model.get_base_model()
     head = getattr(model, "score", None)
     if head is None:
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, use_cache=False).last_hidden_state  # no KV cache: one pass only
     last = attention_mask.sum(dim=1) - 1
     index = last.view(-1, 1, 1).expand(-1, 1, hidden.size(-1))
-    return head(hidden.gather(1, index).squeeze(1))[:, 0]
+    return head(hidden.gather(1, index).squeeze(1))

@@ -63,9 +63,9 @@ BASE_MODELS = (
 )
 
 
-# trainer.config.TrainConfig.learning_rate's default, copied (the gateway may not import trainer); a test keeps them
+# the learning rate of trainer.config.PRESETS["default"], copied (the gateway may not import trainer); a test keeps them
 # equal. OpenPipe's learning_rate_multiplier scales it.
-DEFAULT_LEARNING_RATE = 5e-5
+DEFAULT_LEARNING_RATE = 2e-4
 
 
 def base_models() -> tuple[BaseModel, ...]:
@@ -144,7 +144,8 @@ def trainer_argv(
     --precision, --save-steps...): they come first, so a job's own flags override them."""
     hp = spec.hyperparameters
     options = {"--data": spec.data_path, "--models-dir": models_dir, "--slug": spec.slug}
-    options |= {"--base-model": spec.base_model or None, "--batch-size": hp.batch_size}
+    batch_size = None if hp.batch_size == "auto" else hp.batch_size  # "auto": the trainer's preset decides
+    options |= {"--base-model": spec.base_model or None, "--batch-size": batch_size}
     options |= {"--learning-rate": hp.learning_rate, "--epochs": hp.epochs, "--max-length": hp.max_length}
     # --flag=value: a value that starts with "-" (a path, a model id) is never read as a flag
     job_flags = [f"{flag}={value}" for flag, value in options.items() if value is not None]

@@ -57,8 +57,13 @@ def test_pairs_accuracy_with_ties_and_the_length_baseline(
         Path(setup["tmp"]) / "p.jsonl", [pair(LONG, SHORT), pair(SHORT, LONG), pair(LONG, LONG + " Then log in.")]
     )
     common = ["--models-dir", setup["models"], "--store-url", setup["store"], "--device", "cpu"]
-    code, report = run(capsys, "eval", "pairs", "--criterion", "wordy", "--data", data, *common)
+    scores = Path(setup["tmp"]) / "scores.jsonl"
+    code, report = run(capsys, "eval", "pairs", "--criterion", "wordy", "--data", data, "--out", str(scores), *common)
     assert code == 0
+    per_pair = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert [p["index"] for p in per_pair] == [0, 1, 2]
+    assert per_pair[0]["chosen"] > per_pair[0]["rejected"] and per_pair[1]["chosen"] < per_pair[1]["rejected"]
+    assert per_pair[2]["chosen"] == per_pair[2]["rejected"]
     # wordy: pair 1 right (1), pair 2 wrong (0), pair 3 a tie (0.5); length: 1, 0, 0 (the rejected is longer)
     assert report["criterion"] == {"slug": "wordy", "version": "v1", "kind": "rule"}
     assert (report["pairs"], report["ties"], report["errored"]) == (3, 1, 0)

@@ -93,7 +93,7 @@ def test_the_card_holds_contract_2s_keys_in_order() -> None:
         "train_pairs": 8,
         "test_pairs": 42,
         "skipped_lines": 0,
-        "truncation": {"pairs_in": 8, "prompts_trimmed": 0, "dropped": 0},
+        "truncation": {"pairs_in": 8, "prompts_trimmed": 0, "answers_cut": 0, "dropped": 0},
     }
     assert card["training"] == {
         "steps": 24,

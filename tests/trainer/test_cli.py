@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -45,14 +46,19 @@ def test_validate_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.C
     assert "nope.jsonl" in capsys.readouterr().err
 
 
-def test_train_refuses_a_bad_dataset_with_every_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_refuses_a_bad_dataset_with_every_bad_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(GOOD + "\n[1]\n{}\n")
     base = tiny.save_base(tmp_path / "base")
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     assert main(["train", "--data", str(path), "--base-model", str(base), "--output", str(tmp_path / "o")]) == 1
     out = capsys.readouterr().out
     assert "line 2:" in out and "line 3:" in out
     assert not (tmp_path / "o" / "rewardgate.json").exists()
+    # the trainer's process runs without oneDNN's per-shape primitive cache (RSS grew with it; BENCHMARKS)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
 
 
 def test_eval_reports_accuracy_margin_count_and_the_length_baseline(

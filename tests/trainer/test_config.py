@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from trainer.config import TrainConfig, add_arguments, from_namespace
+from trainer.config import PRESETS, TrainConfig, add_arguments, from_namespace
 
 
 def parse(*argv: str) -> TrainConfig:
@@ -34,7 +34,20 @@ def test_every_field_becomes_a_flag_with_its_default() -> None:
         False,
         2,
     )
-    assert parse().to_dict() == TrainConfig().to_dict()
+    assert parse().to_dict() == TrainConfig.from_preset("default").to_dict()
+
+
+def test_a_preset_applies_under_the_flags_given() -> None:
+    quality = parse("--preset", "quality", "--epochs", "3")
+    assert quality.preset == "quality" and quality.epochs == 3
+    assert quality.time_budget_s == PRESETS["quality"]["time_budget_s"]
+    assert parse("--preset", "none").to_dict() == TrainConfig(preset="none").to_dict()
+    assert parse("--no-freeze-embeddings").freeze_embeddings is False  # a flag beats the preset's True
+    assert parse().freeze_embeddings is PRESETS["default"].get("freeze_embeddings", False)
+    with pytest.raises(SystemExit):
+        parse("--preset", "fastest")
+    with pytest.raises(ValueError, match="preset"):
+        TrainConfig.from_preset("fastest")
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.formats import Message, PreferencePair, RatedResponse, RatedSet, load_pairs
+from gateway.formats import Message, PreferencePair, RatedResponse, RatedSet, load_pairs, render_responses
 from tests import tiny
 from trainer.config import SAMPLE_DATA, TrainConfig
 from trainer.data import TokenizedPair, collate, length_grouped_batches, tokenize_pairs, tokenize_rated, training_data
@@ -15,19 +15,26 @@ def pair(prompt: str, chosen: str, rejected: str) -> PreferencePair:
     )
 
 
-def test_long_prompts_are_trimmed_and_long_responses_dropped_and_both_counted() -> None:
+def test_long_prompts_are_trimmed_and_long_answers_kept_cut_or_dropped_and_all_counted() -> None:
     tok = tiny.chat_tokenizer()
+    long_answer = "an extremely long answer " * 40
     pairs = [
         pair("short question", "good answer", "bad answer"),
         pair("a very long question " * 40, "good answer", "bad answer"),
-        pair("short question", "an extremely long answer " * 40, "bad answer"),
+        pair("short question", long_answer, "bad answer"),
     ]
-    examples, report = tokenize_pairs(pairs, tok, max_length=64)
-    assert report.to_dict() == {"pairs_in": 3, "prompts_trimmed": 1, "dropped": 1}
-    assert len(examples) == 2
-    assert all(len(e.chosen) <= 64 and len(e.rejected) <= 64 for e in examples)
-    # the trimmed pair still ends with its whole answer
+    examples, report = tokenize_pairs(pairs, tok, max_length=64)  # the default: keep the answer's head
+    # the cut answer fills the whole budget, so its prompt is trimmed too (formats.render_responses' rule)
+    assert report.to_dict() == {"pairs_in": 3, "prompts_trimmed": 2, "answers_cut": 1, "dropped": 0}
+    assert len(examples) == 3 and all(len(e.chosen) <= 64 and len(e.rejected) <= 64 for e in examples)
+    # the trimmed pair still ends with its whole answer; the cut one is its answer's head, as the server scores it
     assert tok.decode(examples[1].chosen).rstrip().endswith("good answer<|im_end|>")
+    served = render_responses(tok, pairs[2].prompt, [pairs[2].chosen], 64)[0]
+    assert examples[2].chosen == served.input_ids and served.response_tokens_truncated > 0
+    assert (examples[2].chosen_chars, examples[2].rejected_chars) == (len(long_answer), len("bad answer"))
+    kept, report = tokenize_pairs(pairs, tok, max_length=64, long_answers="drop")
+    assert report.to_dict() == {"pairs_in": 3, "prompts_trimmed": 1, "answers_cut": 0, "dropped": 1}
+    assert len(kept) == 2
 
 
 def test_length_grouped_batches_cover_every_index_once_and_cut_padding() -> None:
@@ -46,11 +53,12 @@ def test_length_grouped_batches_cover_every_index_once_and_cut_padding() -> None
 
 
 def test_collate_puts_chosen_rows_first_right_padded_with_a_mask() -> None:
-    batch = [TokenizedPair((1, 2, 3), (4,), 0.5), TokenizedPair((5,), (6, 7), 0.0)]
+    batch = [TokenizedPair((1, 2, 3), (4,), 0.5, 30, 4), TokenizedPair((5,), (6, 7), 0.0, 5, 70)]
     out = collate(batch, pad_id=0)
     assert out["input_ids"].tolist() == [[1, 2, 3], [5, 0, 0], [4, 0, 0], [6, 7, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 0, 0], [1, 1, 0]]
     assert out["margin"].tolist() == pytest.approx([0.5, 0.0])
+    assert out["length"].tolist() == [30, 5, 4, 70]  # the answers' lengths, in the rows' order
 
 
 def test_training_data_samples_at_most_max_pairs_of_train_and_keeps_test_whole() -> None:
@@ -65,7 +73,9 @@ def test_training_data_samples_at_most_max_pairs_of_train_and_keeps_test_whole()
 
 def test_training_data_refuses_a_max_length_no_train_pair_fits() -> None:
     with pytest.raises(ValueError, match="no TRAIN pairs fit max_length=8"):
-        training_data(TrainConfig(max_pairs=4, max_length=8), load_pairs(SAMPLE_DATA), tiny.chat_tokenizer())
+        training_data(
+            TrainConfig(max_pairs=4, max_length=8, long_answers="drop"), load_pairs(SAMPLE_DATA), tiny.chat_tokenizer()
+        )
 
 
 def test_rated_responses_tokenize_with_their_targets_and_truncation_rule() -> None:
@@ -76,9 +86,10 @@ def test_rated_responses_tokenize_with_their_targets_and_truncation_rule() -> No
         RatedResponse((Message("user", "q"),), Message("assistant", "a very long answer " * 40), 1.0, "TRAIN"),
     ]
     objective = Pointwise("regression", 3.0, 2.0)
-    examples, report = tokenize_rated(rows, tok, 64, objective)
-    assert report.to_dict() == {"rows_in": 3, "prompts_trimmed": 1, "dropped": 1}
+    examples, report = tokenize_rated(rows, tok, 64, objective, long_answers="drop")
+    assert report.to_dict() == {"rows_in": 3, "prompts_trimmed": 1, "answers_cut": 0, "dropped": 1}
     assert [(e.target, e.weight) for e in examples] == [(1.0, 2.0), (0.0, 1.0)]
+    assert tokenize_rated(rows, tok, 64, objective)[1].to_dict()["answers_cut"] == 1
     assert tok.decode(examples[0].ids).endswith("good answer<|im_end|>\n")
     out = collate(examples, pad_id=0)
     assert out["input_ids"].shape[0] == 2 and out["target"].tolist() == [1.0, 0.0] and out["weight"].tolist() == [2, 1]

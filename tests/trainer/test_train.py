@@ -273,3 +273,19 @@ def test_rated_responses_train_a_pointwise_model_with_the_loss_their_data_calls_
     model, tok, _ = load_reward_model(result.output, "cpu")
     conversations = [r.conversation for r in load_rated_file(cfg.data).split("TEST")[:4]]
     assert len(score_conversations(model, tok, conversations, 1024)) == 4
+
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_a_length_debiased_run_saves_the_quality_head_alone(kind: str, tmp_path: Path) -> None:
+    base = tiny.save_base(tmp_path / "base", kind)
+    result = train(config(base, tmp_path / "m", length_debiased=True, max_pairs=160, epochs=3))
+    model, _, meta = load_reward_model(result.output, "cpu")
+    head = model.score if kind == "llama" else model.classifier
+    assert head.out_features == 1 and model.config.num_labels == 1  # a plain one-output model, as served
+    config_json = json.loads((result.output / "config.json").read_text())
+    assert len(config_json.get("id2label", {"0": "LABEL_0"})) == 1
+    assert meta["objective"]["length_debiased"] is True
+    # The sample's chosen answer is the longer one in about half the pairs: the quality head must learn content.
+    assert result.test.accuracy >= 0.7, result.test
+    rows = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
+    assert "quality_length_corr" in next(r for r in rows if r["kind"] == "train")

@@ -114,17 +114,24 @@ def test_command_line_carries_hyperparameters_operator_flags_and_resume(tmp_path
         "--resume",
     ]
     plain = trainer_argv(JobSpec("job_2", "rm", "d.jsonl"), tmp_path)
-    assert plain == ["train", "--data=d.jsonl", f"--models-dir={tmp_path}", "--slug=rm", "--batch-size=auto"]
+    assert plain == ["train", "--data=d.jsonl", f"--models-dir={tmp_path}", "--slug=rm"]  # "auto": the preset's
 
 
 def test_the_trainer_parser_accepts_the_command_line(tmp_path: Path) -> None:
     from trainer.cli import build_parser
-    from trainer.config import from_namespace
+    from trainer.config import PRESETS, from_namespace
 
     job = JobSpec("job_1", "rm", "d.jsonl", "/models/base", Hyperparameters("auto", 3e-4, 1, 64))
     cfg = from_namespace(build_parser().parse_args(trainer_argv(job, tmp_path, resume=True)))
     assert (cfg.data, cfg.models_dir, cfg.slug, cfg.base_model) == ("d.jsonl", str(tmp_path), "rm", "/models/base")
-    assert (cfg.batch_size, cfg.learning_rate, cfg.epochs, cfg.max_length, cfg.resume) == ("auto", 3e-4, 1, 64, True)
+    preset = PRESETS["default"]
+    assert (cfg.batch_size, cfg.learning_rate, cfg.epochs, cfg.max_length, cfg.resume) == (
+        preset.get("batch_size", "auto"),
+        3e-4,
+        1,
+        64,
+        True,
+    )
 
 
 def test_an_import_jobs_command_line_parses_with_the_source_last(tmp_path: Path) -> None:
@@ -169,7 +176,7 @@ def test_base_models_match_the_trainer_aliases() -> None:
 def test_the_default_learning_rate_is_the_trainers() -> None:
     from trainer.config import TrainConfig  # no torch at import
 
-    assert TrainConfig.__dataclass_fields__["learning_rate"].default == DEFAULT_LEARNING_RATE
+    assert TrainConfig.from_preset("default").learning_rate == DEFAULT_LEARNING_RATE
 
 
 def test_output_parsing_progress_bars_and_error_lines() -> None:
