@@ -87,17 +87,20 @@ def length_debiased_loss(
     outputs: torch.Tensor, lengths: torch.Tensor, margin: torch.Tensor | None = None, center_coef: float = 0.0
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Bradley-Terry on the sum of two heads, quality (column 0) + length (column 1), plus a decorrelation term
-    over the batch: |corr(quality, log length)| - corr(length head, log length). In the spirit of ODIN (Chen et al.
-    2024): the preference is fitted by both heads together while the length head is pushed to carry what the
-    answer's length explains and the quality head to carry none of it; only the quality head is served.
+    over the batch's pairs: |corr(quality gap, log-length gap)| - corr(length-head gap, log-length gap), each gap
+    chosen minus rejected. In the spirit of ODIN (Chen et al. 2024): the preference is fitted by both heads
+    together while the length head is pushed to carry what the answers' length difference explains and the quality
+    head to carry none of it; only the quality head is served. Gaps, not single rewards: batches are grouped by
+    length, so within a batch the rewards' own lengths vary little while the pairs' length differences do.
     `outputs` is (2B, 2), chosen rows then rejected rows; `lengths` the answers' lengths in characters."""
     n = outputs.shape[0] // 2
     quality, length_head = outputs[:, 0].float(), outputs[:, 1].float()
     total = quality + length_head
     loss, stats = bradley_terry_loss(total[:n], total[n:], margin, center_coef)
     log_length = lengths.float().log1p()
-    quality_corr = batch_correlation(quality, log_length)
-    length_corr = batch_correlation(length_head, log_length)
+    length_gap = log_length[:n] - log_length[n:]
+    quality_corr = batch_correlation(quality[:n] - quality[n:], length_gap)
+    length_corr = batch_correlation(length_head[:n] - length_head[n:], length_gap)
     loss = loss + quality_corr.abs() - length_corr
     with torch.no_grad():
         stats |= {
