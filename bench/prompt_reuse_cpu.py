@@ -9,7 +9,8 @@ own, so nothing cached earlier helps. Modes, each the servable the reward server
   vllm_no_cache  the same engine with `enable_prefix_caching=False`: each candidate computes the prompt
   torch          our torch engine behind our batcher (--max-batch-tokens, no wait): the batcher keeps a
                  request's candidates in one pass and the engine computes their prompt once (its KV cache
-                 repeated for each answer: engine._score_shared_prefix)
+                 repeated for each answer; several requests' prompts in one pass: engine._score_shared_prefixes),
+                 the budget counting each shared prompt once (batcher.BatchCost)
   torch_no_reuse the same with the engine's prompt sharing off (every row in one padded pass)
 Prints requests/s, p50/p99 and the ratios per level, and the load average (other processes move these).
 
