@@ -75,6 +75,7 @@ class TorchRewardEngine:
         pad_token_id: int | None = None,
         name: str = "model",
         share_prefixes: bool = True,
+        packing: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -98,6 +99,12 @@ class TorchRewardEngine:
         self._cache_kwarg = next((k for k in ("past_key_values", "cache") if k in backbone_params), None)
         self.shares_prefixes = share_prefixes and getattr(model, "score", None) is not None and bool(self._cache_kwarg)
         self.min_shared_prefix = MIN_SHARED_PREFIX  # the batcher's budget counts such a prompt once
+        # Rows without a shared prompt: packed (no pads computed, reward_serving.packing) or right-padded.
+        self.packing = packing
+        if packing:
+            from . import packing as packed_scoring
+
+            packed_scoring.register()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rm-{name}")
 
     @classmethod
@@ -109,6 +116,7 @@ class TorchRewardEngine:
         dtype: str = "auto",
         compile_blocks: bool = False,
         max_length: int | None = None,
+        packing: bool = False,
     ) -> TorchRewardEngine:
         """Load a reward-model directory written by the trainer (blocking: call it off the event loop).
         `max_length` overrides the card's (the importer loads a directory before its card exists)."""
@@ -135,6 +143,7 @@ class TorchRewardEngine:
             max_length=max_length,
             name=path.parent.name + "-" + path.name,
             share_prefixes=not compile_blocks,
+            packing=packing and not compile_blocks,
         )
         if compile_blocks:  # compile now, so a model that does not compile fails to load, not to score
             engine.score_batch([[engine.pad_token_id] * 8, [engine.pad_token_id] * 5])
@@ -174,9 +183,23 @@ class TorchRewardEngine:
                 taken = {i for rows, _ in groups for i in rows}
                 rest = [i for i in rest if i not in taken]
         if rest:
-            for i, score in zip(rest, self._score_padded([batch[i] for i in rest]), strict=True):
+            for i, score in zip(rest, self._score_rows([batch[i] for i in rest]), strict=True):
                 scores[i] = score
         return scores
+
+    def _score_rows(self, batch: Sequence[Sequence[int]]) -> list[float]:
+        """Rows scored whole: packed when packing is on (falling back to padded passes for good if this model's
+        layers do not take it), else right-padded."""
+        if self.packing and len(batch) > 1:
+            from .packing import score_packed
+
+            try:
+                with torch.inference_mode():
+                    return [float(s) for s in score_packed(self.model, batch, self.device).float().cpu().tolist()]
+            except Exception:
+                logger.exception("packed scoring failed; this model is scored in padded passes only")
+                self.packing = False
+        return self._score_padded(batch)
 
     def _score_padded(self, batch: Sequence[Sequence[int]]) -> list[float]:
         """One forward pass over right-padded rows (formats.pool_rewards, the trainer's rule)."""
@@ -301,11 +324,14 @@ def torch_loader(
     batcher: BatcherConfig | None = None,
     on_batch: Callable[[BatchStats], None] | None = None,
     compile_blocks: bool = False,
+    packing: bool = False,
 ) -> Loader:
     """The registry's loader for the torch engine: a model directory -> engine behind its own batcher."""
 
     def load(version: ModelVersion) -> BatchedModel:
-        engine = TorchRewardEngine.load(version.path, device=device, dtype=dtype, compile_blocks=compile_blocks)
+        engine = TorchRewardEngine.load(
+            version.path, device=device, dtype=dtype, compile_blocks=compile_blocks, packing=packing
+        )
         return BatchedModel(engine, batcher, on_batch=on_batch)
 
     return load

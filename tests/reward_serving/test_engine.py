@@ -114,9 +114,7 @@ def test_several_prompts_in_one_pass_then_all_answers_in_one_give_the_padded_sco
         for words, answers in ((12, ("Soon.", "Tomorrow, by noon.", "No idea.")),
                                (20, ("Yes.", "It shipped on Monday and should arrive soon, tracking attached.")),
                                (15, ("A", "B b", "C c c"))):  # fmt: skip
-            prompt = [
-                {"role": "user", "content": f"Order {words}: " + "tell me about my order, please. " * words}
-            ]
+            prompt = [{"role": "user", "content": f"Order {words}: " + "tell me about my order, please. " * words}]
             conversations += [[*prompt, {"role": "assistant", "content": a}] for a in answers]
         conversations.append(CONVERSATIONS[4])
         rows = engine.render([parsed(c) for c in conversations])
