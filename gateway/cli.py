@@ -10,6 +10,8 @@ reward_serving.generator's LocalGenerator (imported only then: it needs torch) a
 custom provider `local`, so `local:<name>` needs no key and no network. Must not import torch at module level.
 
     rewardgate serve [--config FILE] [--<setting> VALUE ...]        the OpenAI-compatible gateway
+    rewardgate serve --workers N ...                               N gateway processes on one port, sharing one
+                                                                   reward-server process (see serve_workers)
     rewardgate eval pairs|replay|logs --criterion ID ...           a criterion offline (gateway.criteria.evaluation)
     rewardgate distill --criterion JUDGE[@vN] --slug S ...         a judge's stored scores -> a reward model, compared
                                                                    with the judge (gateway.service.distill)
@@ -25,11 +27,20 @@ import dataclasses
 import gzip
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httpx
@@ -40,11 +51,12 @@ from gateway.api import Services
 from gateway.config import GatewaySettings
 from gateway.criteria import DEFAULT_KINDS, CriteriaError, Criterion, CriterionKind, RewardModelCatalog
 from gateway.criteria.evaluation import pairwise_accuracy, parse_replay_rows, replay, replay_report
-from gateway.criteria.reward_client import reward_server_client
+from gateway.criteria.reward_client import HttpxReward, RewardHttp, reward_server_client
 from gateway.errors import GatewayError
 from gateway.formats import DatasetError, load_pairs
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import create_app
+from gateway.reward_serving.cli import main as reward_server_main
 from gateway.reward_serving.http import serving_config
 from gateway.reward_serving.server import ServerSettings
 from gateway.reward_serving.server import create_app as create_reward_app
@@ -133,17 +145,20 @@ async def _serve_local_model(
 @asynccontextmanager
 async def _reward_client(
     settings: GatewaySettings, wrap: Callable[[ASGIApp], ASGIApp] | None
-) -> AsyncIterator[httpx.AsyncClient]:
+) -> AsyncIterator[RewardHttp]:
     """The reward-model criteria's client: to the servers at reward_server_url, or to one run in this process."""
     if settings.reward_server_url:
-        async with reward_server_client(settings.reward_server_url, timeout_s=settings.criteria_timeout_s) as client:
-            yield client
+        servers = reward_server_client(settings.reward_server_url)
+        try:
+            yield servers
+        finally:
+            await servers.aclose()
         return
     reward_app = create_reward_app(embedded_reward_settings(settings))
     transport = httpx.ASGITransport(app=wrap(reward_app) if wrap else reward_app)
     client = httpx.AsyncClient(transport=transport, base_url="http://reward-server")
     async with reward_app.router.lifespan_context(reward_app), client:
-        yield client
+        yield HttpxReward(client)
 
 
 def embedded_reward_settings(settings: GatewaySettings) -> ServerSettings:
@@ -190,14 +205,116 @@ def resolve_settings(args: Mapping[str, Any], environ: Mapping[str, str] | None 
     return settings.replace(**flags)
 
 
-async def serve(settings: GatewaySettings, log_level: str = "info") -> None:
+async def serve(settings: GatewaySettings, log_level: str = "info", sockets: list[socket.socket] | None = None) -> None:
     import uvicorn
 
     app = build_app(settings)
     config = serving_config(
         app, host=settings.host, port=settings.port, log_level=log_level, header_timeout_s=settings.header_timeout_s
     )
-    await uvicorn.Server(config).serve()
+    await uvicorn.Server(config).serve(sockets=sockets)
+
+
+# ---------------------------------------------------------------- rewardgate serve --workers N
+#
+# One event loop saturates one core: `--workers N` runs N gateway processes, each with its own socket on the same
+# port (SO_REUSEPORT: the kernel spreads new connections over them), and, in embedded mode, ONE reward-server
+# process beside them that they all score through (models load once, and cross-request batching sees every
+# worker's traffic). The store is shared as any replicas share it (SQLite in WAL mode, or Postgres); training jobs
+# run in the first worker only. This parent process only supervises: when a child exits, or on SIGINT/SIGTERM, it
+# stops the others and exits (1 if a child failed). Workers are spawned, not forked: no loop or pool is inherited.
+
+
+def serve_workers(settings: GatewaySettings, log_level: str) -> int:
+    if not hasattr(socket, "SO_REUSEPORT"):
+        logger.error("--workers above 1 needs SO_REUSEPORT, which this platform lacks")
+        return 2
+    context = multiprocessing.get_context("spawn")
+    reserved = _reuseport_socket(settings.host, settings.port)  # holds the port (0: a free one) until all bind it
+    settings = settings.replace(port=reserved.getsockname()[1])
+    children: list[multiprocessing.process.BaseProcess] = []
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if not settings.reward_server_url:
+            url = f"http://127.0.0.1:{_free_port()}"
+            argv = ["--models-dir", settings.models_dir, "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
+            argv += ["--device", settings.device, "--dtype", settings.reward_dtype, "--log-level", log_level]
+            children.append(context.Process(target=reward_server_main, args=(argv,), name="rewardgate-rm"))
+            children[-1].start()
+            if not _wait_healthy(url + "/health", children[-1], lambda: stopping):
+                return 1
+            logger.info("reward server for %d workers at %s (pid %s)", settings.workers, url, children[-1].pid)
+            settings = settings.replace(reward_server_url=url)
+        for index in range(settings.workers):
+            worker = settings.replace(training_worker=settings.training_worker and index == 0)
+            children.append(context.Process(target=_worker, args=(worker, log_level), name=f"rewardgate-{index}"))
+            children[-1].start()
+        logger.info(
+            "rewardgate serving on http://%s:%d with %d workers", settings.host, settings.port, settings.workers
+        )
+        while not stopping and all(child.is_alive() for child in children):
+            multiprocessing.connection.wait([child.sentinel for child in children], timeout=0.5)
+        failed = [child.name for child in children if not child.is_alive() and child.exitcode != 0]
+        if failed and not stopping:
+            logger.error("%s exited; stopping the others", ", ".join(failed))
+        return 1 if failed and not stopping else 0
+    finally:
+        reserved.close()
+        for child in reversed(children):  # workers first, then the reward server they use
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+        for child in reversed(children):
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()
+                child.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _worker(settings: GatewaySettings, log_level: str) -> None:
+    """One gateway process of `serve --workers N`: its own SO_REUSEPORT socket on the shared port."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sock = _reuseport_socket(settings.host, settings.port)
+    with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+        runner.run(serve(settings, log_level, sockets=[sock]))
+
+
+def _reuseport_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(url: str, process: multiprocessing.process.BaseProcess, stopping: Callable[[], bool]) -> bool:
+    """Poll `url` until the server answers (True), or the process exits or we are told to stop (False)."""
+    deadline = time.monotonic() + 120
+    while process.is_alive() and not stopping() and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except urllib.error.HTTPError:  # it answers (503: the models directory is missing, which it reports)
+            return True
+        except OSError:
+            pass
+        process.join(timeout=0.1)
+    logger.error("the reward server did not come up (exit code %s)", process.exitcode)
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,6 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(evaluate(args, settings))
     if args["command"] == "distill":
         return asyncio.run(distill(args, settings))
+    if settings.workers < 1:
+        logger.error("workers must be at least 1, got %d", settings.workers)
+        return 2
+    if settings.workers > 1:
+        return serve_workers(settings, log_level)
     with asyncio.Runner(loop_factory=_fast_loop()) as runner:
         runner.run(serve(settings, log_level))
     return 0

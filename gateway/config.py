@@ -24,6 +24,13 @@ ENV_PREFIX = "REWARDGATE_"
 class GatewaySettings:
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8080, metadata={"help": "port to listen on"})
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "gateway processes on the one port (SO_REUSEPORT); above 1, serve also starts one reward-server "
+            "process that they share, unless reward_server_url names servers"
+        },
+    )
     models_dir: str = field(
         default="models", metadata={"help": "reward-model store (embedded mode): <dir>/<slug>/v<N>/"}
     )

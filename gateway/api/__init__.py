@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.config import GatewaySettings
+from gateway.criteria.reward_client import RewardHttp
 from gateway.metrics import GatewayMetrics
 from gateway.service.chat import ChatService
 from gateway.service.criteria import CriteriaService
@@ -37,7 +37,7 @@ class Services:
     datasets: DatasetService
     feedback: FeedbackService
     jobs: JobService
-    reward: httpx.AsyncClient  # the reward-model criteria's client of the reward server(s)
+    reward: RewardHttp  # the reward-model criteria's client of the reward server(s)
     distill: DistillService  # a judge's stored scores -> a dataset and a training job
 
 

@@ -124,7 +124,7 @@ async def chat_completions(request: Request, services: Services, *, log_by_defau
         if chat.stream:  # its overhead is not measured: the body streams later
             return StreamingResponse(sse.relay(await services.chat.stream(chat)), media_type="text/event-stream")
         passed = await until_disconnected(request, services.chat.passthrough(chat))
-        response: Response = JSONResponse(render.passthrough_completion(passed))
+        response: Response = _json(render.passthrough_completion(passed))
         waited, mode = passed.upstream_s, "passthrough"
     else:
         ranked = await until_disconnected(request, services.chat.best_of_n(chat))
@@ -133,10 +133,16 @@ async def chat_completions(request: Request, services: Services, *, log_by_defau
             body = sse.events(render.completion_chunks(completion, include_usage=chat.include_usage))
             response = Response(body, media_type="text/event-stream")
         else:
-            response = JSONResponse(completion)
+            response = _json(completion)
         waited, mode = ranked.waited_s, "best_of_n"
     services.metrics.record_overhead(mode, time.perf_counter() - started - waited)
     return response
+
+
+def _json(content: Mapping[str, Any]) -> Response:
+    """A JSON body written by orjson: about 3x cheaper than starlette's JSONResponse (stdlib json) on a ranked
+    completion, which bench/profile_gateway.py showed on the request path (the same compact JSON)."""
+    return Response(orjson.dumps(content), media_type="application/json")
 
 
 async def list_models(request: Request, services: Services) -> Response:

@@ -1,11 +1,13 @@
 """What operators and tools read, with no key: liveness, the Prometheus exposition and the OpenAPI document.
 
-GET /health        {"status": "ok"}
+GET /health        {"status": "ok", "pid": <the worker process that answered>}
 GET /metrics       every gateway metric (gateway.metrics)
 GET /openapi.json  this API's OpenAPI 3.1 document (gateway.api.openapi)
 """
 
 from __future__ import annotations
+
+import os
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,7 +18,7 @@ from gateway.protocol import Health
 
 
 async def health(request: Request, services: Services) -> Response:
-    return JSONResponse(Health().model_dump())
+    return JSONResponse(Health(pid=os.getpid()).model_dump())
 
 
 async def metrics(request: Request, services: Services) -> Response:

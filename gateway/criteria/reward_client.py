@@ -1,15 +1,20 @@
-"""The reward-model criteria's client of networked reward servers: httpx's API (what the criteria are written
-against, and what embedded mode serves through ASGITransport) over aiohttp's connection pool, spread over
-several reward-server URLs with retries.
+"""The reward-model criteria's client of reward servers (DESIGN contract 3): `RewardHttp`, the two calls the criteria
+make (POST /v1/score, GET /v1/models) as bytes in, status and bytes out, and its two implementations.
 
-Why aiohttp underneath: httpx 0.28's pool scans every pooled connection on each request (encode/httpx#3215);
-measured in bench/gateway_overhead.py it took half the gateway's CPU in best-of-N at 32 clients.
+- `RewardServers`: networked reward servers through aiohttp's connection pool, spread over several URLs with retries.
+  No httpx on this path: measured by bench/profile_gateway.py, httpx's request and response objects, URL merging
+  and cookie handling around each scoring call took a third of the gateway's CPU per best-of-4 request (and httpx
+  0.28's pool scanned every connection on each request, encode/httpx#3215, before aiohttp carried the bytes).
+- `HttpxReward`: an `httpx.AsyncClient` behind the same interface, for embedded mode (the reward app in this process
+  through `httpx.ASGITransport`) and for tests (`httpx.MockTransport`).
 
 `reward_server_url` may hold several comma-separated URLs (replicas), or one Kubernetes Service URL (then the
-Service spreads and this transport only retries). A request goes to the next URL in turn; on a connection error,
-a timeout, or a 429/502/503/504 answer it is retried on the following URLs (each at most once), and the last
-answer or error is what the caller sees. Scoring is idempotent, so a retry never does harm. A URL that failed is
-skipped for `cooldown_s` unless every URL is cooling down. Must not import starlette, torch or reward_serving.
+Service spreads and this client only retries). A request goes to the next URL in turn; on a connection error, a
+timeout, or a 429/502/503/504 answer it is retried on the following URLs (each at most once), and the last answer or
+error is what the caller sees. Scoring is idempotent, so a retry never does harm. A URL that failed is skipped for
+`cooldown_s` unless every URL is cooling down. Errors: `TimeoutError`, `RewardServerUnreachable` (connection refused,
+reset, closed early) and `UndecodableReply` (a body that could not be read). Must not import starlette, torch or
+reward_serving.
 """
 
 from __future__ import annotations
@@ -17,118 +22,161 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 import httpx
+import orjson
+from yarl import URL
 
 logger = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-_HOP_BY_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+class RewardServerUnreachable(Exception):
+    """The request did not get an answer: the connection was refused, reset or closed before the reply."""
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """Sends httpx requests with one aiohttp session (made on first use, inside the running loop). The whole
-    response is read (scores are small); aiohttp errors become the httpx errors callers already handle."""
+class UndecodableReply(Exception):
+    """An answer came whose body could not be read (a broken compression or chunked encoding)."""
 
-    def __init__(self, *, limit: int = 256) -> None:
+
+@dataclass(frozen=True)
+class Reply:
+    """A reward server's answer: status and the whole body (scores and listings are small)."""
+
+    status: int
+    content: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.content)
+
+
+class RewardHttp(Protocol):
+    """What the reward-model criteria need from a client of reward servers."""
+
+    async def request(self, method: str, path: str, *, body: bytes | None = None, timeout_s: float) -> Reply: ...
+
+    async def aclose(self) -> None: ...
+
+
+# method, absolute URL, body, timeout -> reply; raises TimeoutError, RewardServerUnreachable, UndecodableReply
+Send = Callable[[str, URL, bytes | None, float], Awaitable[Reply]]
+
+
+class RewardServers:
+    """Networked reward servers at `urls` (each `scheme://host:port[/prefix]`). `send` is injectable (tests); by
+    default one aiohttp session, made on first use inside the running loop."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        send: Send | None = None,
+        limit: int = 256,
+        cooldown_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one reward-server URL is needed")
+        self.urls = [u.strip().rstrip("/") for u in urls]
+        self._send = send or self._send_aiohttp
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._targets: dict[tuple[int, str], URL] = {}  # parsed once: yarl's parsing is not free per request
+        self._turn = itertools.count()
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._failed_at = [-float("inf")] * len(self.urls)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def _order(self) -> list[int]:
+        """Every URL once, starting at the next in turn, the ones cooling down last."""
+        count = len(self.urls)
+        start = next(self._turn) % count
+        if count == 1:
+            return [0]
+        order = [(start + k) % count for k in range(count)]
+        now = self._clock()
+        return sorted(order, key=lambda i: now - self._failed_at[i] < self._cooldown_s)
+
+    def _target(self, i: int, path: str) -> URL:
+        url = self._targets.get((i, path))
+        if url is None:
+            url = self._targets[i, path] = URL(self.urls[i] + path)
+        return url
+
+    async def request(self, method: str, path: str, *, body: bytes | None = None, timeout_s: float) -> Reply:
+        order = self._order()
+        for attempt, i in enumerate(order):
+            last = attempt == len(order) - 1
+            try:
+                reply = await self._send(method, self._target(i, path), body, timeout_s)
+            except (RewardServerUnreachable, TimeoutError) as exc:
+                self._failed_at[i] = self._clock()
+                if last:
+                    raise
+                logger.warning("reward server %s failed (%s); trying the next one", self.urls[i], type(exc).__name__)
+                continue
+            if reply.status in RETRY_STATUSES and not last:
+                self._failed_at[i] = self._clock()
+                logger.warning("reward server %s answered %d; trying the next one", self.urls[i], reply.status)
+                continue
+            return reply
+        raise AssertionError("unreachable: the last URL returns or raises")
+
+    async def _send_aiohttp(self, method: str, url: URL, body: bytes | None, timeout_s: float) -> Reply:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit), auto_decompress=True
-            )
-        timeouts = request.extensions.get("timeout") or {}
-        timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.get("connect"), sock_read=timeouts.get("read"))
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._limit))
+        timeout = self._timeouts.get(timeout_s)
+        if timeout is None:
+            timeout = self._timeouts[timeout_s] = aiohttp.ClientTimeout(connect=timeout_s, sock_read=timeout_s)
         try:
             async with self._session.request(
-                request.method, str(request.url), headers=headers, data=request.content, timeout=timeout,
+                method, url, data=body, headers=_JSON_HEADERS if body is not None else None, timeout=timeout,
                 allow_redirects=False,
             ) as response:  # fmt: skip
-                body = await response.read()
-                kept = [(k, v) for k, v in response.headers.items() if k.lower() not in _DECODED]
-                return httpx.Response(response.status, headers=kept, content=body, request=request)
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout(f"no answer in time: {exc}", request=request) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        except aiohttp.ClientError as exc:
-            raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
+                return Reply(response.status, await response.read())
+        except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors (and ClientErrors): a timeout, not a refusal
+            raise
+        except aiohttp.ClientError as exc:  # a body cut short included: the connection closed before the reply
+            raise RewardServerUnreachable(f"{type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
 
 
-_DECODED = frozenset({"content-encoding", "content-length", "transfer-encoding"})  # aiohttp decoded the body
+class HttpxReward:
+    """An httpx client (its base_url the reward server) as a `RewardHttp`: embedded mode and tests."""
 
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
 
-class SpreadTransport(httpx.AsyncBaseTransport):
-    def __init__(
-        self,
-        urls: Sequence[str],
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        cooldown_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if not urls:
-            raise ValueError("at least one reward-server URL is needed")
-        self._bases = [httpx.URL(u.rstrip("/")) for u in urls]
-        self._transport = transport or AiohttpTransport()
-        self._turn = itertools.count()
-        self._cooldown_s = cooldown_s
-        self._clock = clock
-        self._failed_at = [-float("inf")] * len(self._bases)
-
-    def _order(self) -> list[int]:
-        """Every URL once, starting at the next in turn, the ones cooling down last."""
-        start = next(self._turn) % len(self._bases)
-        order = [(start + k) % len(self._bases) for k in range(len(self._bases))]
-        now = self._clock()
-        return sorted(order, key=lambda i: now - self._failed_at[i] < self._cooldown_s)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        order = self._order()
-        for attempt, i in enumerate(order):
-            last = attempt == len(order) - 1
-            target = _rebase(request, self._bases[i])
-            try:
-                response = await self._transport.handle_async_request(target)
-            except (httpx.TransportError, TimeoutError) as exc:
-                self._failed_at[i] = self._clock()
-                if last:
-                    raise
-                logger.warning("reward server %s failed (%s); trying the next one", self._bases[i], type(exc).__name__)
-                continue
-            if response.status_code in RETRY_STATUSES and not last:
-                self._failed_at[i] = self._clock()
-                await response.aclose()
-                logger.warning(
-                    "reward server %s answered %d; trying the next one", self._bases[i], response.status_code
-                )
-                continue
-            return response
-        raise AssertionError("unreachable: the last URL returns or raises")
+    async def request(self, method: str, path: str, *, body: bytes | None = None, timeout_s: float) -> Reply:
+        headers = _JSON_HEADERS if body is not None else None
+        try:
+            response = await self.client.request(method, path, content=body, headers=headers, timeout=timeout_s)
+        except httpx.TimeoutException as exc:
+            raise TimeoutError(str(exc)) from exc
+        except httpx.DecodingError as exc:
+            raise UndecodableReply(str(exc)) from exc
+        except httpx.RequestError as exc:
+            raise RewardServerUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        return Reply(response.status_code, response.content)
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        await self.client.aclose()
 
 
-def _rebase(request: httpx.Request, base: httpx.URL) -> httpx.Request:
-    """The same request sent to `base` (scheme, host, port and path prefix), with its body read once."""
-    url = base.copy_with(path=base.path.rstrip("/") + request.url.path, query=request.url.query or None)
-    headers = httpx.Headers(request.headers)
-    headers["host"] = url.netloc.decode("ascii")
-    return httpx.Request(request.method, url, headers=headers, content=request.content, extensions=request.extensions)
+def as_reward_http(client: RewardHttp | httpx.AsyncClient) -> RewardHttp:
+    """An httpx client wrapped as `HttpxReward`; a `RewardHttp` as it is."""
+    return HttpxReward(client) if isinstance(client, httpx.AsyncClient) else client
 
 
-def reward_server_client(urls: str, *, timeout_s: float) -> httpx.AsyncClient:
+def reward_server_client(urls: str) -> RewardServers:
     """The client of the reward-model criteria for `reward_server_url` (one URL or several, comma-separated)."""
-    listed = [u.strip() for u in urls.split(",") if u.strip()]
-    return httpx.AsyncClient(transport=SpreadTransport(listed), base_url="http://reward-servers", timeout=timeout_s)
+    return RewardServers([u for u in urls.split(",") if u.strip()])

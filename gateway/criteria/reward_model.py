@@ -1,8 +1,8 @@
 """Reward-model criteria: scoring through the reward server's wire API (DESIGN contract 3), and resolving
 `slug` / `slug@vN` against its /v1/models listing.
 
-The httpx client is injected (base_url = the reward server; embedded mode passes
-`httpx.ASGITransport(app=reward_app)`), so the gateway never imports the server. May import only
+The client is injected (a `reward_client.RewardHttp`, or an httpx client that gets wrapped as one: embedded mode
+passes one over `httpx.ASGITransport(app=reward_app)`), so the gateway never imports the server. May import only
 criteria.base, formats and reward_serving.protocol; never starlette, torch, proxy or store.
 
 Error codes of a reward-model result: reward_server_unavailable (connection failed, 429, 503),
@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import httpx
+import orjson
 from pydantic import ValidationError
 
 from gateway.formats import Message, PairError, parse_message
@@ -28,6 +29,7 @@ from gateway.reward_serving.protocol import ModelCard, ModelList, ScoreResponse
 
 from .base import CriterionRef, CriterionResult, CriterionUnavailableError, UnknownCriterionError, normalize_reward
 from .kinds import Backends, CriterionKind
+from .reward_client import Reply, RewardHttp, RewardServerUnreachable, UndecodableReply, as_reward_http
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +39,10 @@ class RewardModelCriterion:
 
     kind: ClassVar[str] = "reward_model"
 
-    def __init__(self, client: httpx.AsyncClient, card: ModelCard, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, client: RewardHttp | httpx.AsyncClient, card: ModelCard, *, timeout_s: float = 30.0) -> None:
         self.slug: str = card.slug
         self.version: str = card.version
-        self._client = client
+        self._client = as_reward_http(client)
         self._stats = card.reward_stats
         self._timeout_s = timeout_s
 
@@ -69,18 +71,18 @@ class RewardModelCriterion:
 
     async def _score_batch(self, conversations: list[list[dict[str, Any]]]) -> list[CriterionResult]:
         n = len(conversations)
-        body = {"model": f"{self.slug}@{self.version}", "conversations": conversations}
+        body = orjson.dumps({"model": f"{self.slug}@{self.version}", "conversations": conversations})
         try:
-            # asyncio.timeout as well as httpx's: ASGITransport (embedded mode) ignores httpx timeouts.
+            # asyncio.timeout as well as the client's: ASGITransport (embedded mode) ignores httpx timeouts.
             async with asyncio.timeout(self._timeout_s):
-                response = await self._client.post("/v1/score", json=body, timeout=self._timeout_s)
-        except (TimeoutError, httpx.TimeoutException):
+                response = await self._client.request("POST", "/v1/score", body=body, timeout_s=self._timeout_s)
+        except TimeoutError:
             return self._errors(n, "timeout", f"the reward server did not answer within {self._timeout_s:g} s")
-        except httpx.DecodingError as exc:
+        except UndecodableReply as exc:
             return self._errors(n, "invalid_response", f"undecodable reward server response: {exc}")
-        except httpx.RequestError as exc:
-            return self._errors(n, "reward_server_unavailable", f"reward server unreachable: {exc!r}")
-        if response.status_code != 200:
+        except RewardServerUnreachable as exc:
+            return self._errors(n, "reward_server_unavailable", f"reward server unreachable: {exc}")
+        if response.status != 200:
             return self._errors(n, *_status_error(response))
         try:
             parsed = ScoreResponse.model_validate_json(response.content)
@@ -118,14 +120,14 @@ class RewardModelCatalog:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: RewardHttp | httpx.AsyncClient,
         *,
         ttl_s: float = 2.0,
         timeout_s: float = 5.0,
         score_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client = client
+        self._client = as_reward_http(client)
         self._ttl_s = ttl_s
         self._timeout_s = timeout_s
         self._score_timeout_s = score_timeout_s
@@ -172,13 +174,13 @@ class RewardModelCatalog:
     async def _fetch(self) -> list[ModelCard]:
         try:
             async with asyncio.timeout(self._timeout_s):
-                response = await self._client.get("/v1/models", timeout=self._timeout_s)
-        except (TimeoutError, httpx.TimeoutException):
+                response = await self._client.request("GET", "/v1/models", timeout_s=self._timeout_s)
+        except TimeoutError:
             raise CriterionUnavailableError("timeout", "the reward server did not list its models in time") from None
-        except httpx.RequestError as exc:
-            message = f"reward server unreachable: {exc!r}"
+        except (RewardServerUnreachable, UndecodableReply) as exc:
+            message = f"reward server unreachable: {exc}"
             raise CriterionUnavailableError("reward_server_unavailable", message) from None
-        if response.status_code != 200:
+        if response.status != 200:
             raise CriterionUnavailableError(*_status_error(response))
         try:
             return ModelList.model_validate_json(response.content).data
@@ -199,12 +201,12 @@ def _version_number(name: str) -> int | None:
     return int(digits) if name.startswith("v") and digits.isascii() and digits.isdigit() else None
 
 
-def _status_error(response: httpx.Response) -> tuple[str, str]:
-    status = response.status_code
+def _status_error(response: Reply) -> tuple[str, str]:
+    status = response.status
     try:
         detail = str(response.json()["error"]["message"])
     except (ValueError, KeyError, TypeError):
-        detail = response.text[:200]
+        detail = response.content[:200].decode("utf-8", "replace")
     message = f"reward server answered {status}: {detail}"
     if status in (429, 503):
         return "reward_server_unavailable", message

@@ -204,6 +204,7 @@ class Health(BaseModel):
     model_config = _ANSWER
 
     status: Literal["ok"] = "ok"
+    pid: int | None = None  # the process that answered: one of several with `rewardgate serve --workers N`
 
 
 class ListOf(BaseModel, Generic[Item]):

@@ -31,12 +31,15 @@ _WINDOW_BATCHES = 4
 
 @dataclass(frozen=True)
 class BatcherConfig:
-    max_batch_tokens: int = 16384  # padded tokens per forward pass (rows x longest row)
+    max_batch_tokens: int = 16384  # tokens a forward pass computes (rows x longest row; see shared_prefix_min)
     max_batch_size: int = 256  # conversations per forward pass
     max_wait_s: float = 0.002  # how long the oldest request may wait for others to join its batch
     max_queue_requests: int = 512  # requests admitted (queued or being scored); more get 429
     max_batch_requests: int | None = None  # None merges across requests; 1 = one request at a time
     keep_requests_together: bool = False  # a request's rows in one pass where they fit (shared-prompt engines)
+    # > 0: the engine computes a prompt of at least this many tokens shared by a request's rows once, so the budget
+    # counts each such prompt once plus every row's own tokens (what the passes compute), not rows x longest row
+    shared_prefix_min: int = 0
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
@@ -53,20 +56,26 @@ class BatchStats:
     size: int  # conversations
     requests: int  # distinct client requests merged into it
     tokens: int  # real tokens
-    padded_tokens: int  # rows x longest row
+    padded_tokens: int  # what the pass computed, pads included: rows x longest row, or BatchCost's shared prompts
     queue_seconds: float  # how long its oldest request waited before the pass started
     inference_seconds: float
 
 
 def plan_batches(
-    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int, groups: Sequence[int] | None = None
+    lengths: Sequence[int],
+    max_batch_tokens: int,
+    max_batch_size: int,
+    groups: Sequence[int] | None = None,
+    prefixes: Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """Indices grouped into batches: sorted by length, each batch's padded size within the budget.
+    """Indices grouped into batches: sorted by length, each batch's cost within the budget.
 
     Sorting makes neighbours similar in length, so right padding wastes little and more rows fit the
     budget. A row longer than the budget alone still gets a batch of its own. With `groups` (a group id
     per row, e.g. its request), the rows of a group stay next to each other, groups ordered by their
     shortest row: an engine that computes a shared prompt once wants a request's candidates in one pass.
+    A batch costs rows x longest row (right padding); with `prefixes` too (per row, the leading tokens it shares
+    with its group's other rows, 0 for none) it costs what a prompt-sharing engine computes (`BatchCost`).
     """
     if groups is None:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -75,19 +84,87 @@ def plan_batches(
         for i, group in enumerate(groups):
             shortest[group] = min(shortest.get(group, lengths[i]), lengths[i])
         order = sorted(range(len(lengths)), key=lambda i: (shortest[groups[i]], groups[i], lengths[i]))
+    shared = prefixes if prefixes is not None and groups is not None else [0] * len(lengths)
+    group_of = groups if groups is not None else range(len(lengths))
+    runs: list[list[int]] = []  # a group's rows (or, without groups, each row alone), in planning order
+    for index in order:
+        if groups is not None and runs and group_of[runs[-1][-1]] == group_of[index]:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0  # of `current`: with groups the order is not by length, so the widest row may be any
-    for index in order:
-        rows, width = len(current) + 1, max(longest, lengths[index])
-        if current and (rows * width > max_batch_tokens or rows > max_batch_size):
-            batches.append(current)
-            current, width = [], lengths[index]
-        current.append(index)
-        longest = width
+    cost = BatchCost()
+    for run in runs:
+        trial = cost.copy()
+        for index in run:
+            trial.add(lengths[index], shared[index], group_of[index])
+        if current and (trial.tokens > max_batch_tokens or len(current) + len(run) > max_batch_size):
+            batches.append(current)  # the group starts the next pass rather than being split across two
+            current, cost = [], BatchCost()
+        for index in run:  # a group too big for one pass is split, row by row
+            row = (lengths[index], shared[index], group_of[index])
+            if current and (cost.adding(*row) > max_batch_tokens or len(current) + 1 > max_batch_size):
+                batches.append(current)
+                current, cost = [], BatchCost()
+            current.append(index)
+            cost.add(*row)
     if current:
         batches.append(current)
     return batches
+
+
+@dataclass
+class BatchCost:
+    """The tokens one pass computes. Rows without a shared prefix: right-padded, rows x longest. Rows with one (a
+    prompt-sharing engine's groups): every group's prompt once, padded to the longest prompt, plus every such
+    row's own tokens, padded to the longest of them (`TorchRewardEngine._score_shared_prefixes`)."""
+
+    plain_rows: int = 0
+    plain_width: int = 0
+    shared_rows: int = 0
+    tail_width: int = 0
+    prompt_width: int = 0
+    groups: set[int] = field(default_factory=set)
+
+    def adding(self, length: int, prefix: int, group: int) -> int:
+        """The cost with one more row."""
+        if not prefix:
+            return (self.plain_rows + 1) * max(self.plain_width, length) + self._shared()
+        prompts = len(self.groups) + (group not in self.groups)
+        shared = prompts * max(self.prompt_width, prefix) + (self.shared_rows + 1) * max(
+            self.tail_width, length - prefix
+        )
+        return self.plain_rows * self.plain_width + shared
+
+    def add(self, length: int, prefix: int, group: int) -> None:
+        if not prefix:
+            self.plain_rows, self.plain_width = self.plain_rows + 1, max(self.plain_width, length)
+            return
+        self.groups.add(group)
+        self.shared_rows += 1
+        self.prompt_width = max(self.prompt_width, prefix)
+        self.tail_width = max(self.tail_width, length - prefix)
+
+    def copy(self) -> BatchCost:
+        return dataclasses.replace(self, groups=set(self.groups))
+
+    @property
+    def tokens(self) -> int:
+        return self.plain_rows * self.plain_width + self._shared()
+
+    def _shared(self) -> int:
+        return len(self.groups) * self.prompt_width + self.shared_rows * self.tail_width
+
+
+def common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all rows share, leaving every row at least one token of its own."""
+    limit = min(len(row) for row in rows) - 1
+    first = rows[0]
+    for position in range(limit):
+        if any(row[position] != first[position] for row in rows[1:]):
+            return position
+    return max(0, limit)
 
 
 @dataclass(eq=False)
@@ -231,9 +308,15 @@ class Batcher:
         items = [(request, i, ids) for request in window for i, ids in enumerate(request.items)]
         lengths = [len(ids) for _, _, ids in items]
         groups = [id(request) for request, _, _ in items] if self.config.keep_requests_together else None
-        plan = plan_batches(lengths, self.config.max_batch_tokens, self.config.max_batch_size, groups)
+        shared = {id(r): self._shared_prefix(r.items) for r in window} if groups is not None else {}
+        prefixes = [shared.get(id(request), 0) for request, _, _ in items]
+        config = self.config
+        plan = plan_batches(lengths, config.max_batch_tokens, config.max_batch_size, groups, prefixes)
         for batch in plan:
             live = [items[j] for j in batch if not items[j][0].cancelled]  # a cancelled request's work is dropped
+            cost = BatchCost()
+            for request, _, ids in live:
+                cost.add(len(ids), shared.get(id(request), 0), id(request))
             if not live:
                 continue
             started = loop.time()
@@ -259,11 +342,18 @@ class Batcher:
                         size=len(live),
                         requests=len({id(r) for r, _, _ in live}),
                         tokens=sum(lengths),
-                        padded_tokens=len(lengths) * max(lengths),
+                        padded_tokens=cost.tokens,
                         queue_seconds=started - oldest,
                         inference_seconds=loop.time() - started,
                     )
                 )
+
+    def _shared_prefix(self, rows: Sequence[TokenIds]) -> int:
+        """The prompt a request's rows share, where the engine computes it once; else 0."""
+        if self.config.shared_prefix_min <= 0 or len(rows) < 2:
+            return 0
+        prefix = common_prefix(rows)
+        return prefix if prefix >= self.config.shared_prefix_min else 0
 
     @staticmethod
     def _fail(requests: set[_Request], exc: Exception) -> None:
@@ -303,8 +393,13 @@ class BatchedModel:
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.engine = engine
-        if getattr(engine, "shares_prefixes", False):  # its candidates share a prompt: keep them in one pass
-            config = dataclasses.replace(config or BatcherConfig(), keep_requests_together=True)
+        if getattr(engine, "shares_prefixes", False):  # its candidates share a prompt: keep them in one pass, and
+            # count that prompt once in the budget, as the engine computes it
+            config = dataclasses.replace(
+                config or BatcherConfig(),
+                keep_requests_together=True,
+                shared_prefix_min=int(getattr(engine, "min_shared_prefix", 0)),
+            )
         self.batcher = Batcher(engine.score_tokens, config, on_batch=on_batch)
 
     @property

@@ -5,7 +5,8 @@ Owns loading (dtype `auto`: bf16 on CUDA, float32 on CPU; SDPA attention), rende
 `formats.pool_rewards` under `torch.inference_mode` on ONE dedicated worker thread, so the event loop never
 runs a forward pass. Shared-prompt reuse for decoders: rows of one pass that share a prompt (the N candidates
 of a best-of-N request, which the batcher keeps together for this engine) compute it once and score each
-answer on its KV cache (`_score_shared_prefix`). Must not import the web layer (server, starlette, httpx).
+answer on its KV cache, the prompts of several groups in one pass and all their answers in one more
+(`_score_shared_prefixes`). Must not import the web layer (server, starlette, httpx).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from gateway.formats import Message, parse_message, pool_rewards, render_many
 
-from .batcher import BatchedModel, BatcherConfig, BatchStats, TokenIds, plan_batches
+from .batcher import BatchedModel, BatcherConfig, BatchStats, TokenIds, common_prefix, plan_batches
 from .errors import ModelLoadError
 from .registry import CARD_FILE, Loader, ModelVersion
 
@@ -74,6 +75,7 @@ class TorchRewardEngine:
         pad_token_id: int | None = None,
         name: str = "model",
         share_prefixes: bool = True,
+        packing: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -96,6 +98,13 @@ class TorchRewardEngine:
         backbone_params = inspect.signature(getattr(model, model.base_model_prefix).forward).parameters
         self._cache_kwarg = next((k for k in ("past_key_values", "cache") if k in backbone_params), None)
         self.shares_prefixes = share_prefixes and getattr(model, "score", None) is not None and bool(self._cache_kwarg)
+        self.min_shared_prefix = MIN_SHARED_PREFIX  # the batcher's budget counts such a prompt once
+        # Rows without a shared prompt: packed (no pads computed, reward_serving.packing) or right-padded.
+        self.packing = packing
+        if packing:
+            from . import packing as packed_scoring
+
+            packed_scoring.register()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rm-{name}")
 
     @classmethod
@@ -107,6 +116,7 @@ class TorchRewardEngine:
         dtype: str = "auto",
         compile_blocks: bool = False,
         max_length: int | None = None,
+        packing: bool = False,
     ) -> TorchRewardEngine:
         """Load a reward-model directory written by the trainer (blocking: call it off the event loop).
         `max_length` overrides the card's (the importer loads a directory before its card exists)."""
@@ -133,6 +143,7 @@ class TorchRewardEngine:
             max_length=max_length,
             name=path.parent.name + "-" + path.name,
             share_prefixes=not compile_blocks,
+            packing=packing and not compile_blocks,
         )
         if compile_blocks:  # compile now, so a model that does not compile fails to load, not to score
             engine.score_batch([[engine.pad_token_id] * 8, [engine.pad_token_id] * 5])
@@ -152,35 +163,43 @@ class TorchRewardEngine:
         """Raw scores for token-id rows, in row order. Blocking.
 
         Rows of a decoder that share a prompt of at least `MIN_SHARED_PREFIX` tokens (the candidates of one
-        best-of-N request) have it computed once: one pass over the prompt, its KV cache repeated for each
-        row, one pass over the answers (`_score_shared_prefix`). The other rows go through one right-padded
-        pass (`formats.pool_rewards`).
+        best-of-N request, or of several requests with one prompt) have it computed once: one pass over every such
+        group's prompt together, then one pass over all their answers, each on its prompt's KV cache
+        (`_score_shared_prefixes`). The other rows go through one right-padded pass (`formats.pool_rewards`).
         """
         scores = [0.0] * len(batch)
         rest = list(range(len(batch)))
-        if self.shares_prefixes:
-            groups: dict[tuple[int, ...], list[int]] = {}
-            for i, row in enumerate(batch):
-                if len(row) > MIN_SHARED_PREFIX:
-                    groups.setdefault(tuple(row[:MIN_SHARED_PREFIX]), []).append(i)
-            for indices in groups.values():
-                prefix = _common_prefix([batch[i] for i in indices])
-                if len(indices) < 2 or prefix < MIN_SHARED_PREFIX:
-                    continue
-                try:
-                    shared = self._score_shared_prefix([batch[i] for i in indices], prefix)
-                except Exception:  # an architecture whose cache does not fit this path: padded passes from now on
-                    logger.exception("shared-prompt scoring failed; this model is scored in padded passes only")
-                    self.shares_prefixes = False
-                    break
-                for i, score in zip(indices, shared, strict=True):
-                    scores[i] = score
-                taken = set(indices)
+        groups = shared_prefix_groups(batch) if self.shares_prefixes else []
+        if groups:
+            try:
+                shared = self._score_shared_prefixes([([batch[i] for i in rows], prefix) for rows, prefix in groups])
+            except Exception:  # an architecture whose cache does not fit this path: padded passes from now on
+                logger.exception("shared-prompt scoring failed; this model is scored in padded passes only")
+                self.shares_prefixes = False
+            else:
+                for (rows, _), group_scores in zip(groups, shared, strict=True):
+                    for i, score in zip(rows, group_scores, strict=True):
+                        scores[i] = score
+                taken = {i for rows, _ in groups for i in rows}
                 rest = [i for i in rest if i not in taken]
         if rest:
-            for i, score in zip(rest, self._score_padded([batch[i] for i in rest]), strict=True):
+            for i, score in zip(rest, self._score_rows([batch[i] for i in rest]), strict=True):
                 scores[i] = score
         return scores
+
+    def _score_rows(self, batch: Sequence[Sequence[int]]) -> list[float]:
+        """Rows scored whole: packed when packing is on (falling back to padded passes for good if this model's
+        layers do not take it), else right-padded."""
+        if self.packing and len(batch) > 1:
+            from .packing import score_packed
+
+            try:
+                with torch.inference_mode():
+                    return [float(s) for s in score_packed(self.model, batch, self.device).float().cpu().tolist()]
+            except Exception:
+                logger.exception("packed scoring failed; this model is scored in padded passes only")
+                self.packing = False
+        return self._score_padded(batch)
 
     def _score_padded(self, batch: Sequence[Sequence[int]]) -> list[float]:
         """One forward pass over right-padded rows (formats.pool_rewards, the trainer's rule)."""
@@ -196,31 +215,55 @@ class TorchRewardEngine:
             )
             return [float(s) for s in scores.float().cpu().tolist()]
 
-    def _score_shared_prefix(self, rows: Sequence[Sequence[int]], prefix: int) -> list[float]:
-        """Rows whose first `prefix` tokens are equal: the prefix once, then every row's rest on its KV cache.
+    def _score_shared_prefixes(self, groups: Sequence[tuple[Sequence[Sequence[int]], int]]) -> list[list[float]]:
+        """Groups of rows whose first `prefix` tokens are equal: every group's prefix in one pass, then every row's
+        rest in one pass on its group's KV cache. Scores per group, in row order.
 
-        The same numbers as `_score_padded` up to rounding (a causal decoder's prefix states do not depend on
-        what follows; tested), read at each row's last token by the same `score` head.
+        Pass 1: the prompts right-padded, without a mask (a real token never attends to the pads after it under the
+        causal mask, as in `formats.pool_rewards`). Pass 2: the answers right-padded, each row's cache its group's
+        prompt (`reorder_cache` repeats it per row), a mask that hides the prompt pads after each prompt's end and
+        the answer pads, and positions that continue each prompt. The same numbers as `_score_padded` up to
+        rounding (a causal decoder's prefix states do not depend on what follows; tested), read at each row's last
+        token by the same `score` head.
         """
         backbone = getattr(self.model, self.model.base_model_prefix)
-        tails = [row[prefix:] for row in rows]
-        width = max(len(tail) for tail in tails)
-        ids = torch.tensor([[*tail, *([self.pad_token_id] * (width - len(tail)))] for tail in tails])
-        positions = torch.arange(prefix, prefix + width).unsqueeze(0).expand(len(rows), -1)
-        last = torch.tensor([len(tail) - 1 for tail in tails])
+        prefixes = [prefix for _, prefix in groups]
+        width = max(prefixes)
+        prompts = [[*rows[0][:prefix], *([self.pad_token_id] * (width - prefix))] for rows, prefix in groups]
+        owner = [g for g, (rows, _) in enumerate(groups) for _ in rows]
+        tails = [row[prefix:] for rows, prefix in groups for row in rows]
+        tail_width = max(len(tail) for tail in tails)
+        ids = torch.tensor([[*tail, *([self.pad_token_id] * (tail_width - len(tail)))] for tail in tails])
+        row_prefix = torch.tensor([prefixes[g] for g in owner])
+        tail_lengths = torch.tensor([len(tail) for tail in tails])
+        mask = torch.cat(
+            [
+                torch.arange(width).unsqueeze(0) < row_prefix.unsqueeze(1),
+                torch.arange(tail_width).unsqueeze(0) < tail_lengths.unsqueeze(1),
+            ],
+            dim=1,
+        ).long()
+        positions = row_prefix.unsqueeze(1) + torch.arange(tail_width).unsqueeze(0)
+        device = self.device
         with torch.inference_mode(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "`past_key_values` is deprecated", FutureWarning)  # handled above
-            cache = backbone(input_ids=torch.tensor([rows[0][:prefix]], device=self.device), use_cache=True)
-            cache = cache.past_key_values
-            cache.batch_repeat_interleave(len(rows))
+            warnings.filterwarnings("ignore", "`past_key_values` is deprecated", FutureWarning)  # handled in __init__
+            cache = backbone(input_ids=torch.tensor(prompts, device=device), use_cache=True).past_key_values
+            cache.reorder_cache(torch.tensor(owner, device=device))
             hidden = backbone(
-                input_ids=ids.to(self.device),
-                position_ids=positions.to(self.device),
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
                 use_cache=False,
                 **{str(self._cache_kwarg): cache},
             ).last_hidden_state
-            scores = self.model.score(hidden[torch.arange(len(rows), device=self.device), last.to(self.device)])
-            return [float(s) for s in scores[:, 0].float().cpu().tolist()]
+            last = (tail_lengths - 1).to(device)
+            flat = self.model.score(hidden[torch.arange(len(tails), device=device), last])[:, 0].float().cpu().tolist()
+        out: list[list[float]] = []
+        start = 0
+        for rows, _ in groups:
+            out.append([float(s) for s in flat[start : start + len(rows)]])
+            start += len(rows)
+        return out
 
     async def score_tokens(self, batch: Sequence[TokenIds]) -> list[float]:
         """`score_batch` on this engine's dedicated worker thread."""
@@ -281,24 +324,31 @@ def torch_loader(
     batcher: BatcherConfig | None = None,
     on_batch: Callable[[BatchStats], None] | None = None,
     compile_blocks: bool = False,
+    packing: bool = False,
 ) -> Loader:
     """The registry's loader for the torch engine: a model directory -> engine behind its own batcher."""
 
     def load(version: ModelVersion) -> BatchedModel:
-        engine = TorchRewardEngine.load(version.path, device=device, dtype=dtype, compile_blocks=compile_blocks)
+        engine = TorchRewardEngine.load(
+            version.path, device=device, dtype=dtype, compile_blocks=compile_blocks, packing=packing
+        )
         return BatchedModel(engine, batcher, on_batch=on_batch)
 
     return load
 
 
-def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
-    """How many leading tokens all rows share, leaving every row at least one token of its own."""
-    limit = min(len(row) for row in rows) - 1
-    first = rows[0]
-    for position in range(limit):
-        if any(row[position] != first[position] for row in rows[1:]):
-            return position
-    return max(0, limit)
+def shared_prefix_groups(batch: Sequence[Sequence[int]]) -> list[tuple[list[int], int]]:
+    """(row indices, shared prefix length) of the rows that share at least `MIN_SHARED_PREFIX` leading tokens with
+    another row of the batch, in first-seen order; each row keeps at least one token of its own."""
+    keyed: dict[tuple[int, ...], list[int]] = {}
+    for i, row in enumerate(batch):
+        if len(row) > MIN_SHARED_PREFIX:
+            keyed.setdefault(tuple(row[:MIN_SHARED_PREFIX]), []).append(i)
+    groups = []
+    for indices in keyed.values():
+        if len(indices) >= 2 and (prefix := common_prefix([batch[i] for i in indices])) >= MIN_SHARED_PREFIX:
+            groups.append((indices, prefix))
+    return groups
 
 
 def _max_length(card: Mapping[str, Any], config: Any, path: Path) -> int:

@@ -89,6 +89,10 @@ class ServerSettings:
     body_timeout_s: float = field(default=30.0, metadata={"help": "time a client has to send a whole body (408 after)"})
     max_conversations: int = field(default=1024, metadata={"help": "most conversations in one request"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model's layers (GPU)"})
+    packing: bool = field(
+        default=False,
+        metadata={"help": "torch engine: score rows packed, no pads computed (reward_serving.packing; BENCHMARKS)"},
+    )
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 429/503"})
 
     def batcher_config(self) -> BatcherConfig:
@@ -349,6 +353,7 @@ def _default_loader(settings: ServerSettings, metrics: RewardServerMetrics) -> L
         batcher=settings.batcher_config(),
         on_batch=metrics.record_batch,
         compile_blocks=settings.compile,
+        packing=settings.packing,
     )
 
 

@@ -26,6 +26,7 @@ from gateway.api import Services
 from gateway.cli import build_app
 from gateway.config import GatewaySettings
 from gateway.criteria import DEFAULT_KINDS, CriterionKind
+from gateway.criteria.reward_client import HttpxReward
 from gateway.metrics import GatewayMetrics
 from gateway.store import LogStore
 from gateway.upstream.providers import ProviderConfig
@@ -181,7 +182,7 @@ class Gateway:
     app: Starlette
     client: httpx.AsyncClient  # to the gateway, over ASGI
     store: LogStore
-    reward: httpx.AsyncClient  # to the reward server the criteria use (embedded), over ASGI
+    reward: httpx.AsyncClient | None  # to the reward server the criteria use when embedded, over ASGI
     metrics: GatewayMetrics
 
 
@@ -221,7 +222,8 @@ async def running_gateway(
         services: Services = app.state.services
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield Gateway(app, client, services.store, services.reward, services.metrics)
+            reward = services.reward.client if isinstance(services.reward, HttpxReward) else None
+            yield Gateway(app, client, services.store, reward, services.metrics)
 
 
 def chat_body(model: str = "ok", **extra: Any) -> dict[str, Any]:
@@ -242,6 +244,7 @@ class ServeProcess:
 
     port: int
     output: list[bytes]
+    pid: int = 0  # of the `serve` process (with --workers, the supervisor of the worker processes)
 
     def text(self) -> str:
         return b"".join(self.output).decode(errors="replace")
@@ -268,7 +271,7 @@ async def serve_process(args: list[str], env: dict[str, str], *, timeout: float 
         await until(lambda: any(started.search(line) for line in output) or proc.returncode is not None, timeout)
         ports = [m.group(1).decode() for line in output if (m := started.search(line))]
         assert ports, b"".join(output).decode(errors="replace")[-3000:]
-        yield ServeProcess(int(ports[0]), output)
+        yield ServeProcess(int(ports[0]), output, proc.pid)
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 60)

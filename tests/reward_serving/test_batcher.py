@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from gateway.formats import Message, parse_message
-from gateway.reward_serving.batcher import BatchedModel, Batcher, BatcherConfig, BatchStats, plan_batches
+from gateway.reward_serving.batcher import BatchCost, BatchedModel, Batcher, BatcherConfig, BatchStats, plan_batches
 from gateway.reward_serving.errors import InferenceError, OverloadedError, UnavailableError, error_reply
 
 from .fakes import FakeEngine, FakeScorer, until
@@ -41,6 +41,29 @@ def test_plan_batches_can_keep_each_group_together_in_length_order() -> None:
     groups = [0, 1, 0, 1, 2, 2]  # request 2 has the shortest row, then request 1, then request 0
     assert plan_batches(lengths, max_batch_tokens=100, max_batch_size=8, groups=groups) == [[5, 4, 1, 3, 2, 0]]
     assert plan_batches(lengths, max_batch_tokens=18, max_batch_size=8, groups=groups) == [[5, 4], [1, 3], [2, 0]]
+
+
+def test_with_shared_prefixes_the_budget_counts_each_prompt_once() -> None:
+    """Best-of-4 with a 300-token prompt and ~40-token answers: padded rows cost 4 x 340 per request, so a 4,096
+    budget takes 3 requests per pass; counted as the sharing engine computes (the prompts once, padded to the longest,
+    plus every row's own tokens) it takes 8 (8 x 300 + 32 x 40 = 3,680)."""
+    lengths = [340] * 40
+    groups = [i // 4 for i in range(40)]
+    padded = plan_batches(lengths, max_batch_tokens=4096, max_batch_size=256, groups=groups)
+    shared = plan_batches(lengths, max_batch_tokens=4096, max_batch_size=256, groups=groups, prefixes=[300] * 40)
+    assert [len(b) for b in padded][:3] == [12, 12, 12]
+    assert [len(b) for b in shared] == [32, 8]
+    for batch in shared:  # every request whole, and the cost within the budget
+        assert {groups[i] for i in batch} == {groups[i] for i in range(40) if groups[i] in {groups[j] for j in batch}}
+        cost = BatchCost()
+        for i in batch:
+            cost.add(lengths[i], 300, groups[i])
+        assert cost.tokens <= 4096
+    # rows without a shared prefix (0) still cost rows x longest, beside the shared ones
+    cost = BatchCost()
+    for length, prefix, group in [(100, 80, 0), (90, 80, 0), (50, 0, 1), (30, 0, 2)]:
+        cost.add(length, prefix, group)
+    assert cost.tokens == 1 * 80 + 2 * 20 + 2 * 50
 
 
 async def test_requests_stay_whole_in_a_pass_for_an_engine_that_shares_prompts() -> None:

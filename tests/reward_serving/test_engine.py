@@ -104,16 +104,49 @@ def test_candidates_sharing_a_long_prompt_compute_it_once_with_the_same_scores(e
         assert not engine.shares_prefixes and shapes == [(4, max(len(r) for r in rows))]
 
 
+def test_several_prompts_in_one_pass_then_all_answers_in_one_give_the_padded_scores(store: Path) -> None:
+    """Three groups with prompts of different lengths (the candidates of three requests), an unrelated row, in one
+    batch: one pass over the three prompts, one over the eight answers, one padded pass for the rest; every score
+    equals the padded path's within 1e-5 (float32)."""
+    engine = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu")
+    try:
+        conversations = []
+        for words, answers in ((12, ("Soon.", "Tomorrow, by noon.", "No idea.")),
+                               (20, ("Yes.", "It shipped on Monday and should arrive soon, tracking attached.")),
+                               (15, ("A", "B b", "C c c"))):  # fmt: skip
+            prompt = [{"role": "user", "content": f"Order {words}: " + "tell me about my order, please. " * words}]
+            conversations += [[*prompt, {"role": "assistant", "content": a}] for a in answers]
+        conversations.append(CONVERSATIONS[4])
+        rows = engine.render([parsed(c) for c in conversations])
+        shapes: list[tuple[int, ...]] = []
+        backbone = getattr(engine.model, engine.model.base_model_prefix)
+        hook = backbone.register_forward_hook(
+            lambda _m, args, kwargs, _o: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+        )
+        try:
+            scores = engine.score_batch(rows)
+        finally:
+            hook.remove()
+        padded = [engine._score_padded([row])[0] for row in rows]
+        assert scores == pytest.approx(padded, abs=1e-5)
+        assert scores == pytest.approx([alone(engine, c) for c in conversations], abs=1e-5)
+        assert len({len(r) for r in rows[:8]}) > 2  # really different prompt and answer lengths
+        assert shapes[0][0] == 3 and shapes[1][0] == 8 and shapes[2] == (1, len(rows[8]))
+        assert shapes[1][1] < min(len(r) for r in rows[:8]) // 2  # the answers pass computes answers only
+    finally:
+        engine.close()
+
+
 def test_a_model_whose_cache_does_not_fit_falls_back_to_padded_passes(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu")
     try:
 
-        def broken(rows: Any, prefix: int) -> list[float]:
+        def broken(groups: Any) -> list[list[float]]:
             raise TypeError("this cache cannot be repeated")
 
-        monkeypatch.setattr(engine, "_score_shared_prefix", broken)
+        monkeypatch.setattr(engine, "_score_shared_prefixes", broken)
         prompt = [{"role": "user", "content": "Tell me about my order, please. " * 12}]
         conversations = [[*prompt, {"role": "assistant", "content": a}] for a in ("Soon.", "No idea.")]
         scores = engine.score_batch(engine.render([parsed(c) for c in conversations]))

@@ -45,6 +45,7 @@ chat = chat_body
 
 async def raw_scores(gw: Gateway, model: str, answers: list[str]) -> list[float]:
     conversations = [[*MESSAGES, {"role": "assistant", "content": a}] for a in answers]
+    assert gw.reward is not None
     response = await gw.reward.post("/v1/score", json={"model": model, "conversations": conversations})
     return [d["score"] for d in response.json()["data"]]
 

@@ -140,6 +140,7 @@ async def test_judge_endpoint_scores_every_kind_in_openpipes_shape(gw: Gateway) 
     assert ruled.json()["score"] == 1.0 and ruled.json()["usage"]["total_tokens"] == 0
     scored = (await gw.client.post("/v1/criteria/judge", json={"criterion_id": "tiny-rm@v1", **request})).json()
     conversation = [*MESSAGES, output]
+    assert gw.reward is not None
     raw = await gw.reward.post("/v1/score", json={"model": "tiny-rm@v1", "conversations": [conversation]})
     assert math.isclose(scored["score"], raw.json()["data"][0]["score"], rel_tol=1e-6)
     assert math.isclose(scored["normalized"], 1 / (1 + math.exp(-scored["score"])), rel_tol=1e-6)

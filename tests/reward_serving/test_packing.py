@@ -1,0 +1,112 @@
+"""Packed scoring (reward_serving/packing.py) on tiny llama and bert models built from a config: rows of uneven
+length concatenated with no pads give the scores of formats.pool_rewards on each row alone and of the padded pass,
+within 1e-5 in float32 and bf16 rounding in bfloat16; the packed attention really runs; the engine uses it when
+asked and falls back to padded passes for a model whose layers do not take it."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gateway.formats import pool_rewards
+from gateway.reward_serving import packing
+from gateway.reward_serving.engine import TorchRewardEngine
+from gateway.reward_serving.server import ServerSettings
+
+ROWS = [[random.Random(k).randint(5, 90) for _ in range(n)] for k, n in enumerate((3, 40, 17, 1, 29, 8, 40, 2))]
+
+
+@pytest.fixture(scope="module", params=["tiny-rm/v1", "bert-rm/v1"], ids=["llama", "bert"])
+def model_dir(request: pytest.FixtureRequest, store: Path) -> Path:
+    return Path(store / request.param)
+
+
+def alone(model: Any, rows: list[list[int]]) -> list[float]:
+    with torch.inference_mode():
+        return [float(pool_rewards(model, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))[0]) for r in rows]
+
+
+def padded(model: Any, rows: list[list[int]]) -> list[float]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[*r, *([0] * (width - len(r)))] for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    with torch.inference_mode():
+        return [float(s) for s in pool_rewards(model, ids, mask)]
+
+
+def test_packed_scores_equal_the_padded_pass_and_each_row_alone(model_dir: Path) -> None:
+    engine = TorchRewardEngine.load(model_dir, device="cpu")
+    packing.register()
+    seen: list[str] = []
+    layer = packing.last_layer(engine.model)
+    hook = layer.register_forward_hook(lambda module, _a, _o: seen.append(engine.model.config._attn_implementation))
+    try:
+        with torch.inference_mode():
+            scores = [float(s) for s in packing.score_packed(engine.model, ROWS, engine.device)]
+    finally:
+        hook.remove()
+        engine.close()
+    model = TorchRewardEngine.load(model_dir, device="cpu").model
+    assert seen == [packing.PACKED]  # one packed pass, through the packed attention
+    assert model.config._attn_implementation == "sdpa"  # restored after the pass
+    assert scores == pytest.approx(padded(model, ROWS), abs=1e-5)
+    assert scores == pytest.approx(alone(model, ROWS), abs=1e-5)
+
+
+def test_the_engine_packs_rows_when_asked_and_scores_as_padded(model_dir: Path) -> None:
+    plain = TorchRewardEngine.load(model_dir, device="cpu")
+    packed = TorchRewardEngine.load(model_dir, device="cpu", packing=True)
+    calls: list[int] = []
+    real = packing.packed_attention_forward
+    packing.register()
+    try:
+        from transformers import AttentionInterface
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        AttentionInterface.register(packing.PACKED, counted)
+        assert packed.packing and not plain.packing
+        assert packed.score_batch(ROWS) == pytest.approx(plain.score_batch(ROWS), abs=1e-5)
+        assert calls  # really packed
+    finally:
+        AttentionInterface.register(packing.PACKED, real)
+        plain.close()
+        packed.close()
+
+
+def test_bfloat16_packed_scores_within_bf16_rounding(model_dir: Path) -> None:
+    reference = TorchRewardEngine.load(model_dir, device="cpu").score_batch(ROWS)
+    half = TorchRewardEngine.load(model_dir, device="cpu", dtype="bfloat16", packing=True)
+    try:
+        scores = half.score_batch(ROWS)
+    finally:
+        half.close()
+    spread = max(reference) - min(reference)
+    assert scores == pytest.approx(reference, abs=0.05 * spread + 1e-3)
+
+
+def test_a_model_whose_layers_do_not_take_packing_falls_back_to_padded_passes(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = TorchRewardEngine.load(model_dir, device="cpu", packing=True)
+    try:
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise TypeError("unexpected keyword argument 'rewardgate_packing'")
+
+        monkeypatch.setattr(packing, "score_packed", broken)
+        assert engine.score_batch(ROWS) == pytest.approx(alone(engine.model, ROWS), abs=1e-5)
+        assert engine.packing is False
+    finally:
+        engine.close()
+
+
+def test_the_server_setting_reaches_the_engine() -> None:
+    assert ServerSettings(models_dir="m").packing is False
+    assert ServerSettings(models_dir="m", packing=True).packing is True
