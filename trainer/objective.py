@@ -86,11 +86,11 @@ def batch_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def length_debiased_loss(
     outputs: torch.Tensor, lengths: torch.Tensor, margin: torch.Tensor | None = None, center_coef: float = 0.0
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Bradley-Terry on the sum of two heads, quality (column 0) + length (column 1), plus a decorrelation term
-    over the batch's pairs: |corr(quality gap, log-length gap)| - corr(length-head gap, log-length gap), each gap
-    chosen minus rejected. In the spirit of ODIN (Chen et al. 2024): the preference is fitted by both heads
-    together while the length head is pushed to carry what the answers' length difference explains and the quality
-    head to carry none of it; only the quality head is served. Gaps, not single rewards: batches are grouped by
+    """Bradley-Terry on the sum of two heads, quality (column 0) + length (column 1), plus a decorrelation penalty
+    over the batch's pairs: |corr(quality gap, log-length gap)|, each gap chosen minus rejected. In the spirit of
+    ODIN (Chen et al. 2024): the preference is fitted by both heads together, and what the answers' length
+    difference explains can only go to the length head unpenalized; only the quality head is served. (Also
+    rewarding corr(length-head gap, log-length gap), as ODIN does, swamped the preference term here: measured.) Gaps, not single rewards: batches are grouped by
     length, so within a batch the rewards' own lengths vary little while the pairs' length differences do.
     `outputs` is (2B, 2), chosen rows then rejected rows; `lengths` the answers' lengths in characters."""
     n = outputs.shape[0] // 2
@@ -101,7 +101,7 @@ def length_debiased_loss(
     length_gap = log_length[:n] - log_length[n:]
     quality_corr = batch_correlation(quality[:n] - quality[n:], length_gap)
     length_corr = batch_correlation(length_head[:n] - length_head[n:], length_gap)
-    loss = loss + quality_corr.abs() - length_corr
+    loss = loss + quality_corr.abs()
     with torch.no_grad():
         stats |= {
             "loss": float(loss),
