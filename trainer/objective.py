@@ -89,9 +89,10 @@ def length_debiased_loss(
     """Bradley-Terry on the sum of two heads, quality (column 0) + length (column 1), plus a decorrelation penalty
     over the batch's pairs: |corr(quality gap, log-length gap)|, each gap chosen minus rejected. In the spirit of
     ODIN (Chen et al. 2024): the preference is fitted by both heads together, and what the answers' length
-    difference explains can only go to the length head unpenalized; only the quality head is served. (Also
-    rewarding corr(length-head gap, log-length gap), as ODIN does, swamped the preference term here: measured.) Gaps, not single rewards: batches are grouped by
-    length, so within a batch the rewards' own lengths vary little while the pairs' length differences do.
+    difference explains can only go to the length head unpenalized; only the quality head is served. Rewarding
+    corr(length-head gap, log-length gap) too, as ODIN does, swamped the preference term here (measured). Gaps, not
+    single rewards: batches are grouped by length, so within a batch the rewards' own lengths vary little while the
+    pairs' length differences do.
     `outputs` is (2B, 2), chosen rows then rejected rows; `lengths` the answers' lengths in characters."""
     n = outputs.shape[0] // 2
     quality, length_head = outputs[:, 0].float(), outputs[:, 1].float()

@@ -288,5 +288,6 @@ def test_a_length_debiased_run_saves_the_quality_head_alone(kind: str, tmp_path:
     rows = [json.loads(line) for line in (result.output / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if r["kind"] == "train"][-1]
     assert abs(last["quality_length_corr"]) < 0.3, last  # the served head does not follow the answers' length
-    if kind == "llama":  # the sample's chosen answer is the longer one in 44 % of pairs: the quality head learns content
+    if kind == "llama":  # the sample's chosen answer is the longer one in 44 % of pairs: the quality head learns
+        # content
         assert result.test.accuracy >= 0.7, result.test
