@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -172,6 +173,14 @@ async def test_export_pairs_best_vs_worst_in_the_seed_format(store: LogStore) ->
     assert records[ranked.id]["metadata"] == {"log_id": ranked.id, "chosen_score": 0.9, "rejected_score": 0.2}
     assert records[ranked.id]["rejected_message"] == {"role": "assistant", "content": "Lyon."}  # no "refusal"
     assert records[with_tools.id]["tools"] == tools
+
+
+def test_preference_pair_leaves_out_candidates_early_rejection_cut_short() -> None:
+    rejected = replace(ok(2, 0.01, 2, "Par"), finish_reason="rejected")
+    log = LogRecord("log_x", T0, "m", REQUEST, Latencies(), {}, {}, (ok(0, 0.9, 0, "Paris."), ok(1, 0.2, 1), rejected))
+    pair = preference_pair(log)
+    assert pair is not None and pair["metadata"]["rejected_score"] == 0.2
+    assert preference_pair(replace(log, candidates=(ok(0, 0.9, 0), rejected))) is None
 
 
 def test_preference_pair_of_too_few_candidates_is_none() -> None:
