@@ -146,7 +146,10 @@ class ChatService:
         log = None
         if request.metadata is not None:
             records = render.best_of_n_records(candidates, scored, order)
-            log = await self._record(request, records, upstream_s, scoring_s, versions, completion_id=completion_id)
+            spent = None if budget is None else render.budget_usage(budget, len(candidates)).model_dump()
+            log = await self._record(
+                request, records, upstream_s, scoring_s, versions, completion_id=completion_id, budget=spent
+            )
         ranked = Ranked(
             id=completion_id,
             created=int(time.time()),
@@ -280,6 +283,7 @@ class ChatService:
         *,
         completion_id: str | None = None,
         cache_hit: bool = False,
+        budget: Mapping[str, Any] | None = None,
     ) -> LogRecord:
         total_s = time.perf_counter() - request.started
         latencies = render.latencies(upstream_s, scoring_s, total_s)
@@ -292,6 +296,7 @@ class ChatService:
             criteria_versions={slug: v for slug, v in (criteria_versions or {}).items() if v is not None},
             completion_id=completion_id,
             cache_hit=cache_hit,
+            budget=budget,
         )
 
     def _provider(self, model: str) -> str:

@@ -77,19 +77,24 @@ def ranked_completion(result: Ranked) -> dict[str, Any]:
         return completion.model_dump(
             exclude={"usage": {"rewardgate"}, "choices": {"__all__": {"rewardgate": {"tokens", "rejected_at"}}}}
         )
-    usage.rewardgate = BudgetUsage(
+    usage.rewardgate = budget_usage(budget, len(result.candidates))
+    return completion.model_dump()
+
+
+def budget_usage(budget: BudgetReport, candidates: int) -> BudgetUsage:
+    """`usage.rewardgate` of an op-bon answer, also what its log keeps (`budget`)."""
+    return BudgetUsage(
         strategy=budget.strategy,
         requested_strategy=budget.requested,
         generated_tokens=budget.generated_tokens,
         plain_tokens=budget.plain_tokens,
         tokens_saved=budget.tokens_saved,
-        candidates=len(result.candidates),
+        candidates=candidates,
         rejected=len(budget.rejected_at),
         checkpoints=list(budget.checkpoints),
         rounds=budget.rounds,
         fallback=budget.fallback,
     )
-    return completion.model_dump()
 
 
 def passthrough_completion(result: Passthrough) -> dict[str, Any]:

@@ -80,6 +80,7 @@ async def test_early_rejection_closes_the_rejected_streams_while_the_others_gene
     stored = (await gw.client.get(f"/v1/logs/{completion['rewardgate']['log_id']}")).json()
     reasons = [c["finish_reason"] for c in stored["candidates"]]
     assert reasons == ["stop", "stop", "rejected", "rejected"]
+    assert stored["budget"] == budget  # the console shows it on the log
     rejected = stored["candidates"][2]
     assert rejected["status"] == "ok" and rejected["score"] is not None
     assert rejected["criteria_results"]["tiny-rm"]["status"] == "success"
@@ -159,6 +160,8 @@ async def test_uncalibrated_reward_model_falls_back_to_plain_best_of_n(
 async def test_without_op_bon_the_answer_has_no_budget_keys(gw: Gateway, upstream: FakeUpstream) -> None:
     completion = (await gw.client.post("/v1/chat/completions", json=chat_body(n=2), headers=CRITERIA)).json()
     assert "rewardgate" not in completion["usage"]
+    stored = await gw.client.post("/v1/chat/completions", json=chat_body(n=2, store=True), headers=CRITERIA)
+    assert (await gw.client.get(f"/v1/logs/{stored.json()['rewardgate']['log_id']}")).json()["budget"] is None
     assert all(
         set(c["rewardgate"]) == {"candidate_index", "score", "criteria_errors", "model"} for c in completion["choices"]
     )

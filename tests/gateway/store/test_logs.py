@@ -262,6 +262,20 @@ async def test_completion_ids_and_cache_hits_are_stored_and_filtered(store: LogS
     assert render(Log, hit)["completion_id"] == "chatcmpl-7" and render(Log, hit)["cache_hit"] is True
 
 
+async def test_a_budgeted_best_of_n_keeps_what_it_generated_and_saved(store: LogStore) -> None:
+    budget = {"strategy": "early_rejection", "requested_strategy": "early_rejection", "generated_tokens": 300,
+              "plain_tokens": 800, "tokens_saved": 500, "candidates": 8, "rejected": 6, "checkpoints": [16, 32],
+              "rounds": 1, "fallback": None}  # fmt: skip
+    rejected = replace(ok(1, 0.1, 1, "Par"), finish_reason="rejected")
+    log = await store.create_log(
+        model="m", request=REQUEST, candidates=[ok(0, 0.5, 0), rejected], latencies=Latencies(), budget=budget
+    )
+    again = await store.get_log(log.id)
+    assert again == log and again.budget == budget and again.candidates[1].finish_reason == "rejected"
+    assert render(Log, again)["budget"] == budget
+    assert (await add(store)).budget is None and render(Log, await add(store))["budget"] is None
+
+
 # ---------------------------------------------------------------- durability
 
 
