@@ -192,7 +192,8 @@ class BudgetedSampler:
         # index -> (the partial message that was scored, its partial score, its tokens then)
         rejected: dict[int, tuple[dict[str, Any], Scored, int]] = {}
         try:
-            streams = [self._open(request, i) for i in range(n)]
+            for i in range(n):  # appended one by one: a failure part-way still closes the ones started
+                streams.append(self._open(request, i))
             live = list(streams)
             for checkpoint in checkpoints:
                 await clock.upstream(s.reach(checkpoint) for s in live)
@@ -238,7 +239,8 @@ class BudgetedSampler:
                 break
             batch: list[CandidateStream] = []
             try:
-                batch = [self._open(request, len(streams) + j) for j in range(min(policy.per_round, n - len(streams)))]
+                for j in range(min(policy.per_round, n - len(streams))):
+                    batch.append(self._open(request, len(streams) + j))
                 await clock.upstream(s.reach(math.inf) for s in batch)
             finally:
                 await asyncio.gather(*(s.cancel() for s in batch))
