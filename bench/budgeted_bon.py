@@ -484,6 +484,26 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "calibrated": build_app(calibrated, router=Router({"replay": replay}, default_provider="replay")),
     }
     results: dict[str, Any] = {}
+
+    def report() -> dict[str, Any]:
+        return {
+            "command": " ".join(["python", *sys.argv]),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_end": os.getloadavg()},
+            "settings": {"tokens_per_s": args.tokens_per_s, "concurrency": args.concurrency, "candidates": POOL_N,
+                         "tulu_prompts": len(tulu["entries"]), "smol_prompts": len(smol["entries"]),
+                         "smol_max_tokens": args.smol_max_tokens},
+            "smollm2_decode_steps_per_s_batch16": round(smol["decode_steps_per_s"], 3),
+            "reward_models": {slug: {"version": v, "test_reward_mean": mu, "test_reward_std": sd}
+                              for slug, (v, mu, sd) in stats.items()},
+            "rank_correlation": rank_correlation,
+            "calibration_seconds": round(calibration_s, 1),
+            "candidate_tokens_mean": {name: round(statistics.mean(len(r) for e in pl["entries"] for r in e["rows"]), 1)
+                                      for name, pl in pools.items()},
+            "results": results,
+            "replay_streams_closed_early": replay.closed_early,
+        }  # fmt: skip
+
+    write(args.out, report())  # the calibration, before any grid
     async with AsyncExitStack() as stack:
         clients = {}
         for name, app in apps.items():
@@ -492,36 +512,29 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             clients[name] = await stack.enter_async_context(
                 httpx.AsyncClient(transport=transport, base_url="http://gateway")
             )
-        for n in args.ns:
-            key = f"tulu/support-rm/N={n}"
-            results[key] = await run_grid(clients, replay, tulu, "support-rm", n, p75(judges_tulu["scorer"]),
-                                          judges_tulu, args.concurrency)  # fmt: skip
-            show(key, results[key])
-        for scorer, other in (SCORERS, SCORERS[::-1]):
-            judges = {"scorer": smol_norm[scorer], f"held_apart_{other}": smol_norm[other]}
-            for n in args.ns if scorer == SCORERS[0] else [8]:
-                key = f"smollm2/{scorer}/N={n}"
-                # smol-rm scores slowly on this CPU: its grid is the default early rejection, calibrated or not
+        # N = 8 (the target) first, each grid written out as it ends: on a shared machine a run may be cut short
+        smol_judges = {scorer: {"scorer": smol_norm[scorer], f"held_apart_{other}": smol_norm[other]}
+                       for scorer, other in (SCORERS, SCORERS[::-1])}  # fmt: skip
+        plan = [("tulu", "support-rm", 8), ("smollm2", "support-rm", 8), ("smollm2", "smol-rm", 8)]
+        plan += [("tulu", "support-rm", n) for n in args.ns if n != 8]
+        plan += [("smollm2", "support-rm", n) for n in args.ns if n != 8]
+        for source, scorer, n in plan:
+            key = f"{source}/{scorer}/N={n}"
+            if source == "tulu":
+                grid = await run_grid(clients, replay, tulu, scorer, n, p75(judges_tulu["scorer"]), judges_tulu,
+                                      args.concurrency)  # fmt: skip
+            else:  # smol-rm scores slowly on this CPU: its grid is the default early rejection, calibrated or not
                 names = None if scorer == SCORERS[0] else SMOL_RM_GRID
-                results[key] = await run_grid(clients, replay, smol, scorer, n, p75(smol_norm[scorer]), judges,
-                                              args.concurrency, names)  # fmt: skip
-                show(key, results[key])
-    return {
-        "command": " ".join(["python", *sys.argv]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_end": os.getloadavg()},
-        "settings": {"tokens_per_s": args.tokens_per_s, "concurrency": args.concurrency, "candidates": POOL_N,
-                     "tulu_prompts": len(tulu["entries"]), "smol_prompts": len(smol["entries"]),
-                     "smol_max_tokens": args.smol_max_tokens},
-        "smollm2_decode_steps_per_s_batch16": round(smol["decode_steps_per_s"], 3),
-        "reward_models": {slug: {"version": v, "test_reward_mean": mu, "test_reward_std": sd}
-                          for slug, (v, mu, sd) in stats.items()},
-        "rank_correlation": rank_correlation,
-        "calibration_seconds": round(calibration_s, 1),
-        "candidate_tokens_mean": {name: round(statistics.mean(len(r) for e in pool["entries"] for r in e["rows"]), 1)
-                                  for name, pool in pools.items()},
-        "results": results,
-        "replay_streams_closed_early": replay.closed_early,
-    }  # fmt: skip
+                grid = await run_grid(clients, replay, smol, scorer, n, p75(smol_norm[scorer]), smol_judges[scorer],
+                                      args.concurrency, names)  # fmt: skip
+            results[key] = grid
+            show(key, grid)
+            write(args.out, report())
+    return report()
+
+
+def write(path: str, report: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
@@ -536,7 +549,7 @@ if __name__ == "__main__":
     parser.add_argument("--calibration-out", default=str(ROOT / "docs" / "bon_calibration.json"))
     arguments = parser.parse_args()
     begun = time.perf_counter()
-    report = asyncio.run(main(arguments))
-    report["total_seconds"] = round(time.perf_counter() - begun, 1)
-    Path(arguments.out).write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {arguments.out} ({report['total_seconds']} s)")
+    final = asyncio.run(main(arguments))
+    final["total_seconds"] = round(time.perf_counter() - begun, 1)
+    write(arguments.out, final)
+    log(f"wrote {arguments.out} ({final['total_seconds']} s)")
