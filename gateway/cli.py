@@ -60,6 +60,7 @@ from gateway.reward_serving.cli import main as reward_server_main
 from gateway.reward_serving.http import serving_config
 from gateway.reward_serving.server import ServerSettings
 from gateway.reward_serving.server import create_app as create_reward_app
+from gateway.service.budget import Calibration
 from gateway.service.chat import ChatService
 from gateway.service.criteria import CriteriaService, load_criteria_file, router_judge
 from gateway.service.datasets import DatasetService
@@ -112,7 +113,12 @@ async def open_services(
         criteria = CriteriaService(store=store, catalog=catalog, judge=router_judge(router), kinds=kinds)
         datasets = DatasetService(store)
         jobs = JobService(settings, store=store, datasets=datasets, metrics=metrics)
-        chat = ChatService(settings, router=router, store=store, criteria=criteria, metrics=metrics)
+        calibration = None
+        if settings.bon_calibration_file:  # read once: a bad file fails the start, not a request
+            calibration = Calibration.load(settings.bon_calibration_file, settings.bon_min_rank_correlation)
+        chat = ChatService(
+            settings, router=router, store=store, criteria=criteria, metrics=metrics, calibration=calibration
+        )
         if settings.criteria_file:  # once the reward server is up: a slug may not shadow a reward model's
             added = await criteria.sync(load_criteria_file(settings.criteria_file))
             logger.info("criteria file %s: %d new version(s)", settings.criteria_file, len(added))

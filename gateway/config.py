@@ -106,6 +106,17 @@ class GatewaySettings:
     local_model_name: str = field(
         default="", metadata={"help": "the <name> of local:<name>; empty: local_model's directory name"}
     )
+    bon_calibration_file: str = field(
+        default="",
+        metadata={
+            "help": "op-bon early rejection: JSON of each reward model's partial-vs-final rank correlation per "
+            "checkpoint (bench/budgeted_bon.py --calibration-out writes it); empty: every criterion trusted"
+        },
+    )
+    bon_min_rank_correlation: float = field(
+        default=0.5,
+        metadata={"help": "early rejection uses a checkpoint only where every calibrated criterion reaches this"},
+    )
     cache_ttl_s: float = field(
         default=7 * 24 * 3600.0, metadata={"help": "how long a response cached by op-cache stays (seconds)"}
     )

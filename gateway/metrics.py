@@ -88,6 +88,34 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.bon_tokens = Counter(
+            "rewardgate_bon_tokens",
+            "Budgeted best-of-N (op-bon) completion tokens by strategy and kind: generated, plain (what plain "
+            "best-of-N would have generated, estimated), saved (plain minus generated).",
+            ["strategy", "kind"],
+            registry=r,
+        )
+        self.bon_rejected = Counter(
+            "rewardgate_bon_rejected_candidates",
+            "Candidates that early rejection cancelled part-way.",
+            registry=r,
+        )
+        self.bon_fallbacks = Counter(
+            "rewardgate_bon_fallbacks",
+            "op-bon requests that ran plain best-of-N because partial scores do not predict final ones.",
+            registry=r,
+        )
+
+    def record_budget(
+        self, strategy: str, *, generated: int, plain: int, saved: int, rejected: int, fallback: bool
+    ) -> None:
+        self.bon_tokens.labels(strategy, "generated").inc(generated)
+        self.bon_tokens.labels(strategy, "plain").inc(plain)
+        self.bon_tokens.labels(strategy, "saved").inc(saved)
+        self.bon_rejected.inc(rejected)
+        if fallback:
+            self.bon_fallbacks.inc()
+
     def set_training_jobs(self, counts: Mapping[str, int]) -> None:
         for state in JOB_STATES:
             self.training_jobs.labels(state).set(counts.get(state, 0))

@@ -12,6 +12,10 @@ best choice (all candidates are still scored and, with store: true, stored). Ope
 body's `metadata`, which wins on a shared key; numbers and booleans become strings, null drops the key; then OpenAI's
 metadata rules), `op-cache` (readWrite | readOnly | writeOnly | false; `true`, from older SDKs, means readWrite): the
 response cache (gateway.service.cache), for every request but a streamed pass-through, which is relayed as it comes.
+`op-bon` (with op-criteria only) picks a budgeted best-of-N strategy, a JSON object: `{"strategy": "early_rejection",
+"checkpoints": [16, 32, 64], "keep": 0.5, "min_keep": 1}`, `{"strategy": "adaptive", "per_round": 2, "threshold":
+0.7, "max_tokens": 4000, "max_latency_s": 30}` or `{"strategy": "best_of_n"}` (the default); every key but
+`strategy` is optional, and a bad value is a 400 naming `op-bon.<field>` (gateway.service.budget runs them).
 
 A client that leaves cancels its work: the service call runs under `until_disconnected`, so the upstream calls
 (their connections closed, so providers stop generating) and the scoring stop when the client goes, and the
@@ -22,6 +26,7 @@ which closes the relay, and so the upstream, when the client goes.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -39,7 +44,15 @@ from gateway.errors import InvalidRequestError
 from gateway.formats import loose_message
 from gateway.protocol import ChatCompletionRequest, ModelEntry, ModelListing, upstream_body
 from gateway.service import render
-from gateway.service.handoffs import NO_CACHE, BestOfN, CachePolicy, ChatRequest
+from gateway.service.handoffs import (
+    NO_CACHE,
+    AdaptiveN,
+    BestOfN,
+    BudgetPolicy,
+    CachePolicy,
+    ChatRequest,
+    EarlyRejection,
+)
 from gateway.store import validate_metadata
 
 # OpenPipe's op-cache values, matched without case
@@ -69,13 +82,17 @@ def parse_chat(
     best_only = header_flag(headers.get("op-best-only"), "op-best-only")
     best_of_n = None
     criteria = headers.get("op-criteria")
+    bon = headers.get("op-bon")
+    if bon is not None and criteria is None:
+        raise InvalidRequestError("op-bon: a budgeted best-of-N needs op-criteria to score with", param="op-bon")
     if criteria is not None:
         refs = parse_criteria_header(utf8_header(criteria, "op-criteria"))
         n = 1 if body.n is None else body.n
         if not 1 <= n <= settings.max_n:
             raise InvalidRequestError(f"n must be between 1 and {settings.max_n} with op-criteria, got {n}", param="n")
         prompt = tuple(loose_message(m, f"messages[{i}]") for i, m in enumerate(raw["messages"]))
-        best_of_n = BestOfN(tuple(refs), n, best_only, prompt)
+        budget = None if bon is None else _budget_policy(utf8_header(bon, "op-bon"), settings.max_n)
+        best_of_n = BestOfN(tuple(refs), n, best_only, prompt, budget)
     tags = {k: v for k, v in _tags(headers.get("op-tags")).items() if v is not None}
     metadata = validate_metadata({**tags, **(body.metadata or {})})
     logged = headers.get("op-log-request")
@@ -103,6 +120,78 @@ def _tags(value: str | None) -> dict[str, str | None]:
         raise InvalidRequestError("op-tags: not valid JSON; expected an object such as {\"prompt_id\": \"a\"}",
                                   param="op-tags") from None  # fmt: skip
     return tag_values(raw, "op-tags")
+
+
+_BON_KEYS = {
+    "best_of_n": {"strategy"},
+    "early_rejection": {"strategy", "checkpoints", "keep", "min_keep"},
+    "adaptive": {"strategy", "per_round", "threshold", "max_tokens", "max_latency_s"},
+}
+MAX_CHECKPOINTS = 8
+
+
+def _budget_policy(value: str, max_n: int) -> BudgetPolicy | None:
+    """`op-bon` as a typed strategy (None: plain best-of-N); a 400 naming `op-bon.<field>` for a bad value."""
+
+    def bad(field: str, problem: str) -> InvalidRequestError:
+        where = "op-bon" if not field else f"op-bon.{field}"
+        return InvalidRequestError(f"{where}: {problem}", param=where)
+
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise bad("", 'not valid JSON; expected an object such as {"strategy": "early_rejection"}') from None
+    if not isinstance(raw, dict):
+        raise bad("", 'must be a JSON object such as {"strategy": "early_rejection"}')
+    strategy = raw.get("strategy")
+    if strategy not in _BON_KEYS:
+        raise bad("strategy", f"expected one of {sorted(_BON_KEYS)}, got {strategy!r}")
+    unknown = sorted(set(raw) - _BON_KEYS[strategy])
+    if unknown:
+        raise bad(unknown[0], f"not a field of the {strategy} strategy (fields: {sorted(_BON_KEYS[strategy])})")
+
+    def integer(field: str, low: int, high: int) -> int | None:
+        got = raw.get(field)
+        if got is not None and (isinstance(got, bool) or not isinstance(got, int) or not low <= got <= high):
+            raise bad(field, f"must be an integer from {low} to {high}, got {got!r}")
+        return got
+
+    def number(field: str, low: float, high: float, *, above: bool = False) -> float | None:
+        got = raw.get(field)
+        if got is None:
+            return None
+        fits = isinstance(got, int | float) and not isinstance(got, bool) and (low < got if above else low <= got)
+        if not fits or got > high:
+            raise bad(field, f"must be a number {'above' if above else 'from'} {low:g} to {high:g}, got {got!r}")
+        return float(got)
+
+    if strategy == "early_rejection":
+        checkpoints = raw.get("checkpoints", list(EarlyRejection.checkpoints))
+        if (
+            not isinstance(checkpoints, list)
+            or not 1 <= len(checkpoints) <= MAX_CHECKPOINTS
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in checkpoints)
+            or any(a >= b for a, b in itertools.pairwise(checkpoints))
+        ):
+            problem = f"must be 1 to {MAX_CHECKPOINTS} increasing token counts >= 1, got {checkpoints!r}"
+            raise bad("checkpoints", problem)
+        keep = number("keep", 0.0, 1.0, above=True)
+        min_keep = integer("min_keep", 1, max_n)
+        return EarlyRejection(
+            tuple(checkpoints),
+            EarlyRejection.keep if keep is None else keep,
+            EarlyRejection.min_keep if min_keep is None else min_keep,
+        )
+    if strategy == "adaptive":
+        per_round = integer("per_round", 1, max_n)
+        threshold = number("threshold", 0.0, 1.0)
+        return AdaptiveN(
+            AdaptiveN.per_round if per_round is None else per_round,
+            AdaptiveN.threshold if threshold is None else threshold,
+            integer("max_tokens", 1, 10**9),
+            number("max_latency_s", 0.0, 86400.0, above=True),
+        )
+    return None
 
 
 def _cache_policy(value: str | None) -> CachePolicy:

@@ -449,7 +449,17 @@ def _chat_headers() -> tuple[Schema, ...]:
         "description": "OpenPipe's response cache: readWrite, readOnly, writeOnly or false (any case; true = "
         "readWrite). Keyed on the upstream body and the criteria's resolved versions; not for streamed pass-throughs",
     }
-    return criteria, best_only, logged, tags, cache
+    bon = {
+        "name": "op-bon",
+        "in": "header",
+        "schema": {"type": "string"},
+        "examples": {"early rejection": {"value": '{"strategy": "early_rejection", "checkpoints": [16, 32, 64]}'}},
+        "description": 'with op-criteria: a budgeted best-of-N strategy, a JSON object: {"strategy": '
+        '"early_rejection", "checkpoints", "keep", "min_keep"}, {"strategy": "adaptive", '
+        '"per_round", "threshold", "max_tokens", "max_latency_s"} or {"strategy": "best_of_n"} '
+        "(the default); a bad value is a 400 naming op-bon.<field>; usage.rewardgate reports the tokens saved",
+    }
+    return criteria, best_only, logged, tags, cache, bon
 
 
 def _any_case(*words: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .chat import (
     GATEWAY_FIELDS,
+    BudgetUsage,
     ChatCompletion,
     ChatCompletionRequest,
     ChatMessage,
@@ -80,6 +81,7 @@ __all__ = [
     "Alignment",
     "AlignmentRequest",
     "BaseModelAlias",
+    "BudgetUsage",
     "ChatCompletion",
     "ChatCompletionRequest",
     "ChatMessage",

@@ -118,6 +118,10 @@ class ChoiceInfo(BaseModel):
     score: float | None = None  # combined 0..1 score; null when no criterion scored it
     criteria_errors: int = 0  # criteria that errored on this candidate
     model: str | None = None  # the model that produced it (the requested one or a fallback)
+    # op-bon only (absent otherwise): the completion tokens generated for it, and for a candidate early rejection
+    # cancelled (finish_reason "rejected") the tokens it had when the partial answer it carries was scored
+    tokens: int | None = None
+    rejected_at: int | None = None
 
 
 class ChoiceError(BaseModel):
@@ -146,6 +150,21 @@ class CriteriaUsage(BaseModel):
     completion_tokens: int = 0
 
 
+class BudgetUsage(BaseModel):
+    """`usage.rewardgate` of an op-bon request: what the strategy generated against plain best-of-N."""
+
+    strategy: str  # the strategy that ran: early_rejection, adaptive, or best_of_n (a fallback)
+    requested_strategy: str
+    generated_tokens: int  # completion tokens generated, rejected candidates included
+    plain_tokens: int  # plain best-of-N's estimate: n x mean completion tokens of the candidates that finished
+    tokens_saved: int  # max(0, plain_tokens - generated_tokens)
+    candidates: int  # candidates started
+    rejected: int  # candidates cancelled part-way
+    checkpoints: list[int] = Field(default_factory=list)  # early rejection's checkpoints, after calibration
+    rounds: int = 1  # adaptive N's rounds
+    fallback: str | None = None  # why plain best-of-N ran instead
+
+
 class Usage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -153,6 +172,7 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
     criteria: CriteriaUsage | None = None
+    rewardgate: BudgetUsage | None = None  # op-bon only (absent otherwise)
 
 
 class CompletionInfo(BaseModel):

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, computed_field
 
+from .chat import BudgetUsage
+
 Item = TypeVar("Item", bound=BaseModel)
 
 # The store's records (gateway.store.records, frozen dataclasses) render through these models, and the OpenAPI
@@ -67,6 +69,7 @@ class Log(BaseModel):
     candidates: list[StoredCandidate]
     completion_id: str | None  # the `id` of the completion the client got
     cache_hit: bool  # answered from the response cache (op-cache): no upstream call
+    budget: BudgetUsage | None = None  # op-bon: what the strategy generated and saved (usage.rewardgate)
 
 
 class SplitCounts(BaseModel):

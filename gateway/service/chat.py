@@ -25,13 +25,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from gateway.config import GatewaySettings
-from gateway.criteria import Criterion, CriterionResult, rank, score_all
+from gateway.criteria import Criterion, CriterionResult, Scored, rank, score_all
 from gateway.formats import Message, loose_message
 from gateway.metrics import GatewayMetrics
 from gateway.service import render
+from gateway.service.budget import BudgetedSampler, Calibration, Outcome, plain_report
 from gateway.service.cache import ResponseCache, cache_key
 from gateway.service.criteria import CriteriaService
-from gateway.service.handoffs import ChatRequest, Passthrough, Ranked, Replayed, Reported
+from gateway.service.handoffs import ChatRequest, EarlyRejection, Passthrough, Ranked, Replayed, Reported
 from gateway.store import CandidateRecord, Latencies, LogRecord, LogStore
 from gateway.upstream.events import StreamAccumulator, whole_events
 from gateway.upstream.providers import ProviderError
@@ -49,6 +50,7 @@ class ChatService:
         store: LogStore,
         criteria: CriteriaService,
         metrics: GatewayMetrics,
+        calibration: Calibration | None = None,
     ) -> None:
         self._settings = settings
         self._router = router
@@ -58,6 +60,8 @@ class ChatService:
         self._cache = ResponseCache(
             store, ttl_s=settings.cache_ttl_s, max_entries=settings.cache_max_entries, metrics=metrics
         )
+        self._sampler = BudgetedSampler(router, timeout_s=settings.upstream_timeout_s)
+        self._calibration = calibration or Calibration(min_rank_correlation=settings.bon_min_rank_correlation)
 
     async def passthrough(self, request: ChatRequest) -> Passthrough:
         """One upstream completion, returned as the upstream sent it (or as the response cache kept it)."""
@@ -130,36 +134,22 @@ class ChatService:
             if request.cache.read and (hit := await self._cache.get(key)) is not None:
                 return await self._replay(request, hit)
 
-        started = time.perf_counter()
-        try:
-            candidates = await self._router.generate_candidates(
-                request.upstream, wanted.n, self._settings.upstream_timeout_s
-            )
-        except AllCandidatesFailed as failed:  # counted too: a dashboard must not show health while all fail
-            self._record_candidates(failed.errors)
-            raise
-        upstream_s = time.perf_counter() - started
-        self._record_candidates(candidates)
-
-        started = time.perf_counter()
-        answers = [_answer(c) for c in candidates]
-        scored = await score_all(
-            criteria,
-            wanted.prompt,
-            answers,
-            timeout_s=self._settings.criteria_timeout_s,
-            on_scored=self._record_criterion,
-        )
-        scoring_s = time.perf_counter() - started
-        self._metrics.scoring_duration.observe(scoring_s)
-
-        order = tuple(rank(scored))
+        budget = None
+        if wanted.budget is None:
+            candidates, scored, order, upstream_s, scoring_s = await self._plain(request, criteria)
+        else:
+            outcome = await self._budgeted(request, criteria)
+            candidates, scored, order = list(outcome.candidates), list(outcome.scored), outcome.order
+            upstream_s, scoring_s, budget = outcome.upstream_s, outcome.scoring_s, outcome.report
         versions = {c.slug: c.version for c, _ in criteria}
         completion_id = "chatcmpl-rg-" + secrets.token_hex(12)
         log = None
         if request.metadata is not None:
             records = render.best_of_n_records(candidates, scored, order)
-            log = await self._record(request, records, upstream_s, scoring_s, versions, completion_id=completion_id)
+            spent = None if budget is None else render.budget_usage(budget, len(candidates)).model_dump()
+            log = await self._record(
+                request, records, upstream_s, scoring_s, versions, completion_id=completion_id, budget=spent
+            )
         ranked = Ranked(
             id=completion_id,
             created=int(time.time()),
@@ -171,13 +161,92 @@ class ChatService:
             upstream_s=upstream_s,
             scoring_s=scoring_s,
             log=log,
+            budget=budget,
         )
-        whole = all(isinstance(c, Candidate) for c in candidates) and all(
-            r.ok for s in scored for r in s.results.values()
+        whole = (
+            budget is None
+            and all(isinstance(c, Candidate) for c in candidates)
+            and all(r.ok for s in scored for r in s.results.values())
         )
-        if key is not None and request.cache.write and whole:  # a degraded ranking is never replayed
+        # a degraded ranking is never replayed, nor a budgeted one (its rejected candidates are this request's)
+        if key is not None and request.cache.write and whole:
             await self._cache.put(key, render.ranked_completion(ranked))
         return ranked
+
+    async def _plain(
+        self, request: ChatRequest, criteria: Sequence[tuple[Criterion, float]]
+    ) -> tuple[list[Candidate | CandidateError], list[Scored], tuple[int, ...], float, float]:
+        """Plain best-of-N: n whole candidates (native n where the provider has it), then every one scored."""
+        assert request.best_of_n is not None
+        started = time.perf_counter()
+        try:
+            candidates = await self._router.generate_candidates(
+                request.upstream, request.best_of_n.n, self._settings.upstream_timeout_s
+            )
+        except AllCandidatesFailed as failed:  # counted too: a dashboard must not show health while all fail
+            self._record_candidates(failed.errors)
+            raise
+        upstream_s = time.perf_counter() - started
+        self._record_candidates(candidates)
+
+        started = time.perf_counter()
+        answers = [_answer(c) for c in candidates]
+        scored = await self._score(request, criteria, answers)
+        scoring_s = time.perf_counter() - started
+        self._metrics.scoring_duration.observe(scoring_s)
+        return candidates, scored, tuple(rank(scored)), upstream_s, scoring_s
+
+    async def _score(
+        self, request: ChatRequest, criteria: Sequence[tuple[Criterion, float]], answers: Sequence[Message | None]
+    ) -> list[Scored]:
+        assert request.best_of_n is not None
+        return await score_all(
+            criteria,
+            request.best_of_n.prompt,
+            answers,
+            timeout_s=self._settings.criteria_timeout_s,
+            on_scored=self._record_criterion,
+        )
+
+    async def _budgeted(self, request: ChatRequest, criteria: Sequence[tuple[Criterion, float]]) -> Outcome:
+        """An op-bon strategy (gateway.service.budget), or plain best-of-N where calibration says partial scores of
+        these criteria do not predict final ones; counted in the op-bon metrics either way."""
+        wanted = request.best_of_n
+        assert wanted is not None and wanted.budget is not None
+        policy = wanted.budget
+
+        async def score(answers: Sequence[Message | None]) -> list[Scored]:
+            started = time.perf_counter()
+            scored = await self._score(request, criteria, answers)
+            self._metrics.scoring_duration.observe(time.perf_counter() - started)
+            return scored
+
+        try:
+            if isinstance(policy, EarlyRejection):
+                checkpoints, refused = self._calibration.checkpoints(policy.checkpoints, criteria)
+                if refused is not None:
+                    candidates, scored, order, upstream_s, scoring_s = await self._plain(request, criteria)
+                    report = plain_report(policy.strategy, candidates, refused)
+                    outcome = Outcome(tuple(candidates), tuple(scored), order, report, upstream_s, scoring_s)
+                else:
+                    outcome = await self._sampler.early_rejection(request, wanted.n, policy, checkpoints, score)
+            else:
+                outcome = await self._sampler.adaptive(request, wanted.n, policy, score)
+        except AllCandidatesFailed as failed:
+            self._record_candidates(failed.errors)
+            raise
+        if outcome.report.fallback is None:
+            self._record_candidates(outcome.candidates)
+        report = outcome.report
+        self._metrics.record_budget(
+            report.strategy,
+            generated=report.generated_tokens,
+            plain=report.plain_tokens,
+            saved=report.tokens_saved,
+            rejected=len(report.rejected_at),
+            fallback=report.fallback is not None,
+        )
+        return outcome
 
     async def report(self, reported: Reported) -> LogRecord:
         """A completion the client got elsewhere (OpenPipe's /report), stored like one of ours: its choices become
@@ -214,6 +283,7 @@ class ChatService:
         *,
         completion_id: str | None = None,
         cache_hit: bool = False,
+        budget: Mapping[str, Any] | None = None,
     ) -> LogRecord:
         total_s = time.perf_counter() - request.started
         latencies = render.latencies(upstream_s, scoring_s, total_s)
@@ -226,6 +296,7 @@ class ChatService:
             criteria_versions={slug: v for slug, v in (criteria_versions or {}).items() if v is not None},
             completion_id=completion_id,
             cache_hit=cache_hit,
+            budget=budget,
         )
 
     def _provider(self, model: str) -> str:

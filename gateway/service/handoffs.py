@@ -1,5 +1,6 @@
 """The frozen hand-offs of the chat pipeline: the request the API parsed (`ChatRequest`, with `BestOfN` when
-`op-criteria` is set, and its `CachePolicy`) and the results the service returns (`Passthrough`, `Ranked`, and
+`op-criteria` is set, its budgeted strategy from `op-bon` (`EarlyRejection`, `AdaptiveN`), and its `CachePolicy`)
+and the results the service returns (`Passthrough`, `Ranked` with its `BudgetReport` when a strategy ran, and
 `Replayed` for a best-of-N answer from the response cache). Pure data: imports only the criteria vocabulary, formats
 and the store's records.
 """
@@ -17,13 +18,44 @@ from gateway.upstream.router import Candidate, CandidateError
 
 
 @dataclass(frozen=True)
+class EarlyRejection:
+    """`op-bon: {"strategy": "early_rejection", ...}`: the n candidates stream; at each checkpoint (tokens per
+    candidate) the partial answers are scored and all but the best `keep` fraction (at least `min_keep`) are
+    cancelled."""
+
+    checkpoints: tuple[int, ...] = (16, 32, 64)
+    keep: float = 0.5
+    min_keep: int = 1
+
+    strategy = "early_rejection"
+
+
+@dataclass(frozen=True)
+class AdaptiveN:
+    """`op-bon: {"strategy": "adaptive", ...}`: candidates come `per_round` at a time until the best combined
+    score reaches `threshold`, n candidates were asked for, or a budget (generated tokens, seconds) is spent."""
+
+    per_round: int = 2
+    threshold: float = 0.7
+    max_tokens: int | None = None
+    max_latency_s: float | None = None
+
+    strategy = "adaptive"
+
+
+BudgetPolicy = EarlyRejection | AdaptiveN
+
+
+@dataclass(frozen=True)
 class BestOfN:
-    """What `op-criteria` asks for, parsed: the criteria, n, and whether only the best choice goes back."""
+    """What `op-criteria` asks for, parsed: the criteria, n, and whether only the best choice goes back; the
+    budgeted strategy of `op-bon` (None: plain best-of-N, every candidate whole)."""
 
     criteria: tuple[CriterionRef, ...]
     n: int
     best_only: bool
     prompt: tuple[Message, ...]  # the request's messages, as the criteria read them
+    budget: BudgetPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +96,26 @@ class Passthrough:
 
 
 @dataclass(frozen=True)
+class BudgetReport:
+    """What a budgeted strategy spent, per request. `plain_tokens` estimates what plain best-of-N would have
+    generated: n x the mean completion tokens of the candidates that finished on their own (not rejected)."""
+
+    strategy: str  # the strategy that ran: "early_rejection", "adaptive", or "best_of_n" after a fallback
+    requested: str  # the strategy op-bon asked for
+    generated_tokens: int  # completion tokens the upstream generated for every candidate, rejected ones included
+    plain_tokens: int
+    tokens: Mapping[int, int]  # candidate index -> its completion tokens
+    rejected_at: Mapping[int, int]  # candidate index -> the tokens it had when its partial answer was scored
+    checkpoints: tuple[int, ...] = ()  # the checkpoints used (after calibration)
+    rounds: int = 1
+    fallback: str | None = None  # why plain best-of-N ran instead
+
+    @property
+    def tokens_saved(self) -> int:
+        return max(0, self.plain_tokens - self.generated_tokens)
+
+
+@dataclass(frozen=True)
 class Ranked:
     """A best-of-N answer: every candidate in the provider's order with its scores, the ranking, and the log."""
 
@@ -77,6 +129,7 @@ class Ranked:
     upstream_s: float
     scoring_s: float
     log: LogRecord | None
+    budget: BudgetReport | None = None  # what an op-bon strategy generated, rejected and saved
 
     @property
     def waited_s(self) -> float:

@@ -2,6 +2,10 @@
 with its log id, a finished completion as `chat.completion.chunk` payloads, and the store's candidate records of
 every kind of answer (one builder for all of them). Pure: no I/O. Must not import starlette or gateway.api.
 
+Budgeted best-of-N (op-bon): `usage.rewardgate` says what the strategy generated and saved, each choice's
+`rewardgate.tokens` its completion tokens, and a rejected one's `rewardgate.rejected_at` the tokens of the partial
+answer it carries (finish_reason "rejected"); without op-bon none of these keys is present.
+
 Streamed best-of-N: ranking needs every candidate whole, so the chunks come once all are scored: per choice (in
 rank order) one delta with the whole message, then one with its finish_reason and the choice's other fields (such
 as `criteria_results`); usage in a last chunk with no choices when the client asked for it.
@@ -14,8 +18,17 @@ from dataclasses import replace
 from typing import Any
 
 from gateway.criteria import Scored
-from gateway.protocol import ChatCompletion, Choice, ChoiceError, ChoiceInfo, CompletionInfo, CriteriaUsage, Usage
-from gateway.service.handoffs import Passthrough, Ranked, Replayed
+from gateway.protocol import (
+    BudgetUsage,
+    ChatCompletion,
+    Choice,
+    ChoiceError,
+    ChoiceInfo,
+    CompletionInfo,
+    CriteriaUsage,
+    Usage,
+)
+from gateway.service.handoffs import BudgetReport, Passthrough, Ranked, Replayed
 from gateway.store import CandidateRecord, Latencies
 from gateway.upstream.router import Candidate, CandidateError
 
@@ -40,7 +53,8 @@ def ranked_completion(result: Ranked) -> dict[str, Any]:
     wanted = result.request.best_of_n
     assert wanted is not None, "a ranked result comes from a best-of-N request"
     info = CompletionInfo(criteria=dict(result.versions), n=wanted.n)
-    choices = [_choice(result.candidates[k], result.scored[k], rank) for rank, k in enumerate(result.order)]
+    budget = result.budget
+    choices = [_choice(result.candidates[k], result.scored[k], rank, budget) for rank, k in enumerate(result.order)]
     usage = _upstream_usage(result.candidates)
     produced = sum(1 for c in result.candidates if isinstance(c, Candidate))
     spent = [r.usage for s in result.scored for r in s.results.values() if r.usage]
@@ -59,7 +73,28 @@ def ranked_completion(result: Ranked) -> dict[str, Any]:
         usage=usage,
         rewardgate=info,
     )
+    if budget is None:  # the keys of op-bon are absent, not null, on every other answer
+        return completion.model_dump(
+            exclude={"usage": {"rewardgate"}, "choices": {"__all__": {"rewardgate": {"tokens", "rejected_at"}}}}
+        )
+    usage.rewardgate = budget_usage(budget, len(result.candidates))
     return completion.model_dump()
+
+
+def budget_usage(budget: BudgetReport, candidates: int) -> BudgetUsage:
+    """`usage.rewardgate` of an op-bon answer, also what its log keeps (`budget`)."""
+    return BudgetUsage(
+        strategy=budget.strategy,
+        requested_strategy=budget.requested,
+        generated_tokens=budget.generated_tokens,
+        plain_tokens=budget.plain_tokens,
+        tokens_saved=budget.tokens_saved,
+        candidates=candidates,
+        rejected=len(budget.rejected_at),
+        checkpoints=list(budget.checkpoints),
+        rounds=budget.rounds,
+        fallback=budget.fallback,
+    )
 
 
 def passthrough_completion(result: Passthrough) -> dict[str, Any]:
@@ -93,13 +128,16 @@ def completion_chunks(completion: Mapping[str, Any], *, include_usage: bool) -> 
         yield {**head, "choices": [], "usage": completion.get("usage")}
 
 
-def _choice(candidate: Candidate | CandidateError, scored: Scored, rank: int) -> Choice:
+def _choice(candidate: Candidate | CandidateError, scored: Scored, rank: int, budget: BudgetReport | None) -> Choice:
     info = ChoiceInfo(
         candidate_index=candidate.index,
         score=scored.score,
         criteria_errors=scored.criteria_errors,
         model=candidate.model,
     )
+    if budget is not None:
+        info.tokens = budget.tokens.get(candidate.index)
+        info.rejected_at = budget.rejected_at.get(candidate.index)
     if isinstance(candidate, CandidateError):
         error = ChoiceError(message=candidate.message, code=candidate.code, status=candidate.status)
         message = {"role": "assistant", "content": None}

@@ -41,6 +41,7 @@ def log_row(log: LogRecord) -> LogRow:
         criteria_versions=dump_json(log.criteria_versions, "criteria_versions"),
         completion_id=log.completion_id,
         cache_hit=log.cache_hit,
+        budget=dump_json_or_none(log.budget, "budget"),
     )
 
 

@@ -141,6 +141,7 @@ class Store:
         created_at: datetime | None = None,
         completion_id: str | None = None,
         cache_hit: bool = False,
+        budget: Mapping[str, Any] | None = None,
     ) -> LogRecord:
         """Store one log with all its candidates in one transaction; the record carries the new id."""
         when = as_utc(created_at, "created_at") if created_at is not None else self._now("created_at")
@@ -158,6 +159,7 @@ class Store:
             candidates=tuple(sorted(candidates, key=candidate_order)),
             completion_id=completion_id,
             cache_hit=cache_hit,
+            budget=None if budget is None else dict(budget),
         )
         await self.dialect.insert_log(log_row(log), log.metadata, [candidate_row(c) for c in log.candidates])
         return log

@@ -29,6 +29,7 @@ class LogRow(NamedTuple):
     criteria_versions: str
     completion_id: str | None
     cache_hit: bool
+    budget: str | None
 
 
 class CandidateRow(NamedTuple):

@@ -40,6 +40,7 @@ class LogStore(Protocol):
         created_at: datetime | None = None,
         completion_id: str | None = None,
         cache_hit: bool = False,
+        budget: Mapping[str, Any] | None = None,
     ) -> LogRecord: ...
 
     async def get_log(self, log_id: str) -> LogRecord: ...

@@ -71,6 +71,9 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 7: a job's kind: training on a dataset, or importing a published reward model
         "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train' CHECK (kind IN ('train', 'import'))",
     ),
+    (  # 8: what a budgeted best-of-N (op-bon) generated and saved: usage.rewardgate as JSON; NULL without op-bon
+        "ALTER TABLE logs ADD COLUMN budget TEXT",
+    ),
 )
 
 # Postgres: step i brings a schema to version i + 1 (a row in rewardgate_schema).
@@ -131,6 +134,9 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (  # 7: a job's kind: training on a dataset, or importing a published reward model
         "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train' CHECK (kind IN ('train', 'import'))",
+    ),
+    (  # 8: what a budgeted best-of-N (op-bon) generated and saved: usage.rewardgate as JSON; NULL without op-bon
+        "ALTER TABLE logs ADD COLUMN budget JSONB",
     ),
 )
 

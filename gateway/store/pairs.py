@@ -12,10 +12,16 @@ from gateway.store.records import LogRecord
 def preference_pair(log: LogRecord) -> dict[str, Any] | None:
     """The log as one seed-format preference pair: the best vs the worst successful candidate by combined score.
 
-    None when fewer than two candidates succeeded, best and worst tie, or the messages make no valid pair.
+    None when fewer than two candidates succeeded, best and worst tie, or the messages make no valid pair. A
+    candidate that op-bon's early rejection cancelled (finish_reason "rejected") takes no part: its answer is cut
+    short and its score is a partial one.
     `split` is left out, so the reader's prompt-hash split applies; `metadata` carries the log id.
     """
-    scored = [(c.score, c) for c in log.candidates if c.status == "ok" and c.score is not None and c.message]
+    scored = [
+        (c.score, c)
+        for c in log.candidates
+        if c.status == "ok" and c.score is not None and c.message and c.finish_reason != "rejected"
+    ]
     messages = log.request.get("messages")
     if len(scored) < 2 or not isinstance(messages, list):
         return None

@@ -275,7 +275,7 @@ class PostgresDialect:
         async with conn.transaction():
             await conn.execute(
                 f"INSERT INTO logs ({LOG_COLUMNS})"
-                " VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s)",
+                " VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s::jsonb)",
                 log,
             )
             if candidates:

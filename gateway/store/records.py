@@ -80,6 +80,7 @@ class LogRecord:
     candidates: tuple[CandidateRecord, ...]  # candidate_order: rank order, best first; unranked ones last
     completion_id: str | None = None  # the `id` of the completion the client got (OpenPipe's completionId)
     cache_hit: bool = False  # answered from the response cache: no upstream call, no scoring
+    budget: dict[str, Any] | None = None  # op-bon's usage.rewardgate (tokens generated and saved); None without it
 
 
 @dataclass(frozen=True)

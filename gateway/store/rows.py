@@ -23,7 +23,7 @@ from gateway.store.records import (
 )
 
 LOG_COLUMNS = ("id, created_at, model, request, upstream_ms, scoring_ms, total_ms, metadata, criteria_versions,"
-               " completion_id, cache_hit")  # fmt: skip
+               " completion_id, cache_hit, budget")  # fmt: skip
 CANDIDATE_COLUMNS = "log_id, idx, message, status, finish_reason, error, score, rank, criteria_results"
 CANDIDATE_ORDER = "rank IS NULL, rank, idx"  # records.candidate_order, in SQL
 CRITERION_COLUMNS = "slug, version, kind, spec, description, created_at, alignment"
@@ -63,6 +63,7 @@ class RowReader:
                 tuple(candidates[r[0]]),
                 r[9],
                 bool(r[10]),
+                self.json(r[11]),
             )
             for r in rows
         ]

@@ -139,6 +139,7 @@ export async function detail(ctx) {
       ["Latency", `upstream ${fmtMs(lat.upstream_ms)} · scoring ${fmtMs(lat.scoring_ms)} · total ${fmtMs(lat.total_ms)}`],
       ["Criteria", criteriaList(log.criteria_versions)],
       ["Metadata", metadataChips(log.metadata)],
+      ...(log.budget ? [["Budget", budgetText(log.budget)]] : []),
     ]),
     h("h2", {}, "Prompt"),
     h("div.messages", {}, messages.map((m) => h("div.message", {},
@@ -171,6 +172,7 @@ function candidateCard(log, c, produced, onPick) {
       h("span.rank", {}, c.rank === null || c.rank === undefined ? "unranked" : `#${c.rank + 1}`),
       chosen ? badge("chosen", "ok") : null,
       c.status !== "ok" ? badge("failed", "bad") : null,
+      c.finish_reason === "rejected" ? badge("rejected early", "muted") : null,
       h("span.muted", {}, `candidate ${c.index}`),
       h("span.score", { title: "combined score (0..1)" }, fmtNum(c.score))),
     c.status !== "ok"
@@ -190,6 +192,19 @@ function candidateCard(log, c, produced, onPick) {
   );
   button.addEventListener("click", () => onPick(button, card));
   return card;
+}
+
+// op-bon: what the strategy generated against plain best-of-N's estimate (usage.rewardgate, kept as log.budget)
+function budgetText(b) {
+  const ran = b.strategy === b.requested_strategy ? b.strategy : `${b.strategy} (asked: ${b.requested_strategy})`;
+  const parts = [
+    `${ran}: ${b.generated_tokens} tokens generated vs ~${b.plain_tokens} for plain best-of-N`,
+    `${b.tokens_saved} saved`,
+    `${b.rejected} of ${b.candidates} candidates rejected early`,
+  ];
+  if (b.checkpoints && b.checkpoints.length) parts.push(`checkpoints ${b.checkpoints.join(", ")}`);
+  if (b.rounds > 1) parts.push(`${b.rounds} rounds`);
+  return h("span.budget", {}, parts.join(" · "), b.fallback ? h("div.muted.small", {}, `fallback: ${b.fallback}`) : null);
 }
 
 function resultScore(result) {

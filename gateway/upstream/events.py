@@ -51,6 +51,7 @@ class StreamAccumulator:
         self.usage: dict[str, Any] | None = None
         self.unparsable = 0
         self.done = False
+        self.deltas = 0  # chunks that carried generated text (content, refusal or tool-call arguments)
 
     def feed(self, data: bytes) -> None:
         self._pending += data
@@ -95,6 +96,8 @@ class StreamAccumulator:
         for key in ("content", "refusal"):
             if isinstance(delta.get(key), str):
                 message[key] = (message.get(key) or "") + delta[key]
+        if delta.get("content") or delta.get("refusal") or delta.get("tool_calls"):
+            self.deltas += 1
         for call in delta.get("tool_calls") or ():
             if isinstance(call, dict):
                 _merge_tool_call(message.setdefault("tool_calls", []), call)

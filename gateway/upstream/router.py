@@ -11,7 +11,9 @@ client works (fine-tunes are written `openai:ft:...`). Retries and fallbacks app
 not to streams. The timeout is per attempt, so one candidate takes at most about
 attempts x (timeout + backoff) per model. Native `n` when the provider honours it, else N parallel calls in a
 TaskGroup: cancelling the caller (a client gone) cancels every upstream call. Candidates that failed after the
-primary model are retried, alone, on each fallback model in order.
+primary model are retried, alone, on each fallback model in order. `candidate_stream` opens one candidate as its own
+stream (n = 1) for budgeted best-of-N: with a client `seed` s, candidate i is sent seed s + i, so that N streams are N
+samples and not one sample N times (a native-n call with seed s is one call, so it needs no such care).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from gateway.upstream.providers import (
     build_provider,
     credentials_hint,
 )
+from gateway.upstream.streams import CandidateStream
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +222,17 @@ class Router:
         request = self._prepare(body, streaming=True)
         provider, upstream = self.resolve(request["model"])
         return provider.stream({**request, "model": upstream, "stream": True}, timeout)
+
+    def candidate_stream(self, body: Mapping[str, Any], index: int, timeout: float) -> CandidateStream:
+        """Candidate `index` as its own stream, not yet started (see gateway.upstream.streams). No retries or
+        fallbacks: a stream that fails is a failed candidate. Name and field errors raise here."""
+        request = self._prepare(body, streaming=True)
+        request.pop("n", None)
+        if isinstance(request.get("seed"), int) and not isinstance(request.get("seed"), bool):
+            request["seed"] += index
+        options = request.get("stream_options")
+        request["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        return CandidateStream(index, request["model"], self.stream(request, timeout), timeout)
 
     async def generate_candidates(
         self, body: Mapping[str, Any], n: int, timeout: float

@@ -242,6 +242,9 @@ ROUND: list[tuple[str, dict[str, Any], int]] = [
      "json": {"model": "ok", "messages": MESSAGES, "seed": 1}}, 200),
     ("op-cache, a miss", {"method": "POST", "url": CHAT, "headers": {"op-cache": "readOnly"},
      "json": {"model": "ok", "messages": MESSAGES, "seed": 2}}, 200),
+    ("op-bon, early rejection", {"method": "POST", "url": CHAT, "headers": {"op-criteria": '["tiny-rm"]',
+     "op-bon": '{"strategy": "early_rejection", "checkpoints": [1]}'}, "json": {"model": "ok", "messages": MESSAGES,
+     "n": 3}}, 200),
 ]  # fmt: skip
 
 

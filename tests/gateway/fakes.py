@@ -42,6 +42,7 @@ ANSWERS = [
     "Go to the login page and click 'forgot password'.",
 ]
 STREAM_TEXT = ["Hel", "lo", "!"]
+DRIP_HOLD = 3  # the words a `drip` stream sends before it waits for `release`
 MESSAGES = [{"role": "system", "content": "You are a support agent."}, {"role": "user", "content": "How do I reset?"}]
 
 
@@ -53,6 +54,9 @@ class FakeUpstream:
     judge: an LLM judge (gateway/criteria/llm_judge.py's format): PASS (0.9) when the judged output mentions a
     password, else FAIL (0.8) | judge-garbage: a judge that answers no verdict
     hold: answers like ok once `release` is set (a slow upstream) | auth-401: refuses the gateway's key with 401
+    drip (streams only): ANSWERS[seed % 5] one word per chunk (a "token"), holding after DRIP_HOLD words until
+    `release` is set, then the rest, a usage chunk when asked (stream_options.include_usage) and [DONE]; each
+    stream's words sent are counted in `dripped` by seed
     Every handler a client abandons is cancelled (aiohttp's handler_cancellation): counted in `cancelled`, with
     the monotonic time in `cancelled_at`.
     """
@@ -67,6 +71,7 @@ class FakeUpstream:
         self.release = asyncio.Event()
         self.sent: list[bytes] = []
         self.cancelled_at: list[float] = []
+        self.dripped: Counter[int] = Counter()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -88,6 +93,8 @@ class FakeUpstream:
         if model == "always-500" or (model == "fail-second" and self.counts[model] == 2):
             status = 500 if model == "always-500" else 400
             return web.json_response({"error": {"message": f"upstream says no ({KEY})"}}, status=status)
+        if body.get("stream") and model == "drip":
+            return await self.drip(request, body)
         if body.get("stream"):
             return await self.stream(request, model)
         if model in ("judge", "judge-garbage"):
@@ -140,6 +147,30 @@ class FakeUpstream:
                 request.transport.close()  # the chunked body never ends: the client sees a payload error
                 return response
         self.sent.append(b"data: [DONE]\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def drip(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        seed = int(body.get("seed") or 0)
+        words = ANSWERS[seed % len(ANSWERS)].split(" ")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        head = {"id": f"chatcmpl-d{seed}", "object": "chat.completion.chunk", "created": 1, "model": "drip"}
+
+        async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
+            await response.write(b"data: " + json.dumps({**head, "choices": choices, **extra}).encode() + b"\n\n")
+
+        for k, word in enumerate(words):
+            if k == DRIP_HOLD:
+                await self.release.wait()
+            delta = {"role": "assistant", "content": word} if k == 0 else {"content": " " + word}
+            await send([{"index": 0, "delta": delta, "finish_reason": None}])
+            self.dripped[seed] += 1
+        await send([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
+            await send([], usage=usage)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

@@ -19,7 +19,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -364,6 +364,28 @@ def test_logs_filter_by_metadata_and_show_one_request_side_by_side(console: Cons
     prompt = console.find(".messages").text
     assert "You are a support agent." in prompt and "How do I reset?" in prompt
     console.shoot("log")
+
+
+@browser_test
+def test_a_budgeted_log_shows_the_tokens_saved_and_the_rejected_candidates(console: Console, live: Live) -> None:
+    body = {"model": "fake:drip", "messages": MESSAGES, "n": 4, "store": True, "metadata": {"suite": "op-bon"}}
+    headers = {"op-criteria": '["tiny-rm"]', "op-bon": '{"strategy": "early_rejection", "checkpoints": [2]}'}
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(live.api, "POST", "/v1/chat/completions", json=body, headers=headers)
+        live.run(until(lambda: live.upstream.cancelled >= 2, timeout=30))  # the rejected streams closed, then
+        live.loop.call_soon_threadsafe(live.upstream.release.set)  # the others may finish
+        response = call.result(timeout=60)
+    live.loop.call_soon_threadsafe(live.upstream.release.clear)
+    assert response.status_code == 200, response.text
+    completion = response.json()
+    budget = completion["usage"]["rewardgate"]
+    console.open(f"logs/{completion['rewardgate']['log_id']}")
+    cards = console.many("article.candidate", count=4)
+    assert ["rejected early" in card.text for card in cards] == [False, False, True, True]
+    assert "finish_reason: rejected" in cards[3].text
+    facts = console.find("span.budget").text
+    assert f"{budget['generated_tokens']} tokens generated vs ~{budget['plain_tokens']}" in facts
+    assert f"{budget['tokens_saved']} saved" in facts and "2 of 4 candidates rejected early" in facts
 
 
 @browser_test

@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -174,6 +175,14 @@ async def test_export_pairs_best_vs_worst_in_the_seed_format(store: LogStore) ->
     assert records[with_tools.id]["tools"] == tools
 
 
+def test_preference_pair_leaves_out_candidates_early_rejection_cut_short() -> None:
+    rejected = replace(ok(2, 0.01, 2, "Par"), finish_reason="rejected")
+    log = LogRecord("log_x", T0, "m", REQUEST, Latencies(), {}, {}, (ok(0, 0.9, 0, "Paris."), ok(1, 0.2, 1), rejected))
+    pair = preference_pair(log)
+    assert pair is not None and pair["metadata"]["rejected_score"] == 0.2
+    assert preference_pair(replace(log, candidates=(ok(0, 0.9, 0), rejected))) is None
+
+
 def test_preference_pair_of_too_few_candidates_is_none() -> None:
     log = LogRecord("log_x", T0, "m", REQUEST, Latencies(), {}, {}, (ok(0, 0.9, 0),))
     assert preference_pair(log) is None
@@ -251,6 +260,20 @@ async def test_completion_ids_and_cache_hits_are_stored_and_filtered(store: LogS
     assert await store.get_log(hit.id) == hit and (hit.completion_id, hit.cache_hit) == ("chatcmpl-7", True)
     assert [x.id for x in await all_logs(store, LogQuery(completion_id="chatcmpl-7"))] == [hit.id]
     assert render(Log, hit)["completion_id"] == "chatcmpl-7" and render(Log, hit)["cache_hit"] is True
+
+
+async def test_a_budgeted_best_of_n_keeps_what_it_generated_and_saved(store: LogStore) -> None:
+    budget = {"strategy": "early_rejection", "requested_strategy": "early_rejection", "generated_tokens": 300,
+              "plain_tokens": 800, "tokens_saved": 500, "candidates": 8, "rejected": 6, "checkpoints": [16, 32],
+              "rounds": 1, "fallback": None}  # fmt: skip
+    rejected = replace(ok(1, 0.1, 1, "Par"), finish_reason="rejected")
+    log = await store.create_log(
+        model="m", request=REQUEST, candidates=[ok(0, 0.5, 0), rejected], latencies=Latencies(), budget=budget
+    )
+    again = await store.get_log(log.id)
+    assert again == log and again.budget == budget and again.candidates[1].finish_reason == "rejected"
+    assert render(Log, again)["budget"] == budget
+    assert (await add(store)).budget is None and render(Log, await add(store))["budget"] is None
 
 
 # ---------------------------------------------------------------- durability

@@ -3,6 +3,7 @@ LiteLLMProvider, first with a recording fake generator (no torch), then with Loc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -97,6 +98,33 @@ async def test_plain_completion_and_stream(fake: FakeGenerator) -> None:
         async with aclosing(router.stream({"model": "local:fake", "messages": MESSAGES}, timeout=30)) as stream:
             raw = b"".join([chunk async for chunk in stream])
     assert b"answer 0" in raw and raw.endswith(b"data: [DONE]\n\n")
+
+
+async def test_closing_a_candidate_stream_stops_the_local_generator() -> None:
+    """Early rejection closes a candidate's stream: the in-process generator behind LiteLLM sees the cancellation
+    (LocalGenerator's own stops its `generate` at the next token then)."""
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def endless(messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # generating until told to stop
+        finally:
+            stopped.set()
+        raise AssertionError("never reached")
+
+    undo = register_local_models({"endless": endless})
+    try:
+        async with local_router() as router:
+            stream = router.candidate_stream({"model": "local:endless", "messages": MESSAGES}, 0, timeout=30)
+            stream.start()
+            await asyncio.wait_for(started.wait(), 30)
+            assert not stopped.is_set()
+            await stream.cancel()
+            await asyncio.wait_for(stopped.wait(), 30)
+            assert stream.cancelled and stream.tokens == 0
+    finally:
+        undo()
 
 
 async def test_unknown_local_model_is_404_and_bad_parameters_400(fake: FakeGenerator) -> None:

@@ -1,0 +1,555 @@
+"""Budgeted best-of-N (op-bon, issue 20) against plain best-of-N, offline, through the gateway's own pipeline.
+
+1. Reward models: `support-rm` (the offline default: MiniLM trained on the bundled support sample) and `smol-rm`
+   (SmolLM2-135M trained on the same sample with the CPU recipe of bench/base_models_cpu.py and a 300 s budget);
+   trained once into .bench/budgeted_bon/models and reused.
+2. Candidates, two sources, 16 per prompt, kept token by token (SmolLM2's tokenizer), so that a candidate's first
+   t tokens are exactly what a stream of it would have sent by then:
+   - `smollm2`: SmolLM2-135M-Instruct (the `local:smollm2` model) samples them here (temperature 0.8, top_p 0.95,
+     --smol-max-tokens) for --smol-prompts prompts, half the bundled support sample's, half AlpacaEval's
+     (../shared/data/external/prompts). Slow on this CPU: its scale is small.
+   - `tulu`: RewardBench's best-of-N set (../shared/data/external/rewardbench_bon: 16 Tulu-2-13B answers per
+     AlpacaEval prompt, whole, ~400 tokens), --tulu-prompts prompts, with its GPT-4-turbo judge's preference
+     (P(candidate beats GPT-3.5's answer), candidates 0-10): a held-apart judge no reward model here saw.
+3. Calibration: every candidate's score at 16, 32, 64 (and 128 for tulu) tokens and whole by the reward models;
+   per model and checkpoint, the mean per-prompt Spearman correlation of partial with final scores, written to
+   --calibration-out: the file the gateway reads (setting bon_calibration_file), and the bench's gateway does.
+4. Strategies: the gateway app (gateway.cli.build_app, the embedded reward server) answers real POST
+   /v1/chat/completions requests with op-criteria and op-bon. Its upstream is a replay provider serving step 2's
+   candidates: candidate i of a request is candidate i of its prompt (the router sends seed s + i); a stream
+   sends one token per chunk at --tokens-per-s (an API-like pace; the tokens a stream sends while its partial
+   answer is being scored, slowly on this CPU, are counted); a native-n call answers after its longest candidate
+   would have taken. Tokens generated are what the replay provider sent before it was closed.
+   Per N: plain best-of-N; early rejection, the default op-bon (checkpoints 16, 32, 64; keep 0.5), with every
+   checkpoint trusted (a gateway without a calibration file) and as the gateway with step 3's calibration file
+   runs it (`_calibrated`: checkpoints dropped, or plain best-of-N, where partial scores do not predict); later
+   checkpoints (64, 128; keep 0.5); the setting that trades more (checkpoints 16, 32; keep 0.25); adaptive N
+   (rounds of 2; threshold: the 75th percentile of the scorer's normalized scores over the source's candidates).
+   smol-rm, slow on this CPU, scores only plain, default and calibrated early rejection, adaptive. Reported: the
+   pick's final reward by the scorer and by a held-apart evaluator (tulu: the GPT-4-turbo judge; smollm2: the
+   other reward model), win/tie/loss against plain best-of-N's pick, generated tokens, wall time.
+
+    nice -n 15 python bench/budgeted_bon.py [--tulu-prompts 10] [--smol-prompts 8] [--smol-max-tokens 64]
+        [--tokens-per-s 100] [--concurrency 3] [--out docs/budgeted_bon.json]
+        [--calibration-out docs/bon_calibration.json]
+
+Results: docs/BENCHMARKS.md, "Budgeted best-of-N".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import hashlib
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from gateway.cli import build_app  # noqa: E402
+from gateway.config import GatewaySettings  # noqa: E402
+from gateway.service.budget import spearman  # noqa: E402
+from gateway.upstream.router import Router  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data" / "external"
+ALPACA = SHARED / "prompts" / "alpaca_eval_805.jsonl"
+TULU = SHARED / "rewardbench_bon" / "bon_candidates_TRAIN.jsonl.gz"
+SUPPORT = ROOT / "trainer" / "samples" / "support_pairs.jsonl"
+WORK = ROOT / ".bench" / "budgeted_bon"
+CHECKPOINTS = (16, 32, 64)
+POOL_N = 16
+SMOL_RM_GRID = ("best_of_n", "early_rejection", "early_rejection_calibrated", "adaptive")
+SCORERS = ("support-rm", "smol-rm")
+TRAIN = {
+    "support-rm": [],  # the trainer's defaults: MiniLM on the bundled sample
+    "smol-rm": ["--base-model", "smollm2", "--batch-size", "8", "--learning-rate", "2e-5", "--freeze-layers", "24",
+                "--freeze-embeddings", "--epochs", "1", "--time-budget-s", "300"],
+}  # fmt: skip
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- 1. reward models
+
+
+def ensure_models(models: Path) -> None:
+    for slug, args in TRAIN.items():
+        if list(models.glob(f"{slug}/v*/rewardgate.json")):
+            continue
+        log(f"training {slug} (once; later runs reuse it)")
+        command = [sys.executable, "-m", "trainer", "train", "--models-dir", str(models), "--slug", slug, *args]
+        subprocess.run([*command, "--no-progress"], check=True, cwd=ROOT)
+
+
+def reward_stats(models: Path, slug: str) -> tuple[str, float, float]:
+    """(version, mean, std) of the newest version's raw rewards on its TEST split."""
+    version = max((p.parent for p in models.glob(f"{slug}/v*/rewardgate.json")), key=lambda p: int(p.name[1:]))
+    stats = json.loads((version / "rewardgate.json").read_text())["reward_stats"]
+    return version.name, float(stats["mean"]), float(stats["std"])
+
+
+# ---------------------------------------------------------------- 2. candidates
+
+
+def load_prompts(count: int) -> list[list[dict[str, str]]]:
+    support: list[list[dict[str, str]]] = []
+    for line in SUPPORT.read_text().splitlines():
+        prompt = json.loads(line)["messages"][:-1]
+        if prompt not in support:
+            support.append(prompt)
+    alpaca = [json.loads(line)["messages"] for line in ALPACA.read_text().splitlines()]
+    half = count // 2
+    return [support[i * len(support) // half] for i in range(half)] + [
+        alpaca[i * len(alpaca) // (count - half)] for i in range(count - half)
+    ]
+
+
+def generate_pool(prompts: Sequence[list[dict[str, str]]], max_tokens: int) -> dict[str, Any]:
+    """POOL_N samples of each prompt, as token pieces (piece k = the text token k adds), with the model's speed."""
+    key = hashlib.sha256(json.dumps([prompts, max_tokens, POOL_N]).encode()).hexdigest()[:16]
+    cached = WORK / f"pool-{key}.json"
+    if cached.exists():
+        return dict(json.loads(cached.read_text()))
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # One thread: on this shared 2-CPU machine two threads spin against the other jobs (8 decode steps at batch 16
+    # took 63 s with 2 threads, 11 s with 1).
+    torch.set_num_threads(1)
+    path = Path.home() / ".cache" / "rewardgate" / "smollm2-135m-instruct"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    configured = model.generation_config.eos_token_id
+    eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
+    entries, seconds, steps = [], 0.0, 0
+    for p, messages in enumerate(prompts):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        torch.manual_seed(p)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                 temperature=0.8, top_p=0.95, top_k=0, max_new_tokens=max_tokens,
+                                 num_return_sequences=POOL_N, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        seconds += time.perf_counter() - started
+        steps += out.shape[1] - ids.shape[1]
+        rows, finish = [], []
+        for row in out[:, ids.shape[1] :].tolist():
+            end = next((k for k, t in enumerate(row) if t in eos), None)
+            row = row if end is None else row[:end]  # the EOS token sends no text
+            pieces, before = [], ""
+            for k in range(len(row)):
+                now = tokenizer.decode(row[: k + 1], skip_special_tokens=True)
+                pieces.append(now[len(before) :])
+                before = now
+            rows.append(pieces)
+            finish.append("length" if end is None else "stop")
+        entries.append({"messages": messages, "rows": rows, "finish": finish, "judge": None})
+        log(f"sampled prompt {p + 1}/{len(prompts)}: mean {statistics.mean(map(len, rows)):.0f} tokens")
+    pool = {"entries": entries, "generate_s": seconds, "decode_steps_per_s": steps / seconds, "rows": POOL_N}
+    cached.write_text(json.dumps(pool))
+    return pool
+
+
+def tulu_pool(count: int) -> dict[str, Any]:
+    """RewardBench's 16 Tulu-2-13B answers of `count` prompts (the first by id whose candidates 0-10 all have a
+    judge preference), each cut into SmolLM2 tokens by the tokenizer's character offsets."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(Path.home() / ".cache" / "rewardgate" / "smollm2-135m-instruct")
+    with gzip.open(TULU, "rt") as fh:
+        rows = sorted((json.loads(line) for line in fh), key=lambda r: str(r["id"]))
+    rows = [r for r in rows if all(v is not None for v in r["judge_preference"][:11])][:count]
+    entries = []
+    for row in rows:
+        pieces_of = []
+        for text in row["candidates"]:
+            offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            cuts = [0, *(end for _, end in offsets[:-1]), len(text)]
+            pieces_of.append([text[a:b] for a, b in itertools.pairwise(cuts)])
+        judge = [None if v is None else v - 1 for v in row["judge_preference"]]
+        entries.append({"messages": row["messages"], "rows": pieces_of, "finish": ["stop"] * POOL_N, "judge": judge})
+    return {"entries": entries}
+
+
+# ---------------------------------------------------------------- the replay upstream
+
+
+class ReplayProvider:
+    """A ChatProvider serving the sampled candidates: seed s + i -> sample i of the prompt; streams one token per
+    chunk at `rate` tokens/s. `sent` counts the tokens each request got before it ended or was closed."""
+
+    name = "replay"
+    native_n = True
+
+    def __init__(self, pool: Mapping[str, Any], rate: float) -> None:
+        self._entries = {json.dumps(e["messages"]): e for e in pool["entries"]}
+        self._rate = rate
+        self.sent: Counter[str] = Counter()  # request tag -> tokens sent
+        self.closed_early = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def _rows(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+        return self._entries[json.dumps(body["messages"])], int(body.get("seed") or 0)
+
+    async def complete(self, body: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+        entry, seed = self._rows(body)
+        rows = [(seed + i) % POOL_N for i in range(int(body.get("n") or 1))]
+        longest = max(len(entry["rows"][r]) for r in rows)
+        await asyncio.sleep(longest / self._rate)
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": "".join(entry["rows"][r])},
+             "finish_reason": entry["finish"][r]}
+            for i, r in enumerate(rows)
+        ]  # fmt: skip
+        tokens = sum(len(entry["rows"][r]) for r in rows)
+        self.sent[str(body.get("user"))] += tokens
+        usage = {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}
+        return {"id": "replay", "object": "chat.completion", "created": 0, "model": "replay", "choices": choices,
+                "usage": usage}  # fmt: skip
+
+    async def stream(self, body: Mapping[str, Any], timeout: float) -> AsyncIterator[bytes]:
+        entry, seed = self._rows(body)
+        row = seed % POOL_N
+        pieces = entry["rows"][row]
+        head = {"id": "replay", "object": "chat.completion.chunk", "created": 0, "model": "replay"}
+        sent = 0
+        try:
+            for k, piece in enumerate(pieces):
+                await asyncio.sleep(1 / self._rate)
+                delta = {"role": "assistant", "content": piece} if k == 0 else {"content": piece}
+                chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                sent += 1
+                self.sent[str(body.get("user"))] += 1
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            last = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": entry["finish"][row]}]}
+            usage = {"prompt_tokens": 0, "completion_tokens": len(pieces), "total_tokens": len(pieces)}
+            yield b"data: " + json.dumps(last).encode() + b"\n\n"
+            yield b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        finally:
+            if sent < len(pieces):
+                self.closed_early += 1
+
+
+# ---------------------------------------------------------------- 3. calibration
+
+
+def sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))
+
+
+async def score(reward: httpx.AsyncClient, model: str, messages: list[Any], texts: Sequence[str]) -> list[float]:
+    out: list[float] = []
+    for start in range(0, len(texts), 32):
+        conversations = [[*messages, {"role": "assistant", "content": t}] for t in texts[start : start + 32]]
+        response = await reward.post("/v1/score", json={"model": model, "conversations": conversations}, timeout=600)
+        response.raise_for_status()
+        out += [d["score"] for d in sorted(response.json()["data"], key=lambda d: d["index"])]
+    return out
+
+
+async def calibrate(
+    reward: httpx.AsyncClient, pool: Mapping[str, Any], slugs: Sequence[str], checkpoints: Sequence[int]
+) -> dict[str, Any]:
+    """Per reward model: raw final scores [prompt][candidate] and, per checkpoint, every prompt's Spearman
+    correlation of the partial scores with the final ones."""
+    result: dict[str, Any] = {}
+    for slug in slugs:
+        finals, rhos = [], {c: [] for c in checkpoints}
+        for entry in pool["entries"]:
+            texts = ["".join(pieces) for pieces in entry["rows"]]
+            prefixes = [["".join(pieces[:c]) for pieces in entry["rows"]] for c in checkpoints]
+            scores = await score(reward, slug, entry["messages"], [*texts, *(t for p in prefixes for t in p)])
+            finals.append(scores[:POOL_N])
+            for k, c in enumerate(checkpoints):
+                rho = spearman(scores[POOL_N * (k + 1) : POOL_N * (k + 2)], scores[:POOL_N])
+                if rho is not None:
+                    rhos[c].append(rho)
+        result[slug] = {"finals": finals, "rhos": rhos}
+        means = {c: round(statistics.mean(v), 3) if v else None for c, v in rhos.items()}
+        log(f"{slug}: partial-vs-final rank correlation by checkpoint {means}")
+    return result
+
+
+# ---------------------------------------------------------------- 4. strategies
+
+
+def strategies(threshold: float, names: Sequence[str] | None = None) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """name -> (the gateway that runs it: "raw" trusts every reward model, "calibrated" reads the calibration
+    file, its op-bon header)."""
+    early = {"strategy": "early_rejection"}
+    every: dict[str, tuple[str, dict[str, Any] | None]] = {
+        "best_of_n": ("raw", None),
+        "early_rejection": ("raw", early),
+        "early_rejection_late": ("raw", {"strategy": "early_rejection", "checkpoints": [64, 128]}),
+        "early_rejection_aggressive": ("raw", {"strategy": "early_rejection", "checkpoints": [16, 32], "keep": 0.25}),
+        "early_rejection_calibrated": ("calibrated", early),
+        "adaptive": ("raw", {"strategy": "adaptive", "per_round": 2, "threshold": round(threshold, 3)}),
+    }
+    return {name: config for name, config in every.items() if names is None or name in names}
+
+
+async def run_one(
+    client: httpx.AsyncClient, replay: ReplayProvider, messages: list[Any], scorer: str, n: int, policy: Any, tag: str
+) -> dict[str, Any]:
+    headers = {"op-criteria": json.dumps([scorer])}
+    if policy is not None:
+        headers["op-bon"] = json.dumps(policy)
+    body = {"model": "replay:smollm2", "messages": messages, "n": n, "seed": 0, "user": tag}
+    started = time.perf_counter()
+    response = await client.post("/v1/chat/completions", json=body, headers=headers, timeout=600)
+    wall = time.perf_counter() - started
+    response.raise_for_status()
+    completion = response.json()
+    best = completion["choices"][0]
+    budget = completion["usage"].get("rewardgate") or {}
+    return {
+        "pick": best["rewardgate"]["candidate_index"] % POOL_N,
+        "pick_finish": best["finish_reason"],
+        "generated": replay.sent[tag],
+        "reported_generated": budget.get("generated_tokens", completion["usage"]["completion_tokens"]),
+        "plain_estimate": budget.get("plain_tokens"),
+        "rejected": budget.get("rejected", 0),
+        "checkpoints": budget.get("checkpoints"),
+        "rounds": budget.get("rounds"),
+        "fallback": budget.get("fallback"),
+        "wall_s": wall,
+    }
+
+
+def summarize(
+    runs: list[dict[str, Any]], plain: list[dict[str, Any]], judges: Mapping[str, list[list[float | None]]]
+) -> dict[str, Any]:
+    """One strategy's runs against plain best-of-N's (same prompts, same order), by each judge."""
+
+    def mean(values: Sequence[float]) -> float:
+        return round(statistics.mean(values), 4)
+
+    out: dict[str, Any] = {}
+    for role, values in judges.items():
+        pairs = [
+            (values[r["prompt"]][r["pick"]], values[b["prompt"]][b["pick"]]) for r, b in zip(runs, plain, strict=True)
+        ]
+        known = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if not known:
+            continue
+        picks, base = [a for a, _ in known], [b for _, b in known]
+        wins, ties = sum(a > b for a, b in known), sum(a == b for a, b in known)
+        out[role] = {
+            "mean": mean(picks),
+            "plain_mean": mean(base),
+            "relative_to_plain_pct": round(100 * (statistics.mean(picks) / statistics.mean(base) - 1), 2),
+            "win_tie_loss_vs_plain": [wins, ties, len(known) - wins - ties],
+            "prompts": len(known),
+        }
+    tokens, plain_tokens = sum(r["generated"] for r in runs), sum(r["generated"] for r in plain)
+    estimates = [r["plain_estimate"] for r in runs if r["plain_estimate"] is not None]
+    out |= {
+        "generated_tokens_mean": round(tokens / len(runs), 1),
+        "plain_tokens_mean": round(plain_tokens / len(plain), 1),
+        "token_reduction_x": round(plain_tokens / tokens, 2),
+        "plain_estimate_vs_true": round(sum(estimates) / plain_tokens, 3) if len(estimates) == len(runs) else None,
+        "wall_s_mean": mean([r["wall_s"] for r in runs]),
+        "rejected_mean": mean([r["rejected"] for r in runs]),
+        "rounds_mean": mean([r["rounds"] or 1 for r in runs]),
+        "checkpoints_used": sorted({tuple(r["checkpoints"] or ()) for r in runs}),
+        "fallbacks": sum(1 for r in runs if r["fallback"]),
+        "reported_vs_counted_tokens": round(sum(r["reported_generated"] for r in runs) / tokens, 3),
+    }
+    return out
+
+
+async def run_grid(
+    clients: Mapping[str, httpx.AsyncClient],
+    replay: ReplayProvider,
+    pool: Mapping[str, Any],
+    scorer: str,
+    n: int,
+    threshold: float,
+    judges: Mapping[str, list[list[float | None]]],
+    concurrency: int,
+    names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Every strategy on every prompt of the pool at one N; prompts run `concurrency` at a time, each prompt's
+    strategies one after another (so every strategy meets the same load)."""
+    configs = strategies(threshold, names)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
+    limit = asyncio.Semaphore(concurrency)
+    started = time.perf_counter()
+
+    async def prompt_runs(p: int) -> None:
+        async with limit:
+            for name, (gateway, policy) in configs.items():
+                tag = f"{id(pool)}/{scorer}/{n}/{name}/{p}"
+                messages = pool["entries"][p]["messages"]
+                run = await run_one(clients[gateway], replay, messages, scorer, n, policy, tag)
+                runs[name].append({"prompt": p, **run})
+
+    await asyncio.gather(*(prompt_runs(p) for p in range(len(pool["entries"]))))
+    for name in configs:
+        runs[name].sort(key=lambda r: r["prompt"])
+    result: dict[str, Any] = {name: summarize(runs[name], runs["best_of_n"], judges) for name in configs}
+    return result | {"adaptive_threshold": round(threshold, 3), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def show(key: str, grid: Mapping[str, Any]) -> None:
+    for name, r in grid.items():
+        if not isinstance(r, dict):
+            continue
+        judged = " ".join(
+            f"{role} {v['mean']:.4f} ({v['relative_to_plain_pct']:+.2f}%, w/t/l {v['win_tie_loss_vs_plain']})"
+            for role, v in r.items()
+            if isinstance(v, dict)
+        )
+        log(f"{key} {name:27s} tokens {r['generated_tokens_mean']:7.1f} (x{r['token_reduction_x']:.2f}) {judged}"
+            f" wall {r['wall_s_mean']:.2f}s")  # fmt: skip
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    WORK.mkdir(parents=True, exist_ok=True)
+    models = WORK / "models"
+    ensure_models(models)
+    log(f"SmolLM2 samples: {POOL_N} per prompt for {args.smol_prompts} prompts (max_tokens {args.smol_max_tokens})")
+    smol = generate_pool(load_prompts(args.smol_prompts), args.smol_max_tokens)
+    log(f"SmolLM2 on this CPU: {smol['decode_steps_per_s']:.2f} decode steps/s at batch {POOL_N}")
+    tulu = tulu_pool(args.tulu_prompts)
+    pools = {"tulu": tulu, "smollm2": smol}
+    replay = ReplayProvider({"entries": [*tulu["entries"], *smol["entries"]]}, args.tokens_per_s)
+    stats = {slug: reward_stats(models, slug) for slug in SCORERS}
+
+    def normalized(slug: str, finals: list[list[float]]) -> list[list[float | None]]:
+        _, mu, sd = stats[slug]
+        return [[sigmoid((raw - mu) / sd) for raw in final] for final in finals]
+
+    # calibration (and every candidate's final score), with the gateway's own reward server
+    settings = GatewaySettings(models_dir=str(models), store_url=str(WORK / "bench.db"), device="cpu")
+    app = build_app(settings, router=Router({"replay": replay}, default_provider="replay"))
+    started = time.perf_counter()
+    async with app.router.lifespan_context(app):
+        reward = app.state.services.reward
+        cal_tulu = await calibrate(reward, tulu, SCORERS[:1], (16, 32, 64, 128))
+        cal_smol = await calibrate(reward, smol, SCORERS, tuple(c for c in CHECKPOINTS if c < args.smol_max_tokens))
+    calibration_s = time.perf_counter() - started
+    correlations: dict[str, dict[int, list[float]]] = {}
+    for cal in (cal_tulu, cal_smol):
+        for slug, found in cal.items():
+            for c, values in found["rhos"].items():
+                correlations.setdefault(slug, {}).setdefault(c, []).extend(values)
+    rank_correlation = {
+        slug: {c: round(statistics.mean(v), 3) for c, v in sorted(by.items()) if v} for slug, by in correlations.items()
+    }
+    Path(args.calibration_out).write_text(json.dumps({"criteria": {
+        f"{slug}@{stats[slug][0]}": {
+            "checkpoints": {str(c): rho for c, rho in by.items()},
+            "prompts": {str(c): len(correlations[slug][c]) for c in by},
+            "measured_by": "bench/budgeted_bon.py: mean per-prompt Spearman of the score at t tokens with the final",
+        }
+        for slug, by in rank_correlation.items()
+    }}, indent=2) + "\n")  # fmt: skip
+
+    judges_tulu = {"scorer": normalized("support-rm", cal_tulu["support-rm"]["finals"]),
+                   "gpt4_judge": [e["judge"] for e in tulu["entries"]]}  # fmt: skip
+    smol_norm = {slug: normalized(slug, cal_smol[slug]["finals"]) for slug in SCORERS}
+
+    def p75(values: list[list[float | None]]) -> float:
+        return statistics.quantiles([v for row in values for v in row if v is not None], n=4)[2]
+
+    calibrated = settings.replace(bon_calibration_file=str(Path(args.calibration_out).resolve()))
+    apps = {
+        "raw": build_app(settings, router=Router({"replay": replay}, default_provider="replay")),
+        "calibrated": build_app(calibrated, router=Router({"replay": replay}, default_provider="replay")),
+    }
+    results: dict[str, Any] = {}
+
+    def report() -> dict[str, Any]:
+        return {
+            "command": " ".join(["python", *sys.argv]),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_end": os.getloadavg()},
+            "settings": {"tokens_per_s": args.tokens_per_s, "concurrency": args.concurrency, "candidates": POOL_N,
+                         "tulu_prompts": len(tulu["entries"]), "smol_prompts": len(smol["entries"]),
+                         "smol_max_tokens": args.smol_max_tokens},
+            "smollm2_decode_steps_per_s_batch16": round(smol["decode_steps_per_s"], 3),
+            "reward_models": {slug: {"version": v, "test_reward_mean": mu, "test_reward_std": sd}
+                              for slug, (v, mu, sd) in stats.items()},
+            "rank_correlation": rank_correlation,
+            "calibration_seconds": round(calibration_s, 1),
+            "candidate_tokens_mean": {name: round(statistics.mean(len(r) for e in pl["entries"] for r in e["rows"]), 1)
+                                      for name, pl in pools.items()},
+            "results": results,
+            "replay_streams_closed_early": replay.closed_early,
+        }  # fmt: skip
+
+    write(args.out, report())  # the calibration, before any grid
+    async with AsyncExitStack() as stack:
+        clients = {}
+        for name, app in apps.items():
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            transport = httpx.ASGITransport(app=app)
+            clients[name] = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://gateway")
+            )
+        # N = 8 (the target) first, each grid written out as it ends: on a shared machine a run may be cut short
+        smol_judges = {scorer: {"scorer": smol_norm[scorer], f"held_apart_{other}": smol_norm[other]}
+                       for scorer, other in (SCORERS, SCORERS[::-1])}  # fmt: skip
+        plan = [("tulu", "support-rm", 8), ("smollm2", "support-rm", 8), ("smollm2", "smol-rm", 8)]
+        plan += [("tulu", "support-rm", n) for n in args.ns if n != 8]
+        plan += [("smollm2", "support-rm", n) for n in args.ns if n != 8]
+        for source, scorer, n in plan:
+            key = f"{source}/{scorer}/N={n}"
+            if source == "tulu":
+                grid = await run_grid(clients, replay, tulu, scorer, n, p75(judges_tulu["scorer"]), judges_tulu,
+                                      args.concurrency)  # fmt: skip
+            else:  # smol-rm scores slowly on this CPU: its grid is the default early rejection, calibrated or not
+                names = None if scorer == SCORERS[0] else SMOL_RM_GRID
+                grid = await run_grid(clients, replay, smol, scorer, n, p75(smol_norm[scorer]), smol_judges[scorer],
+                                      args.concurrency, names)  # fmt: skip
+            results[key] = grid
+            show(key, grid)
+            write(args.out, report())
+    return report()
+
+
+def write(path: str, report: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tulu-prompts", type=int, default=10)
+    parser.add_argument("--smol-prompts", type=int, default=8)
+    parser.add_argument("--smol-max-tokens", type=int, default=64)
+    parser.add_argument("--ns", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 16])
+    parser.add_argument("--tokens-per-s", type=float, default=100.0)
+    parser.add_argument("--concurrency", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "budgeted_bon.json"))
+    parser.add_argument("--calibration-out", default=str(ROOT / "docs" / "bon_calibration.json"))
+    arguments = parser.parse_args()
+    begun = time.perf_counter()
+    final = asyncio.run(main(arguments))
+    final["total_seconds"] = round(time.perf_counter() - begun, 1)
+    write(arguments.out, final)
+    log(f"wrote {arguments.out} ({final['total_seconds']} s)")

@@ -1,0 +1,332 @@
+"""Budgeted best-of-N (`op-bon`): the same pick as plain best-of-N for fewer generated tokens.
+
+Early rejection (after "Fast Best-of-N Decoding via Speculative Rejection", Sun et al. 2024): the n candidates
+stream, one upstream stream each (gateway.upstream.streams: one candidate of a native-n stream cannot be stopped
+alone); at each checkpoint, once every live candidate has that many tokens or has ended, the partial answers are
+scored by the request's criteria (one batched call per reward model) and all but the best `keep` fraction (at least
+`min_keep`) are cancelled: their upstream streams are closed, so the provider stops generating them. A candidate
+that already finished is never cancelled (nothing to save; its final score ranks it). A checkpoint where no
+candidate could be scored (every criterion errored) rejects nothing. Rejected candidates are returned and stored
+with `finish_reason: "rejected"`, the partial answer that was scored and its partial scores, ranked after every
+finished candidate (those that lasted longer first, then by partial score) and before failed ones.
+
+Adaptive N: candidates come in rounds of `per_round` (streams too, so their tokens are counted the same way), each
+round scored as it ends; no new round starts once the best combined score reaches `threshold`, n candidates were
+asked for, `max_tokens` completion tokens were generated or `max_latency_s` passed (a round that started runs to
+its end).
+
+Tokens saved: plain best-of-N's tokens are estimated as n x the mean completion tokens of the candidates that
+finished on their own (rejected and failed ones excluded); saved = max(0, estimate - generated).
+
+Calibration: early rejection is only as good as partial scores predict final ones, which depends on the reward
+model. `Calibration` holds, per criterion (`slug@version`, or `slug` for every version), the mean per-prompt
+Spearman rank correlation of the score at t tokens with the final score (bench/budgeted_bon.py measures and writes
+it; setting `bon_calibration_file`). A checkpoint is used only where every calibrated criterion of the request
+reaches `bon_min_rank_correlation` (the measurement at the largest measured t <= the checkpoint; none measured that
+early: not used). With no checkpoint left the request runs plain best-of-N and says why (`usage.rewardgate.fallback`).
+A criterion with no calibration entry is trusted.
+
+Must not import starlette or gateway.api.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.criteria import Criterion, Scored, rank
+from gateway.formats import Message, loose_message
+from gateway.service.handoffs import AdaptiveN, BudgetReport, ChatRequest, EarlyRejection
+from gateway.upstream.router import AllCandidatesFailed, Candidate, CandidateError, Router
+from gateway.upstream.streams import CandidateStream
+
+# Scores the answers given (None: no answer), one Scored per answer in order; the service's score_all closure.
+ScoreAnswers = Callable[[Sequence[Message | None]], Awaitable[list[Scored]]]
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (ties get their mean rank); None for fewer than 2 pairs or a constant side."""
+    if len(xs) != len(ys):
+        raise ValueError(f"spearman needs pairs, got {len(xs)} and {len(ys)} values")
+    if len(xs) < 2:
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2
+        start = end + 1
+    return ranks
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per criterion id (`slug@version` or `slug`): {checkpoint tokens: mean per-prompt Spearman correlation}."""
+
+    correlations: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+    min_rank_correlation: float = 0.5
+
+    @classmethod
+    def load(cls, path: str | Path, min_rank_correlation: float) -> Calibration:
+        """The file bench/budgeted_bon.py writes: {"criteria": {"slug@v1": {"checkpoints": {"16": 0.4, ...}}}}."""
+        data: Any = json.loads(Path(path).read_text(encoding="utf-8"))
+        entries = data.get("criteria") if isinstance(data, dict) else None
+        if not isinstance(entries, dict):
+            raise ValueError(f"{path}: expected {{'criteria': {{id: {{'checkpoints': {{tokens: rho}}}}}}}}")
+        correlations: dict[str, dict[int, float]] = {}
+        for ident, entry in entries.items():
+            points = entry.get("checkpoints") if isinstance(entry, dict) else None
+            if not isinstance(points, dict):
+                raise ValueError(f"{path}: criteria[{ident!r}] needs a 'checkpoints' object")
+            correlations[ident] = {int(t): float(rho) for t, rho in points.items() if rho is not None}
+        return cls(correlations, min_rank_correlation)
+
+    def correlation(self, criterion: Criterion, tokens: int) -> float | None:
+        """The criterion's measured correlation that applies at `tokens`; None when it has no entry (trusted),
+        -inf when it was measured only later than `tokens` (not trusted)."""
+        table = self.correlations.get(f"{criterion.slug}@{criterion.version}") or self.correlations.get(criterion.slug)
+        if table is None:
+            return None
+        measured = [t for t in table if t <= tokens]
+        return table[max(measured)] if measured else -math.inf
+
+    def checkpoints(
+        self, wanted: Sequence[int], criteria: Sequence[tuple[Criterion, float]]
+    ) -> tuple[tuple[int, ...], str | None]:
+        """The checkpoints every criterion's partial scores predict, and why none are left (None if some are)."""
+        kept, reasons = [], []
+        for tokens in wanted:
+            weak = [
+                (criterion, rho)
+                for criterion, _ in criteria
+                if (rho := self.correlation(criterion, tokens)) is not None and rho < self.min_rank_correlation
+            ]
+            if not weak:
+                kept.append(tokens)
+                continue
+            criterion, rho = weak[0]
+            measured = "not measured this early" if rho == -math.inf else f"rank correlation {rho:.2f}"
+            reasons.append(f"{criterion.slug}@{criterion.version} at {tokens} tokens: {measured}")
+        if kept:
+            return tuple(kept), None
+        floor = self.min_rank_correlation
+        return (), f"partial scores do not predict final ones (< {floor:g}): " + "; ".join(reasons)
+
+
+# ---------------------------------------------------------------- the strategies
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a strategy produced, in the shape of plain best-of-N's (positions = candidate indexes)."""
+
+    candidates: tuple[Candidate | CandidateError, ...]
+    scored: tuple[Scored, ...]
+    order: tuple[int, ...]
+    report: BudgetReport
+    upstream_s: float  # time waiting on the upstream streams (not overlapping scoring)
+    scoring_s: float
+
+
+@dataclass
+class _Clock:
+    """The waits of one request, split into upstream and scoring."""
+
+    upstream_s: float = 0.0
+    scoring_s: float = 0.0
+
+    async def upstream(self, waits: Iterable[Awaitable[None]]) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.gather(*waits)
+        finally:
+            self.upstream_s += time.perf_counter() - started
+
+    async def score(self, score: ScoreAnswers, answers: Sequence[Message | None]) -> list[Scored]:
+        started = time.perf_counter()
+        try:
+            return await score(answers)
+        finally:
+            self.scoring_s += time.perf_counter() - started
+
+
+class BudgetedSampler:
+    """Runs early rejection and adaptive N against the router; scoring is the caller's (`score`)."""
+
+    def __init__(self, router: Router, *, timeout_s: float) -> None:
+        self._router = router
+        self._timeout_s = timeout_s
+
+    def _open(self, request: ChatRequest, index: int) -> CandidateStream:
+        stream = self._router.candidate_stream(request.upstream, index, self._timeout_s)
+        stream.start()
+        return stream
+
+    async def early_rejection(
+        self, request: ChatRequest, n: int, policy: EarlyRejection, checkpoints: Sequence[int], score: ScoreAnswers
+    ) -> Outcome:
+        clock = _Clock()
+        streams: list[CandidateStream] = []
+        # index -> (the partial message that was scored, its partial score, its tokens then)
+        rejected: dict[int, tuple[dict[str, Any], Scored, int]] = {}
+        try:
+            for i in range(n):  # appended one by one: a failure part-way still closes the ones started
+                streams.append(self._open(request, i))
+            live = list(streams)
+            for checkpoint in checkpoints:
+                await clock.upstream(s.reach(checkpoint) for s in live)
+                live = [s for s in live if s.error is None and (s.finished or not s.ended)]
+                keep = max(policy.min_keep, math.ceil(len(live) * policy.keep))
+                if keep >= len(live) or all(s.ended for s in live):
+                    continue
+                messages = [s.message() for s in live]
+                tokens = [s.tokens for s in live]
+                scored = await clock.score(score, [loose_message(m, "") for m in messages])
+                if all(x.score is None for x in scored):
+                    continue  # nothing could judge them: reject nothing
+                out = [k for k in rank(scored)[keep:] if not live[k].ended]
+                for k in out:
+                    rejected[live[k].index] = (messages[k], replace(scored[k], index=live[k].index), tokens[k])
+                await asyncio.gather(*(live[k].cancel() for k in out))
+                live = [s for s in live if s.index not in rejected]
+            await clock.upstream(s.reach(math.inf) for s in live)
+        finally:  # whatever is still open (a failure, the client gone) is closed now, not left generating
+            await asyncio.gather(*(s.cancel() for s in streams))
+
+        candidates = [_candidate(s, rejected.get(s.index)) for s in streams]
+        _raise_if_all_failed(candidates)
+        finals = await clock.score(
+            score, [_answer(c) if s.index not in rejected else None for s, c in zip(streams, candidates, strict=True)]
+        )
+        scored_all = [rejected[k][1] if k in rejected else replace(finals[k], index=k) for k in range(len(candidates))]
+        order = budget_order(candidates, scored_all, {k: t for k, (_, _, t) in rejected.items()})
+        report = _report(
+            "early_rejection", n, streams, {k: t for k, (_, _, t) in rejected.items()}, checkpoints=tuple(checkpoints)
+        )
+        return Outcome(tuple(candidates), tuple(scored_all), order, report, clock.upstream_s, clock.scoring_s)
+
+    async def adaptive(self, request: ChatRequest, n: int, policy: AdaptiveN, score: ScoreAnswers) -> Outcome:
+        clock = _Clock()
+        started = time.perf_counter()
+        streams: list[CandidateStream] = []
+        candidates: list[Candidate | CandidateError] = []
+        scored: list[Scored] = []
+        rounds = 0
+        while len(streams) < n:
+            if rounds and _enough(policy, scored, streams, time.perf_counter() - started):
+                break
+            batch: list[CandidateStream] = []
+            try:
+                for j in range(min(policy.per_round, n - len(streams))):
+                    batch.append(self._open(request, len(streams) + j))
+                await clock.upstream(s.reach(math.inf) for s in batch)
+            finally:
+                await asyncio.gather(*(s.cancel() for s in batch))
+            made = [_candidate(s, None) for s in batch]
+            new = await clock.score(score, [_answer(c) for c in made])
+            streams += batch
+            candidates += made
+            scored += [replace(x, index=s.index) for x, s in zip(new, batch, strict=True)]
+            rounds += 1
+        _raise_if_all_failed(candidates)
+        order = budget_order(candidates, scored, {})
+        report = _report("adaptive", n, streams, {}, rounds=rounds)
+        return Outcome(tuple(candidates), tuple(scored), order, report, clock.upstream_s, clock.scoring_s)
+
+
+def _enough(policy: AdaptiveN, scored: Sequence[Scored], streams: Sequence[CandidateStream], elapsed: float) -> bool:
+    best = max((x.score for x in scored if x.score is not None), default=None)
+    if best is not None and best >= policy.threshold:
+        return True
+    if policy.max_tokens is not None and sum(s.tokens for s in streams) >= policy.max_tokens:
+        return True
+    return policy.max_latency_s is not None and elapsed >= policy.max_latency_s
+
+
+def _candidate(
+    stream: CandidateStream, rejected: tuple[dict[str, Any], Scored, int] | None
+) -> Candidate | CandidateError:
+    """A stream's end as a candidate: finished, rejected (its scored partial answer), or failed."""
+    usage = stream.usage if stream.finished and stream.usage else None
+    if usage is None:
+        usage = {"prompt_tokens": 0, "completion_tokens": stream.tokens, "total_tokens": stream.tokens}
+    if rejected is not None:
+        message, _, _ = rejected
+        choice = {"index": stream.index, "message": dict(message), "finish_reason": "rejected"}
+        return Candidate(stream.index, choice, stream.model, usage, stream.latency_s)
+    if stream.finished:
+        return Candidate(stream.index, stream.choice(), stream.model, usage, stream.latency_s)
+    error = stream.error
+    if error is None:
+        why = f"{stream.model}: the stream ended before the candidate finished"
+        return CandidateError(stream.index, "incomplete_stream", why, 502, stream.model, None, stream.latency_s)
+    retry_after = getattr(error, "retry_after", None)
+    return CandidateError(
+        stream.index, error.code, str(error), error.status, stream.model, retry_after, stream.latency_s
+    )
+
+
+def _answer(candidate: Candidate | CandidateError) -> Message | None:
+    return loose_message(candidate.choice.get("message"), "") if isinstance(candidate, Candidate) else None
+
+
+def _raise_if_all_failed(candidates: Sequence[Candidate | CandidateError]) -> None:
+    errors = [c for c in candidates if isinstance(c, CandidateError)]
+    if errors and len(errors) == len(candidates):
+        raise AllCandidatesFailed(errors)
+
+
+def budget_order(
+    candidates: Sequence[Candidate | CandidateError], scored: Sequence[Scored], rejected_at: Mapping[int, int]
+) -> tuple[int, ...]:
+    """Finished candidates by the combination rule's ranking; then rejected ones (the longest-lived first, then by
+    partial score); then failed ones."""
+    finished = [k for k, c in enumerate(candidates) if isinstance(c, Candidate) and k not in rejected_at]
+    failed = [k for k, c in enumerate(candidates) if isinstance(c, CandidateError)]
+    by_partial = sorted(rejected_at, key=lambda k: (-rejected_at[k], -(scored[k].score or 0.0), k))
+    return (*(finished[j] for j in rank([scored[k] for k in finished])), *by_partial, *failed)
+
+
+def _report(
+    strategy: str,
+    n: int,
+    streams: Sequence[CandidateStream],
+    rejected_at: Mapping[int, int],
+    *,
+    checkpoints: tuple[int, ...] = (),
+    rounds: int = 1,
+) -> BudgetReport:
+    tokens = {s.index: s.tokens for s in streams}
+    whole = [s.tokens for s in streams if s.finished and s.index not in rejected_at]
+    generated = sum(tokens.values())
+    plain = round(n * sum(whole) / len(whole)) if whole else generated
+    return BudgetReport(strategy, strategy, generated, plain, tokens, dict(rejected_at), checkpoints, rounds)
+
+
+def plain_report(requested: str, candidates: Sequence[Candidate | CandidateError], reason: str) -> BudgetReport:
+    """The report of plain best-of-N run in place of a strategy (a fallback): nothing saved."""
+    responses = {id(c.usage): c.usage for c in candidates if isinstance(c, Candidate) and c.usage}
+    generated = sum(int(u.get("completion_tokens") or 0) for u in responses.values())
+    return BudgetReport("best_of_n", requested, generated, generated, {}, {}, (), 1, reason)
