@@ -231,7 +231,7 @@ ROUND: list[tuple[str, dict[str, Any], int]] = [
     ("pass-through, failing upstream", {"method": "POST", "url": CHAT,
      "json": {"model": "always-500", "messages": MESSAGES}}, 500),
     ("best-of-N, every candidate fails upstream", {"method": "POST", "url": CHAT, "headers": {"op-criteria":
-     '["tiny-rm"]'}, "json": {"model": "always-500", "messages": MESSAGES, "n": 2}}, 500),
+     '["tiny-rm"]'}, "json": {"model": "always-500", "messages": MESSAGES, "n": 14}}, 500),
     ("a bad request", {"method": "POST", "url": CHAT, "headers": BEST_OF_N,
      "json": {"model": "ok", "messages": MESSAGES, "n": 0}}, 400),
     ("the logs", {"method": "GET", "url": "/v1/logs"}, 200),
@@ -243,8 +243,8 @@ ROUND: list[tuple[str, dict[str, Any], int]] = [
     ("op-cache, a miss", {"method": "POST", "url": CHAT, "headers": {"op-cache": "readOnly"},
      "json": {"model": "ok", "messages": MESSAGES, "seed": 2}}, 200),
     ("op-bon, early rejection", {"method": "POST", "url": CHAT, "headers": {"op-criteria": '["tiny-rm"]',
-     "op-bon": '{"strategy": "early_rejection", "checkpoints": [1]}'}, "json": {"model": "ok", "messages": MESSAGES,
-     "n": 3}}, 200),
+     "op-bon": '{"strategy": "early_rejection", "checkpoints": [1]}'}, "json": {"model": "slow-drip",
+     "messages": MESSAGES, "n": 2}}, 200),
 ]  # fmt: skip
 
 

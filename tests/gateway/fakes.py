@@ -55,8 +55,8 @@ class FakeUpstream:
     password, else FAIL (0.8) | judge-garbage: a judge that answers no verdict
     hold: answers like ok once `release` is set (a slow upstream) | auth-401: refuses the gateway's key with 401
     drip (streams only): ANSWERS[seed % 5] one word per chunk (a "token"), holding after DRIP_HOLD words until
-    `release` is set, then the rest, a usage chunk when asked (stream_options.include_usage) and [DONE]; each
-    stream's words sent are counted in `dripped` by seed
+    `release` is set, then the rest (slow-drip: one word per 50 ms, never holding), a usage chunk when asked
+    (stream_options.include_usage) and [DONE]; each stream's words sent are counted in `dripped` by seed
     Every handler a client abandons is cancelled (aiohttp's handler_cancellation): counted in `cancelled`, with
     the monotonic time in `cancelled_at`.
     """
@@ -93,7 +93,7 @@ class FakeUpstream:
         if model == "always-500" or (model == "fail-second" and self.counts[model] == 2):
             status = 500 if model == "always-500" else 400
             return web.json_response({"error": {"message": f"upstream says no ({KEY})"}}, status=status)
-        if body.get("stream") and model == "drip":
+        if body.get("stream") and model in ("drip", "slow-drip"):
             return await self.drip(request, body)
         if body.get("stream"):
             return await self.stream(request, model)
@@ -161,8 +161,11 @@ class FakeUpstream:
         async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
             await response.write(b"data: " + json.dumps({**head, "choices": choices, **extra}).encode() + b"\n\n")
 
+        slow = body.get("model") == "slow-drip"
         for k, word in enumerate(words):
-            if k == DRIP_HOLD:
+            if slow:
+                await asyncio.sleep(0.05)
+            elif k == DRIP_HOLD:
                 await self.release.wait()
             delta = {"role": "assistant", "content": word} if k == 0 else {"content": " " + word}
             await send([{"index": 0, "delta": delta, "finish_reason": None}])
