@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.config import GatewaySettings
+from gateway.service.training import DEFAULT_LEARNING_RATE
 from tests.gateway.fakes import MESSAGES, FakeUpstream, Gateway, chat_body, running_gateway
 from tests.tiny import save_reward_model
 
@@ -202,7 +203,7 @@ async def test_models_are_reward_models_with_their_training_status(parked: Gatew
     assert model["id"] == "new-rm" and model["openpipe"]["status"] == "PENDING"
     assert model["openpipe"]["hyperparameters"] == {"batch_size": 4, "learning_rate_multiplier": 2, "num_epochs": 3}
     job = (await gw.client.get(f"/v1/reward-models/{model['rewardgate']['job_id']}")).json()
-    assert job["hyperparameters"] == {"batch_size": 4, "learning_rate": 1e-4, "epochs": 3}
+    assert job["hyperparameters"] == {"batch_size": 4, "learning_rate": 2 * DEFAULT_LEARNING_RATE, "epochs": 3}
     assert [m["id"] for m in (await ok(gw, "GET", "/models"))["data"]] == ["new-rm", "cli-rm"]
     assert (await ok(gw, "GET", "/datasets"))["data"][0]["fine_tune_count"] == 1
     assert (await ok(gw, "GET", "/models/new-rm"))["openpipe"]["datasetId"] == dataset["id"]
