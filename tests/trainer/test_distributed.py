@@ -94,7 +94,8 @@ ACCELERATE += ("--mixed_precision", "no", "--dynamo_backend", "no", "--main_proc
 def launch(*args: str, launcher: tuple[str, ...] = TORCHRUN) -> subprocess.Popen[str]:
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", *launcher, "-m", "trainer", "train", *args],
+        # --preset none: the field defaults, as the in-process reference's TrainConfig has them
+        [sys.executable, "-m", *launcher, "-m", "trainer", "train", "--preset", "none", *args],
         cwd=ROOT,
         env=env,
         text=True,
