@@ -23,8 +23,8 @@ def _offline_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # oneDNN (torch's CPU kernels) caches a primitive per tensor shape, and length-grouped batches bring hundreds of
-    # shapes: with its default cache a CPU run's RSS grew to 7.5 GiB; without it the same speed (measured:
-    # docs/BENCHMARKS.md, "Reward-model quality"). Read when torch first builds a primitive, so set before import.
+    # shapes: with its default cache a CPU run's RSS grew to 7.7 GiB, without it the same recipe peaked at 3.2 GiB
+    # (docs/BENCHMARKS.md, "Reward-model quality"). Read when torch first builds a primitive, so set before import.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 
