@@ -64,7 +64,7 @@ import httpx  # noqa: E402
 
 from gateway.cli import build_app  # noqa: E402
 from gateway.config import GatewaySettings  # noqa: E402
-from gateway.service.budget import spearman  # noqa: E402
+from gateway.formats import spearman  # noqa: E402
 from gateway.upstream.router import Router  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "external"
@@ -450,7 +450,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     app = build_app(settings, router=Router({"replay": replay}, default_provider="replay"))
     started = time.perf_counter()
     async with app.router.lifespan_context(app):
-        reward = app.state.services.reward
+        reward = app.state.services.reward.client  # embedded: an HttpxReward around the in-process server
         cal_tulu = await calibrate(reward, tulu, SCORERS[:1], (16, 32, 64, 128))
         cal_smol = await calibrate(reward, smol, SCORERS, tuple(c for c in CHECKPOINTS if c < args.smol_max_tokens))
     calibration_s = time.perf_counter() - started

@@ -17,7 +17,17 @@ from typing import Any
 
 import torch
 
-from gateway.formats import Message, PreferencePair, RatedResponse, pool_rewards, render_responses, reward_histogram
+from gateway.formats import (
+    Message,
+    PreferencePair,
+    RatedResponse,
+    pearson,
+    pool_rewards,
+    ranks,
+    render_responses,
+    reward_histogram,
+    spearman,
+)
 from trainer.data import pad_right
 from trainer.objective import Pairwise, Pointwise
 
@@ -70,35 +80,6 @@ class RatedMetrics:
 
 
 Metrics = PairMetrics | RatedMetrics
-
-
-def ranks(values: Sequence[float]) -> list[float]:
-    """1-based ranks, ties given their average rank (what Spearman and the Mann-Whitney AUC need)."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        for k in range(start, end + 1):
-            out[order[k]] = (start + end) / 2 + 1
-        start = end + 1
-    return out
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    if len(x) < 2:
-        return None
-    mx, my = statistics.fmean(x), statistics.fmean(y)
-    sxy = math.fsum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
-    sxx = math.fsum((a - mx) ** 2 for a in x)
-    syy = math.fsum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    return pearson(ranks(x), ranks(y))
 
 
 def roc_auc(scores: Sequence[float], labels: Sequence[float]) -> float | None:

@@ -1,13 +1,14 @@
 """THE shared data format, one module per subject: messages and what every record shares (messages), preference
 pairs (pairs, DESIGN contract 1), rated responses (rated), reading JSONL files of either (files), and the one
 conversation -> tokens render function and reward pooling rule of contract 2 (rendering), used by the trainer,
-the reward server and the importer of published reward models. Import names from here:
-`from gateway.formats import load_pairs`. Must not import starlette, httpx, litellm, torch or transformers:
-tokenizers and models are passed in as arguments and used through their methods only.
+the reward server and the importer of published reward models, and the rank statistics both sides compute
+(correlation). Import names from here: `from gateway.formats import load_pairs`. Must not import starlette, httpx,
+litellm, torch or transformers: tokenizers and models are passed in as arguments and used through their methods only.
 """
 
 from __future__ import annotations
 
+from .correlation import pearson, ranks, spearman
 from .files import (
     DataKind,
     PairSet,
@@ -92,12 +93,15 @@ __all__ = [
     "parse_rated_line",
     "parse_record",
     "parse_record_line",
+    "pearson",
     "pool_logits",
     "pool_rewards",
+    "ranks",
     "render_conversation",
     "render_many",
     "render_responses",
     "reward_histogram",
+    "spearman",
     "split_for_prompt",
     "without_bom",
 ]

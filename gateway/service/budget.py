@@ -53,34 +53,6 @@ ScoreAnswers = Callable[[Sequence[Message | None]], Awaitable[list[Scored]]]
 # ---------------------------------------------------------------- calibration
 
 
-def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Spearman's rank correlation (ties get their mean rank); None for fewer than 2 pairs or a constant side."""
-    if len(xs) != len(ys):
-        raise ValueError(f"spearman needs pairs, got {len(xs)} and {len(ys)} values")
-    if len(xs) < 2:
-        return None
-    rx, ry = _ranks(xs), _ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    sxx = sum((a - mx) ** 2 for a in rx)
-    syy = sum((b - my) ** 2 for b in ry)
-    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
-
-
-def _ranks(values: Sequence[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        for k in range(start, end + 1):
-            ranks[order[k]] = (start + end) / 2
-        start = end + 1
-    return ranks
-
-
 @dataclass(frozen=True)
 class Calibration:
     """Per criterion id (`slug@version` or `slug`): {checkpoint tokens: mean per-prompt Spearman correlation}."""

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.criteria import Scored
-from gateway.service.budget import Calibration, spearman
+from gateway.formats import spearman
+from gateway.service.budget import Calibration
 from gateway.service.budget import budget_order as order
 from gateway.upstream.router import Candidate, CandidateError
 
