@@ -2,18 +2,29 @@
 
 1. Reward models: `support-rm` (the offline default: MiniLM trained on the bundled support sample) and `smol-rm`
    (SmolLM2-135M trained on the same sample with the CPU recipe of bench/base_models_cpu.py and a 300 s budget);
-   trained once into .bench/budgeted_bon/models and reused.
+   trained once into .bench/budgeted_bon/models and reused. With --tulu-rm NAME=DIR (repeatable) more reward
+   models score the Tulu source, e.g. `mix-rm`: the trainer's default preset on bench/selection_bon.py's training
+   mix (`selection_bon.py --preset default --keep-model DIR`), the product's recipe for general answers, and
+   `partial-rm`: the same with `--partial-prefixes 32,64,128` (trained on the answers' heads as well, so that its
+   partial scores predict its final ones).
 2. Candidates, two sources, 16 per prompt, kept token by token (SmolLM2's tokenizer), so that a candidate's first
    t tokens are exactly what a stream of it would have sent by then:
    - `smollm2`: SmolLM2-135M-Instruct (the `local:smollm2` model) samples them here (temperature 0.8, top_p 0.95,
      --smol-max-tokens) for --smol-prompts prompts, half the bundled support sample's, half AlpacaEval's
      (../shared/data/external/prompts). Slow on this CPU: its scale is small.
    - `tulu`: RewardBench's best-of-N set (../shared/data/external/rewardbench_bon: 16 Tulu-2-13B answers per
-     AlpacaEval prompt, whole, ~400 tokens), --tulu-prompts prompts, with its GPT-4-turbo judge's preference
-     (P(candidate beats GPT-3.5's answer), candidates 0-10): a held-apart judge no reward model here saw.
+     AlpacaEval prompt, whole, ~450 tokens) of the prompts selection_bon.py replays (so mix-rm never trained on
+     them), with its GPT-4-turbo judge's preference (P(candidate beats GPT-3.5's answer), candidates 0-10): a
+     held-apart judge no reward model here saw. --calibration-prompts of them calibrate, --tulu-prompts others
+     are what the strategies run on.
 3. Calibration: every candidate's score at 16, 32, 64 (and 128 for tulu) tokens and whole by the reward models;
    per model and checkpoint, the mean per-prompt Spearman correlation of partial with final scores, written to
    --calibration-out: the file the gateway reads (setting bon_calibration_file), and the bench's gateway does.
+   On the tulu calibration prompts, early rejection is also replayed offline over a grid of checkpoints x keep
+   fractions (`simulate`, the gateway's rule without scoring delay) and two settings are chosen per reward model:
+   `chosen`, the most token reduction within 2 % simulated reward loss (the target's bound), and
+   `chosen_trades_more`, within 5 %.
+   (SmolLM2: 8 prompts, calibrated and run on the same prompts.)
 4. Strategies: the gateway app (gateway.cli.build_app, the embedded reward server) answers real POST
    /v1/chat/completions requests with op-criteria and op-bon. Its upstream is a replay provider serving step 2's
    candidates: candidate i of a request is candidate i of its prompt (the router sends seed s + i); a stream
@@ -23,15 +34,16 @@
    Per N: plain best-of-N; early rejection, the default op-bon (checkpoints 16, 32, 64; keep 0.5), with every
    checkpoint trusted (a gateway without a calibration file) and as the gateway with step 3's calibration file
    runs it (`_calibrated`: checkpoints dropped, or plain best-of-N, where partial scores do not predict); later
-   checkpoints (64, 128; keep 0.5); the setting that trades more (checkpoints 16, 32; keep 0.25); adaptive N
-   (rounds of 2; threshold: the 75th percentile of the scorer's normalized scores over the source's candidates).
+   checkpoints (64, 128; keep 0.5); the setting that trades more (checkpoints 16, 32; keep 0.25); step 3's chosen
+   settings (tulu); adaptive N (rounds of 2; threshold: the 75th percentile of the scorer's normalized scores over
+   the calibration candidates).
    smol-rm, slow on this CPU, scores only plain, default and calibrated early rejection, adaptive. Reported: the
-   pick's final reward by the scorer and by a held-apart evaluator (tulu: the GPT-4-turbo judge; smollm2: the
-   other reward model), win/tie/loss against plain best-of-N's pick, generated tokens, wall time.
+   pick's final reward by the scorer and by held-apart evaluators (tulu: the GPT-4-turbo judge and the other reward
+   model; smollm2: the other reward model), win/tie/loss against plain best-of-N's pick, generated tokens, wall time.
 
-    nice -n 15 python bench/budgeted_bon.py [--tulu-prompts 10] [--smol-prompts 8] [--smol-max-tokens 64]
-        [--tokens-per-s 100] [--concurrency 3] [--out docs/budgeted_bon.json]
-        [--calibration-out docs/bon_calibration.json]
+    python bench/budgeted_bon.py [--tulu-rm NAME=DIR ...] [--tulu-prompts 24] [--calibration-prompts 24]
+        [--smol-prompts 8] [--smol-max-tokens 64] [--tokens-per-s 100] [--concurrency 3] [--ns 4,8,16]
+        [--out docs/budgeted_bon.json] [--calibration-out docs/bon_calibration.json]
 
 Results: docs/BENCHMARKS.md, "Budgeted best-of-N".
 """
@@ -61,6 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from selection_bon import in_half, prompt_key  # noqa: E402  (its replayed half: prompts mix-rm never trained on)
 
 from gateway.cli import build_app  # noqa: E402
 from gateway.config import GatewaySettings  # noqa: E402
@@ -76,6 +89,12 @@ CHECKPOINTS = (16, 32, 64)
 POOL_N = 16
 SMOL_RM_GRID = ("best_of_n", "early_rejection", "early_rejection_calibrated", "adaptive")
 SCORERS = ("support-rm", "smol-rm")
+TULU_CHECKPOINTS = (16, 32, 64, 128)
+# The early-rejection settings simulated on the calibration prompts (step 3): checkpoints x keep fraction.
+SWEEP_CHECKPOINTS = ((16, 32, 64), (32,), (64,), (128,), (32, 64), (32, 128), (64, 128), (32, 64, 128))
+SWEEP_KEEP = (0.75, 0.5, 0.375, 0.25)
+# The simulated reward loss each choice may spend: the issue's target (within 2 % of plain best-of-N), and more.
+CHOSEN_LOSS_PCT = {"chosen": 2.0, "chosen_trades_more": 5.0}
 TRAIN = {
     "support-rm": [],  # the trainer's defaults: MiniLM on the bundled sample
     "smol-rm": ["--base-model", "smollm2", "--batch-size", "8", "--learning-rate", "2e-5", "--freeze-layers", "24",
@@ -169,15 +188,17 @@ def generate_pool(prompts: Sequence[list[dict[str, str]]], max_tokens: int) -> d
     return pool
 
 
-def tulu_pool(count: int) -> dict[str, Any]:
-    """RewardBench's 16 Tulu-2-13B answers of `count` prompts (the first by id whose candidates 0-10 all have a
-    judge preference), each cut into SmolLM2 tokens by the tokenizer's character offsets."""
+def tulu_pool(count: int, skip: int = 0) -> dict[str, Any]:
+    """RewardBench's 16 Tulu-2-13B answers of `count` prompts of bench/selection_bon.py's replayed half (prompts no
+    pair of its mix, hence mix-rm, came from), in id order after the first `skip`, keeping those whose candidates
+    0-10 all have a judge preference; each answer cut into SmolLM2 tokens by the tokenizer's character offsets."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(Path.home() / ".cache" / "rewardgate" / "smollm2-135m-instruct")
     with gzip.open(TULU, "rt") as fh:
         rows = sorted((json.loads(line) for line in fh), key=lambda r: str(r["id"]))
-    rows = [r for r in rows if all(v is not None for v in r["judge_preference"][:11])][:count]
+    rows = [r for r in rows if in_half("bon-replay:", prompt_key(r["messages"]))]
+    rows = [r for r in rows if all(v is not None for v in r["judge_preference"][:11])][skip : skip + count]
     entries = []
     for row in rows:
         pieces_of = []
@@ -275,32 +296,100 @@ async def score(reward: httpx.AsyncClient, model: str, messages: list[Any], text
 async def calibrate(
     reward: httpx.AsyncClient, pool: Mapping[str, Any], slugs: Sequence[str], checkpoints: Sequence[int]
 ) -> dict[str, Any]:
-    """Per reward model: raw final scores [prompt][candidate] and, per checkpoint, every prompt's Spearman
-    correlation of the partial scores with the final ones."""
+    """Per reward model: raw final scores [prompt][candidate], partial scores per checkpoint and every prompt's
+    Spearman correlation of the partial scores with the final ones. Kept in WORK per pool, model directory and
+    checkpoints (a model retrained into a new version is scored again)."""
     result: dict[str, Any] = {}
     for slug in slugs:
-        finals, rhos = [], {c: [] for c in checkpoints}
+        model_card = max((WORK / "models").glob(f"{slug}/v*/rewardgate.json"), key=lambda p: int(p.parent.name[1:]))
+        key = [[e["messages"], e["rows"]] for e in pool["entries"]], str(model_card), model_card.stat().st_mtime
+        digest = hashlib.sha256(json.dumps([key, list(checkpoints)]).encode()).hexdigest()[:16]
+        cached = WORK / f"scores-{slug}-{digest}.json"
+        if cached.exists():
+            found = json.loads(cached.read_text())
+            found["partials"] = [{int(c): v for c, v in row.items()} for row in found["partials"]]
+            found["rhos"] = {int(c): v for c, v in found["rhos"].items()}
+            result[slug] = found
+            continue
+        finals, partials = [], []
+        rhos: dict[int, list[float]] = {c: [] for c in checkpoints}
         for entry in pool["entries"]:
             texts = ["".join(pieces) for pieces in entry["rows"]]
             prefixes = [["".join(pieces[:c]) for pieces in entry["rows"]] for c in checkpoints]
             scores = await score(reward, slug, entry["messages"], [*texts, *(t for p in prefixes for t in p)])
             finals.append(scores[:POOL_N])
-            for k, c in enumerate(checkpoints):
-                rho = spearman(scores[POOL_N * (k + 1) : POOL_N * (k + 2)], scores[:POOL_N])
+            partials.append({c: scores[POOL_N * (k + 1) : POOL_N * (k + 2)] for k, c in enumerate(checkpoints)})
+            for c in checkpoints:
+                rho = spearman(partials[-1][c], scores[:POOL_N])
                 if rho is not None:
                     rhos[c].append(rho)
-        result[slug] = {"finals": finals, "rhos": rhos}
+        result[slug] = {"finals": finals, "partials": partials, "rhos": rhos}
+        cached.write_text(json.dumps(result[slug]))
         means = {c: round(statistics.mean(v), 3) if v else None for c, v in rhos.items()}
         log(f"{slug}: partial-vs-final rank correlation by checkpoint {means}")
     return result
 
 
+def simulate(
+    pool: Mapping[str, Any], found: Mapping[str, Any], n: int, checkpoints: Sequence[int], keep: float
+) -> tuple[float, float]:
+    """Early rejection replayed on the calibration scores, as gateway.service.budget runs it (a candidate that ended
+    is scored whole and never cancelled; keep = max(1, ceil(live x keep)); tokens generated by a rejected candidate =
+    the checkpoint, i.e. no tokens sent while scoring): (plain tokens / its tokens, its pick's mean final score
+    relative to plain best-of-N's, in %), the scores normalized as the strategies' are."""
+    mu = statistics.mean(v for row in found["finals"] for v in row)
+    sd = statistics.pstdev(v for row in found["finals"] for v in row) or 1.0
+    plain_tokens = tokens = 0
+    plain_reward = reward = 0.0
+    for entry, finals, partials in zip(pool["entries"], found["finals"], found["partials"], strict=True):
+        lens = [len(row) for row in entry["rows"][:n]]
+        live, cut = list(range(n)), dict[int, int]()
+        for c in checkpoints:
+            keep_k = max(1, math.ceil(len(live) * keep))
+            if keep_k >= len(live) or all(lens[i] <= c for i in live):
+                continue
+            ranked = sorted(live, key=lambda i: -(finals[i] if lens[i] <= c else partials[c][i]))
+            cut |= {i: c for i in ranked[keep_k:] if lens[i] > c}
+            live = [i for i in live if i not in cut]
+        plain_tokens += sum(lens)
+        tokens += sum(cut.get(i, lens[i]) for i in range(n))
+        plain_reward += sigmoid((max(finals[:n]) - mu) / sd)
+        reward += sigmoid((max(finals[i] for i in live) - mu) / sd)
+    return plain_tokens / tokens, 100 * (reward / plain_reward - 1)
+
+
+def sweep(pool: Mapping[str, Any], found: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
+    out = []
+    for checkpoints in SWEEP_CHECKPOINTS:
+        for keep in SWEEP_KEEP:
+            if max(checkpoints) not in found["partials"][0]:
+                continue
+            reduction, loss = simulate(pool, found, n, checkpoints, keep)
+            out.append({"checkpoints": list(checkpoints), "keep": keep, "token_reduction_x": round(reduction, 3),
+                        "reward_vs_plain_pct": round(loss, 2)})  # fmt: skip
+    return out
+
+
+def choose(table: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per CHOSEN_LOSS_PCT budget: the simulated setting with the most token reduction whose reward loss stays
+    within it (the op-bon header to send)."""
+    chosen = {}
+    for name, budget in CHOSEN_LOSS_PCT.items():
+        within = [row for row in table if row["reward_vs_plain_pct"] >= -budget]
+        if within:
+            best = max(within, key=lambda row: row["token_reduction_x"])
+            chosen[name] = {"strategy": "early_rejection", "checkpoints": best["checkpoints"], "keep": best["keep"]}
+    return chosen
+
+
 # ---------------------------------------------------------------- 4. strategies
 
 
-def strategies(threshold: float, names: Sequence[str] | None = None) -> dict[str, tuple[str, dict[str, Any] | None]]:
+def strategies(
+    threshold: float, names: Sequence[str] | None = None, chosen: Mapping[str, dict[str, Any]] | None = None
+) -> dict[str, tuple[str, dict[str, Any] | None]]:
     """name -> (the gateway that runs it: "raw" trusts every reward model, "calibrated" reads the calibration
-    file, its op-bon header)."""
+    file, its op-bon header); `chosen`: settings picked on the calibration prompts, run as early_rejection_<name>."""
     early = {"strategy": "early_rejection"}
     every: dict[str, tuple[str, dict[str, Any] | None]] = {
         "best_of_n": ("raw", None),
@@ -309,7 +398,7 @@ def strategies(threshold: float, names: Sequence[str] | None = None) -> dict[str
         "early_rejection_aggressive": ("raw", {"strategy": "early_rejection", "checkpoints": [16, 32], "keep": 0.25}),
         "early_rejection_calibrated": ("calibrated", early),
         "adaptive": ("raw", {"strategy": "adaptive", "per_round": 2, "threshold": round(threshold, 3)}),
-    }
+    } | {f"early_rejection_{name}": ("raw", policy) for name, policy in (chosen or {}).items()}
     return {name: config for name, config in every.items() if names is None or name in names}
 
 
@@ -393,10 +482,11 @@ async def run_grid(
     judges: Mapping[str, list[list[float | None]]],
     concurrency: int,
     names: Sequence[str] | None = None,
+    chosen: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Every strategy on every prompt of the pool at one N; prompts run `concurrency` at a time, each prompt's
     strategies one after another (so every strategy meets the same load)."""
-    configs = strategies(threshold, names)
+    configs = strategies(threshold, names, chosen)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
     limit = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
@@ -413,12 +503,14 @@ async def run_grid(
     for name in configs:
         runs[name].sort(key=lambda r: r["prompt"])
     result: dict[str, Any] = {name: summarize(runs[name], runs["best_of_n"], judges) for name in configs}
-    return result | {"adaptive_threshold": round(threshold, 3), "seconds": round(time.perf_counter() - started, 1)}
+    settings = {name: policy for name, (_, policy) in configs.items()}
+    return result | {"adaptive_threshold": round(threshold, 3), "op_bon": settings,
+                     "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
 
 def show(key: str, grid: Mapping[str, Any]) -> None:
     for name, r in grid.items():
-        if not isinstance(r, dict):
+        if not isinstance(r, dict) or "generated_tokens_mean" not in r:
             continue
         judged = " ".join(
             f"{role} {v['mean']:.4f} ({v['relative_to_plain_pct']:+.2f}%, w/t/l {v['win_tie_loss_vs_plain']})"
@@ -429,54 +521,86 @@ def show(key: str, grid: Mapping[str, Any]) -> None:
             f" wall {r['wall_s_mean']:.2f}s")  # fmt: skip
 
 
+def add_tulu_rms(models: Path, specs: Sequence[str]) -> list[str]:
+    """--tulu-rm NAME=DIR: reward-model directories copied in as NAME/v1 (once), to score the Tulu source too."""
+    names = []
+    for spec in specs:
+        name, _, source = spec.partition("=")
+        target = models / name / "v1"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["cp", "-r", source, str(target)], check=True)
+        names.append(name)
+    return names
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     WORK.mkdir(parents=True, exist_ok=True)
     models = WORK / "models"
     ensure_models(models)
+    tulu_scorers = ("support-rm", *add_tulu_rms(models, args.tulu_rm))
     log(f"SmolLM2 samples: {POOL_N} per prompt for {args.smol_prompts} prompts (max_tokens {args.smol_max_tokens})")
     smol = generate_pool(load_prompts(args.smol_prompts), args.smol_max_tokens)
     log(f"SmolLM2 on this CPU: {smol['decode_steps_per_s']:.2f} decode steps/s at batch {POOL_N}")
-    tulu = tulu_pool(args.tulu_prompts)
+    tulu_cal = tulu_pool(args.calibration_prompts)
+    tulu = tulu_pool(args.tulu_prompts, skip=args.calibration_prompts)
     pools = {"tulu": tulu, "smollm2": smol}
     replay = ReplayProvider({"entries": [*tulu["entries"], *smol["entries"]]}, args.tokens_per_s)
-    stats = {slug: reward_stats(models, slug) for slug in SCORERS}
+    stats = {slug: reward_stats(models, slug) for slug in (*SCORERS, *tulu_scorers[1:])}
 
     def normalized(slug: str, finals: list[list[float]]) -> list[list[float | None]]:
         _, mu, sd = stats[slug]
         return [[sigmoid((raw - mu) / sd) for raw in final] for final in finals]
 
-    # calibration (and every candidate's final score), with the gateway's own reward server
+    # calibration and every candidate's final score, with the gateway's own reward server. Tulu: the correlations,
+    # the calibration file and the chosen settings come from the calibration prompts, the strategies run on others;
+    # SmolLM2 (8 prompts, too few to split): both on the same prompts.
+    smol_checkpoints = tuple(c for c in CHECKPOINTS if c < args.smol_max_tokens)
     settings = GatewaySettings(models_dir=str(models), store_url=str(WORK / "bench.db"), device="cpu")
     app = build_app(settings, router=Router({"replay": replay}, default_provider="replay"))
     started = time.perf_counter()
     async with app.router.lifespan_context(app):
         reward = app.state.services.reward.client  # embedded: an HttpxReward around the in-process server
-        cal_tulu = await calibrate(reward, tulu, SCORERS[:1], (16, 32, 64, 128))
-        cal_smol = await calibrate(reward, smol, SCORERS, tuple(c for c in CHECKPOINTS if c < args.smol_max_tokens))
+        cal_tulu = await calibrate(reward, tulu_cal, tulu_scorers, TULU_CHECKPOINTS)
+        eval_tulu = await calibrate(reward, tulu, tulu_scorers, TULU_CHECKPOINTS)
+        cal_smol = await calibrate(reward, smol, SCORERS, smol_checkpoints)
     calibration_s = time.perf_counter() - started
-    correlations: dict[str, dict[int, list[float]]] = {}
-    for cal in (cal_tulu, cal_smol):
-        for slug, found in cal.items():
-            for c, values in found["rhos"].items():
-                correlations.setdefault(slug, {}).setdefault(c, []).extend(values)
-    rank_correlation = {
-        slug: {c: round(statistics.mean(v), 3) for c, v in sorted(by.items()) if v} for slug, by in correlations.items()
-    }
+
+    def mean_rhos(*cals: Mapping[str, Any]) -> dict[str, dict[int, float]]:
+        merged: dict[str, dict[int, list[float]]] = {}
+        for cal in cals:
+            for slug, found in cal.items():
+                for c, values in found["rhos"].items():
+                    merged.setdefault(slug, {}).setdefault(c, []).extend(values)
+        return {slug: {c: round(statistics.mean(v), 3) for c, v in sorted(by.items()) if v}
+                for slug, by in merged.items()}  # fmt: skip
+
+    rank_correlation = mean_rhos(cal_tulu, cal_smol)
+    counted = {slug: {c: len(v) for c, v in found["rhos"].items()} for cal in (cal_tulu, cal_smol)
+               for slug, found in cal.items()}  # fmt: skip
     Path(args.calibration_out).write_text(json.dumps({"criteria": {
         f"{slug}@{stats[slug][0]}": {
             "checkpoints": {str(c): rho for c, rho in by.items()},
-            "prompts": {str(c): len(correlations[slug][c]) for c in by},
+            "prompts": {str(c): counted[slug].get(c) for c in by},
             "measured_by": "bench/budgeted_bon.py: mean per-prompt Spearman of the score at t tokens with the final",
         }
         for slug, by in rank_correlation.items()
     }}, indent=2) + "\n")  # fmt: skip
-
-    judges_tulu = {"scorer": normalized("support-rm", cal_tulu["support-rm"]["finals"]),
-                   "gpt4_judge": [e["judge"] for e in tulu["entries"]]}  # fmt: skip
-    smol_norm = {slug: normalized(slug, cal_smol[slug]["finals"]) for slug in SCORERS}
+    simulated = {slug: {n: sweep(tulu_cal, cal_tulu[slug], n) for n in args.ns} for slug in tulu_scorers}
+    chosen = {slug: choose(simulated[slug][8 if 8 in args.ns else args.ns[0]]) for slug in tulu_scorers}
+    for slug, picks in chosen.items():
+        log(f"{slug}: settings chosen on the calibration prompts {picks}")
 
     def p75(values: list[list[float | None]]) -> float:
         return statistics.quantiles([v for row in values for v in row if v is not None], n=4)[2]
+
+    judges_tulu = {slug: {"scorer": normalized(slug, eval_tulu[slug]["finals"]),
+                          "gpt4_judge": [e["judge"] for e in tulu["entries"]]}
+                   for slug in tulu_scorers}  # fmt: skip
+    for slug, other in itertools.permutations(tulu_scorers, 2):
+        judges_tulu[slug][f"held_apart_{other}"] = normalized(other, eval_tulu[other]["finals"])
+    thresholds_tulu = {slug: p75(normalized(slug, cal_tulu[slug]["finals"])) for slug in tulu_scorers}
+    smol_norm = {slug: normalized(slug, cal_smol[slug]["finals"]) for slug in SCORERS}
 
     calibrated = settings.replace(bon_calibration_file=str(Path(args.calibration_out).resolve()))
     apps = {
@@ -490,12 +614,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "command": " ".join(["python", *sys.argv]),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_end": os.getloadavg()},
             "settings": {"tokens_per_s": args.tokens_per_s, "concurrency": args.concurrency, "candidates": POOL_N,
-                         "tulu_prompts": len(tulu["entries"]), "smol_prompts": len(smol["entries"]),
-                         "smol_max_tokens": args.smol_max_tokens},
+                         "tulu_prompts": len(tulu["entries"]), "calibration_prompts": len(tulu_cal["entries"]),
+                         "smol_prompts": len(smol["entries"]), "smol_max_tokens": args.smol_max_tokens},
             "smollm2_decode_steps_per_s_batch16": round(smol["decode_steps_per_s"], 3),
             "reward_models": {slug: {"version": v, "test_reward_mean": mu, "test_reward_std": sd}
                               for slug, (v, mu, sd) in stats.items()},
             "rank_correlation": rank_correlation,
+            "rank_correlation_eval_prompts": mean_rhos(eval_tulu),
+            "simulated_on_calibration_prompts": simulated,
+            "chosen_settings": chosen,
             "calibration_seconds": round(calibration_s, 1),
             "candidate_tokens_mean": {name: round(statistics.mean(len(r) for e in pl["entries"] for r in e["rows"]), 1)
                                       for name, pl in pools.items()},
@@ -515,14 +642,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         # N = 8 (the target) first, each grid written out as it ends: on a shared machine a run may be cut short
         smol_judges = {scorer: {"scorer": smol_norm[scorer], f"held_apart_{other}": smol_norm[other]}
                        for scorer, other in (SCORERS, SCORERS[::-1])}  # fmt: skip
-        plan = [("tulu", "support-rm", 8), ("smollm2", "support-rm", 8), ("smollm2", "smol-rm", 8)]
-        plan += [("tulu", "support-rm", n) for n in args.ns if n != 8]
+        plan = [("tulu", scorer, 8) for scorer in tulu_scorers[::-1]]  # the reward models given first
+        plan += [("smollm2", "support-rm", 8), ("smollm2", "smol-rm", 8)]
+        plan += [("tulu", scorer, n) for n in args.ns if n != 8 for scorer in tulu_scorers[::-1]]
         plan += [("smollm2", "support-rm", n) for n in args.ns if n != 8]
         for source, scorer, n in plan:
+            if n not in args.ns:
+                continue
             key = f"{source}/{scorer}/N={n}"
             if source == "tulu":
-                grid = await run_grid(clients, replay, tulu, scorer, n, p75(judges_tulu["scorer"]), judges_tulu,
-                                      args.concurrency)  # fmt: skip
+                grid = await run_grid(clients, replay, tulu, scorer, n, thresholds_tulu[scorer], judges_tulu[scorer],
+                                      args.concurrency, chosen=chosen[scorer])  # fmt: skip
             else:  # smol-rm scores slowly on this CPU: its grid is the default early rejection, calibrated or not
                 names = None if scorer == SCORERS[0] else SMOL_RM_GRID
                 grid = await run_grid(clients, replay, smol, scorer, n, p75(smol_norm[scorer]), smol_judges[scorer],
@@ -539,7 +669,11 @@ def write(path: str, report: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tulu-prompts", type=int, default=10)
+    parser.add_argument("--tulu-prompts", type=int, default=24, help="prompts the strategies run on")
+    parser.add_argument("--calibration-prompts", type=int, default=24,
+                        help="other prompts: rank correlations, the calibration file, the chosen settings")
+    parser.add_argument("--tulu-rm", action="append", default=[], metavar="NAME=DIR",
+                        help="also score the Tulu source with this reward-model directory (repeatable)")
     parser.add_argument("--smol-prompts", type=int, default=8)
     parser.add_argument("--smol-max-tokens", type=int, default=64)
     parser.add_argument("--ns", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 16])

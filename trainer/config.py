@@ -91,6 +91,12 @@ class TrainConfig:
         "pairs: train a length head beside the reward head and decorrelate the reward from the answer's length; "
         "serve the reward head only (README, 'Length')",
     )
+    partial_prefixes: str = _opt(
+        "",
+        "pairs: also train on each TRAIN pair with both answers cut to their first T tokens, T drawn (seeded) from "
+        "this comma-separated list, e.g. 32,64,128: a reward whose partial scores predict its final ones, for "
+        "op-bon early rejection (README, 'Budgeted best-of-N'); empty = off",
+    )
     center_rewards: float = _opt(0.0, "coefficient of the reward-centring penalty (0 = off; TRL suggests 0.01)")
     pass_threshold: float = _opt(
         0.5, "rated responses: TEST reports the PASS/FAIL agreement at this reward (0.5 suits 0/1 labels and judges)"
@@ -148,6 +154,8 @@ class TrainConfig:
             raise ValueError("warmup_ratio: must be in [0, 1)")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate: must be positive")
+        if self.partial_prefixes:
+            self.prefix_cuts()  # raises on a bad list
         if self.long_answers not in LONG_ANSWERS:
             raise ValueError(f"long_answers: expected one of {LONG_ANSWERS}")
         if self.preset and self.preset not in PRESETS:
@@ -165,6 +173,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def prefix_cuts(self) -> tuple[int, ...]:
+        """partial_prefixes as token counts (empty: off)."""
+        try:
+            cuts = tuple(int(part) for part in self.partial_prefixes.split(",") if part.strip())
+        except ValueError:
+            cuts = ()
+        if self.partial_prefixes.strip() and (not cuts or min(cuts) < 1):
+            raise ValueError(f"partial_prefixes: expected positive token counts like 32,64,128, got "
+                             f"{self.partial_prefixes!r}")  # fmt: skip
+        return cuts
 
     @classmethod
     def from_preset(cls, preset: str, **options: Any) -> TrainConfig:

@@ -7,6 +7,7 @@ Imports gateway.formats (the one render function), trainer.config and torch; not
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class TruncationReport:
     dropped: int  # records left out because a response alone exceeded max_length (long_answers="drop")
     unit: str = "pairs"
     cut: int = 0  # records kept with a response cut to its head (long_answers="keep"), as the server scores it
+    prefixes: int = 0  # copies added with both answers cut to a partial prefix (partial_prefixes)
 
     def to_dict(self) -> dict[str, int]:
         return {
@@ -67,6 +69,7 @@ class TruncationReport:
             "prompts_trimmed": self.prompts_trimmed,
             "answers_cut": self.cut,
             "dropped": self.dropped,
+            **({"partial_prefix_pairs": self.prefixes} if self.prefixes else {}),
         }
 
 
@@ -93,6 +96,34 @@ def tokenize_pairs(
         lengths = len(pair.chosen.content), len(pair.rejected.content)
         out.append(TokenizedPair(chosen.input_ids, rejected.input_ids, pair.margin, *lengths))
     return out, TruncationReport(len(pairs), trimmed, dropped, cut=cut)
+
+
+def prefix_pairs(
+    pairs: Sequence[PreferencePair], tokenizer: Any, cuts: Sequence[int], seed: int
+) -> list[PreferencePair]:
+    """Partial reward modelling: per pair, a copy with both answers cut to their first T tokens (T drawn, seeded,
+    from `cuts`), keeping the pair's preference: trained on these, the reward of an answer's head predicts the
+    whole answer's preference, which is what early rejection scores mid-stream. A pair whose answers both fit in
+    T tokens adds nothing (its copy would be itself); cut text is the tokenizer's characters up to token T, as a
+    stream's partial answer is."""
+    rng = random.Random(seed)
+    out = []
+    for pair in pairs:
+        limit = rng.choice(list(cuts))
+        heads = [_head(tokenizer, message.content, limit) for message in (pair.chosen, pair.rejected)]
+        if heads[0] == pair.chosen.content and heads[1] == pair.rejected.content:
+            continue
+        out.append(dataclasses.replace(
+            pair,
+            chosen=dataclasses.replace(pair.chosen, content=heads[0], tool_calls=()),
+            rejected=dataclasses.replace(pair.rejected, content=heads[1], tool_calls=()),
+        ))  # fmt: skip
+    return out
+
+
+def _head(tokenizer: Any, text: str, tokens: int) -> str:
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return text if len(offsets) <= tokens else text[: offsets[tokens - 1][1]]
 
 
 def tokenize_rated(
@@ -147,15 +178,17 @@ def training_data(cfg: TrainConfig, dataset: PairSet | RatedSet, tokenizer: Any)
     objective: Pairwise | Pointwise
     examples: list[Any]
     if isinstance(dataset, RatedSet):
-        if cfg.length_debiased:
-            raise ValueError("length_debiased: needs preference pairs (a rated-response file was given)")
+        if cfg.length_debiased or cfg.partial_prefixes:
+            raise ValueError("length_debiased, partial_prefixes: need preference pairs (a rated-response file given)")
         if not train:
             raise ValueError(f"{cfg.data}: no TRAIN rows")
         objective = pointwise_objective([r.reward for r in train])
         examples, truncation = tokenize_rated(train, tokenizer, cfg.max_length, objective, cfg.long_answers)
     else:
         objective = Pairwise(cfg.center_rewards, cfg.length_debiased)
-        examples, truncation = tokenize_pairs(train, tokenizer, cfg.max_length, cfg.long_answers)
+        prefixes = prefix_pairs(train, tokenizer, cfg.prefix_cuts(), cfg.seed) if cfg.partial_prefixes else []
+        examples, truncation = tokenize_pairs([*train, *prefixes], tokenizer, cfg.max_length, cfg.long_answers)
+        truncation = dataclasses.replace(truncation, pairs_in=len(train), prefixes=len(prefixes))
     if not examples:
         raise ValueError(f"{cfg.data}: no TRAIN {truncation.unit} fit max_length={cfg.max_length}")
     return TrainingData(dataset, train, test, examples, truncation, objective)

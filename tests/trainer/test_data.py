@@ -5,7 +5,15 @@ import pytest
 from gateway.formats import Message, PreferencePair, RatedResponse, RatedSet, load_pairs, render_responses
 from tests import tiny
 from trainer.config import SAMPLE_DATA, TrainConfig
-from trainer.data import TokenizedPair, collate, length_grouped_batches, tokenize_pairs, tokenize_rated, training_data
+from trainer.data import (
+    TokenizedPair,
+    collate,
+    length_grouped_batches,
+    prefix_pairs,
+    tokenize_pairs,
+    tokenize_rated,
+    training_data,
+)
 from trainer.objective import Pointwise
 
 
@@ -107,3 +115,36 @@ def test_training_data_of_rated_responses_chooses_the_loss_from_train() -> None:
     assert data.summary().startswith("8 rated responses (TRAIN 6, TEST 2, 0/1 labels); training on 6 rows")
     with pytest.raises(ValueError, match="no TRAIN rows"):
         training_data(TrainConfig(), RatedSet(tuple(rows[6:])), tiny.chat_tokenizer())
+
+
+def test_partial_prefixes_add_each_pair_cut_to_a_drawn_head_with_its_preference() -> None:
+    tok = tiny.chat_tokenizer()
+    long_good, long_bad = "the right steps are these " * 20, "try turning it off and on " * 20
+    pairs = [pair("q1", long_good, long_bad), pair("q2", "ok", "no"), pair("q3", long_good, "short")]
+    copies = prefix_pairs(pairs, tok, [4], seed=0)
+    # the pair whose answers both fit in 4 tokens adds nothing; the others come back cut, preference kept
+    assert [c.prompt for c in copies] == [pairs[0].prompt, pairs[2].prompt]
+    for copy, whole in zip(copies, (pairs[0], pairs[2]), strict=True):
+        for cut, full in ((copy.chosen, whole.chosen), (copy.rejected, whole.rejected)):
+            assert full.content.startswith(cut.content)
+            assert len(tok(cut.content, add_special_tokens=False)["input_ids"]) == min(
+                4, len(tok(full.content, add_special_tokens=False)["input_ids"])
+            )
+    assert copies[1].rejected.content == "short" and copies[0].chosen.content != long_good
+    # the cut is drawn from the list, seeded: the same seed gives the same copies
+    drawn = prefix_pairs(pairs * 10, tok, [2, 8], seed=3)
+    assert drawn == prefix_pairs(pairs * 10, tok, [2, 8], seed=3)
+    assert {len(tok(c.chosen.content, add_special_tokens=False)["input_ids"]) for c in drawn} == {2, 8}
+
+    dataset = load_pairs(SAMPLE_DATA)
+    plain = training_data(TrainConfig(max_pairs=40, max_length=128), dataset, tok)
+    data = training_data(TrainConfig(max_pairs=40, max_length=128, partial_prefixes="8,16"), dataset, tok)
+    added = data.truncation.to_dict()["partial_prefix_pairs"]
+    assert 0 < added <= 40 and len(data.examples) == len(plain.examples) + added
+    assert data.truncation.pairs_in == 40 and "partial_prefix_pairs" not in plain.truncation.to_dict()
+
+
+@pytest.mark.parametrize("bad", ["0", "a,b", "32,-4", ","])
+def test_partial_prefixes_refuse_what_is_not_a_list_of_token_counts(bad: str) -> None:
+    with pytest.raises(ValueError, match="partial_prefixes"):
+        TrainConfig(partial_prefixes=bad)
