@@ -566,26 +566,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         cal_smol = await calibrate(reward, smol, SCORERS, smol_checkpoints)
     calibration_s = time.perf_counter() - started
 
-    def mean_rhos(*cals: Mapping[str, Any]) -> dict[str, dict[int, float]]:
+    def merged_rhos(*cals: Mapping[str, Any]) -> dict[str, dict[int, list[float]]]:
         merged: dict[str, dict[int, list[float]]] = {}
         for cal in cals:
             for slug, found in cal.items():
                 for c, values in found["rhos"].items():
                     merged.setdefault(slug, {}).setdefault(c, []).extend(values)
+        return merged
+
+    def mean_rhos(*cals: Mapping[str, Any]) -> dict[str, dict[int, float]]:
         return {slug: {c: round(statistics.mean(v), 3) for c, v in sorted(by.items()) if v}
-                for slug, by in merged.items()}  # fmt: skip
+                for slug, by in merged_rhos(*cals).items()}  # fmt: skip
 
     rank_correlation = mean_rhos(cal_tulu, cal_smol)
-    counted = {slug: {c: len(v) for c, v in found["rhos"].items()} for cal in (cal_tulu, cal_smol)
-               for slug, found in cal.items()}  # fmt: skip
+    counted = {slug: {c: len(v) for c, v in by.items()} for slug, by in merged_rhos(cal_tulu, cal_smol).items()}
     Path(args.calibration_out).write_text(json.dumps({"criteria": {
         f"{slug}@{stats[slug][0]}": {
             "checkpoints": {str(c): rho for c, rho in by.items()},
-            "prompts": {str(c): counted[slug].get(c) for c in by},
+            "prompts": {str(c): counted[slug][c] for c in by},
             "measured_by": "bench/budgeted_bon.py: mean per-prompt Spearman of the score at t tokens with the final",
         }
         for slug, by in rank_correlation.items()
     }}, indent=2) + "\n")  # fmt: skip
+    if not args.ns:  # --ns "": the calibration file and the simulation only
+        return report_calibration_only(rank_correlation, counted)
     simulated = {slug: {n: sweep(tulu_cal, cal_tulu[slug], n) for n in args.ns} for slug in tulu_scorers}
     chosen = {slug: choose(simulated[slug][8 if 8 in args.ns else args.ns[0]]) for slug in tulu_scorers}
     for slug, picks in chosen.items():
@@ -663,6 +667,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return report()
 
 
+def report_calibration_only(rank_correlation: Mapping[str, Any], counted: Mapping[str, Any]) -> dict[str, Any]:
+    return {"command": " ".join(["python", *sys.argv]), "rank_correlation": rank_correlation, "prompts": counted}
+
+
 def write(path: str, report: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -676,7 +684,8 @@ if __name__ == "__main__":
                         help="also score the Tulu source with this reward-model directory (repeatable)")
     parser.add_argument("--smol-prompts", type=int, default=8)
     parser.add_argument("--smol-max-tokens", type=int, default=64)
-    parser.add_argument("--ns", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 16])
+    parser.add_argument("--ns", type=lambda s: [int(x) for x in s.split(",") if x], default=[4, 8, 16],
+                        help='"": write the calibration file only')
     parser.add_argument("--tokens-per-s", type=float, default=100.0)
     parser.add_argument("--concurrency", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "docs" / "budgeted_bon.json"))

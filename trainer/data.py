@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import torch
 
-from gateway.formats import PairSet, PreferencePair, RatedResponse, RatedSet, render_responses
+from gateway.formats import Message, PairSet, PreferencePair, RatedResponse, RatedSet, render_responses
 from trainer.config import TrainConfig
 from trainer.objective import Pairwise, Pointwise, pointwise_objective
 
@@ -110,20 +110,19 @@ def prefix_pairs(
     out = []
     for pair in pairs:
         limit = rng.choice(list(cuts))
-        heads = [_head(tokenizer, message.content, limit) for message in (pair.chosen, pair.rejected)]
-        if heads[0] == pair.chosen.content and heads[1] == pair.rejected.content:
-            continue
-        out.append(dataclasses.replace(
-            pair,
-            chosen=dataclasses.replace(pair.chosen, content=heads[0], tool_calls=()),
-            rejected=dataclasses.replace(pair.rejected, content=heads[1], tool_calls=()),
-        ))  # fmt: skip
+        chosen, rejected = (_head(tokenizer, message, limit) for message in (pair.chosen, pair.rejected))
+        if chosen is not pair.chosen or rejected is not pair.rejected:
+            out.append(dataclasses.replace(pair, chosen=chosen, rejected=rejected))
     return out
 
 
-def _head(tokenizer: Any, text: str, tokens: int) -> str:
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    return text if len(offsets) <= tokens else text[: offsets[tokens - 1][1]]
+def _head(tokenizer: Any, message: Message, tokens: int) -> Message:
+    """The message with its text cut to `tokens` tokens (and, cut, without its tool calls: a stream's head has
+    none yet); the message itself when its text fits."""
+    offsets = tokenizer(message.content, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= tokens:
+        return message
+    return dataclasses.replace(message, content=message.content[: offsets[tokens - 1][1]], tool_calls=())
 
 
 def tokenize_rated(
