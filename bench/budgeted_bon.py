@@ -42,7 +42,7 @@
    model; smollm2: the other reward model), win/tie/loss against plain best-of-N's pick, generated tokens, wall time.
 
     python bench/budgeted_bon.py [--tulu-rm NAME=DIR ...] [--tulu-prompts 24] [--calibration-prompts 24]
-        [--smol-prompts 8] [--smol-max-tokens 64] [--tokens-per-s 100] [--concurrency 3] [--ns 4,8,16]
+        [--smol-prompts 8] [--smol-max-tokens 64] [--tokens-per-s 100] [--concurrency 3] [--ns 4,8,16] [--no-grids]
         [--out docs/budgeted_bon.json] [--calibration-out docs/bon_calibration.json]
 
 Results: docs/BENCHMARKS.md, "Budgeted best-of-N".
@@ -118,11 +118,13 @@ def ensure_models(models: Path) -> None:
         subprocess.run([*command, "--no-progress"], check=True, cwd=ROOT)
 
 
-def reward_stats(models: Path, slug: str) -> tuple[str, float, float]:
-    """(version, mean, std) of the newest version's raw rewards on its TEST split."""
+def reward_stats(models: Path, slug: str) -> tuple[str, float, float, float | None]:
+    """(version, mean, std, pairwise accuracy) of the newest version's raw rewards on its TEST split."""
     version = max((p.parent for p in models.glob(f"{slug}/v*/rewardgate.json")), key=lambda p: int(p.name[1:]))
-    stats = json.loads((version / "rewardgate.json").read_text())["reward_stats"]
-    return version.name, float(stats["mean"]), float(stats["std"])
+    card = json.loads((version / "rewardgate.json").read_text())
+    stats = card["reward_stats"]
+    accuracy = (card.get("metrics") or {}).get("test", {}).get("accuracy")
+    return version.name, float(stats["mean"]), float(stats["std"]), accuracy
 
 
 # ---------------------------------------------------------------- 2. candidates
@@ -549,7 +551,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     stats = {slug: reward_stats(models, slug) for slug in (*SCORERS, *tulu_scorers[1:])}
 
     def normalized(slug: str, finals: list[list[float]]) -> list[list[float | None]]:
-        _, mu, sd = stats[slug]
+        _, mu, sd, _ = stats[slug]
         return [[sigmoid((raw - mu) / sd) for raw in final] for final in finals]
 
     # calibration and every candidate's final score, with the gateway's own reward server. Tulu: the correlations,
@@ -588,8 +590,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         }
         for slug, by in rank_correlation.items()
     }}, indent=2) + "\n")  # fmt: skip
-    if not args.ns:  # --ns "": the calibration file and the simulation only
-        return report_calibration_only(rank_correlation, counted)
     simulated = {slug: {n: sweep(tulu_cal, cal_tulu[slug], n) for n in args.ns} for slug in tulu_scorers}
     chosen = {slug: choose(simulated[slug][8 if 8 in args.ns else args.ns[0]]) for slug in tulu_scorers}
     for slug, picks in chosen.items():
@@ -605,6 +605,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         judges_tulu[slug][f"held_apart_{other}"] = normalized(other, eval_tulu[other]["finals"])
     thresholds_tulu = {slug: p75(normalized(slug, cal_tulu[slug]["finals"])) for slug in tulu_scorers}
     smol_norm = {slug: normalized(slug, cal_smol[slug]["finals"]) for slug in SCORERS}
+    # For scale, on the evaluated prompts: a random candidate's and plain best-of-N's mean normalized score per
+    # scorer (the GPT-4 judge's random candidate too), and the offline replay of the chosen settings there.
+    baselines: dict[str, Any] = {
+        slug: {n: {"random_mean": round(statistics.mean(v for row in judges_tulu[slug]["scorer"] for v in row[:n]), 4),
+                   "best_of_n_mean": round(statistics.mean(max(row[:n]) for row in judges_tulu[slug]["scorer"]), 4)}
+               for n in args.ns}
+        for slug in tulu_scorers
+    }  # fmt: skip
+    baselines["gpt4_judge_random_candidate"] = round(
+        statistics.mean(v for e in tulu["entries"] for v in e["judge"][:11] if v is not None), 4
+    )
+    replay_evaluated = {
+        slug: {n: {name: [round(x, 3) for x in simulate(tulu, eval_tulu[slug], n, p["checkpoints"], p["keep"])]
+                   for name, p in chosen[slug].items()} for n in args.ns}
+        for slug in tulu_scorers
+    }  # fmt: skip
 
     calibrated = settings.replace(bon_calibration_file=str(Path(args.calibration_out).resolve()))
     apps = {
@@ -621,12 +637,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                          "tulu_prompts": len(tulu["entries"]), "calibration_prompts": len(tulu_cal["entries"]),
                          "smol_prompts": len(smol["entries"]), "smol_max_tokens": args.smol_max_tokens},
             "smollm2_decode_steps_per_s_batch16": round(smol["decode_steps_per_s"], 3),
-            "reward_models": {slug: {"version": v, "test_reward_mean": mu, "test_reward_std": sd}
-                              for slug, (v, mu, sd) in stats.items()},
+            "reward_models": {slug: {"version": v, "test_reward_mean": mu, "test_reward_std": sd,
+                                     "test_accuracy": accuracy}
+                              for slug, (v, mu, sd, accuracy) in stats.items()},
             "rank_correlation": rank_correlation,
             "rank_correlation_eval_prompts": mean_rhos(eval_tulu),
             "simulated_on_calibration_prompts": simulated,
             "chosen_settings": chosen,
+            "replay_of_chosen_on_evaluated_prompts": replay_evaluated,  # [token reduction x, reward vs plain %]
+            "baselines_evaluated_prompts": baselines,
             "calibration_seconds": round(calibration_s, 1),
             "candidate_tokens_mean": {name: round(statistics.mean(len(r) for e in pl["entries"] for r in e["rows"]), 1)
                                       for name, pl in pools.items()},
@@ -635,6 +654,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         }  # fmt: skip
 
     write(args.out, report())  # the calibration, before any grid
+    if args.no_grids:
+        return report()
     async with AsyncExitStack() as stack:
         clients = {}
         for name, app in apps.items():
@@ -667,10 +688,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return report()
 
 
-def report_calibration_only(rank_correlation: Mapping[str, Any], counted: Mapping[str, Any]) -> dict[str, Any]:
-    return {"command": " ".join(["python", *sys.argv]), "rank_correlation": rank_correlation, "prompts": counted}
-
-
 def write(path: str, report: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -684,8 +701,9 @@ if __name__ == "__main__":
                         help="also score the Tulu source with this reward-model directory (repeatable)")
     parser.add_argument("--smol-prompts", type=int, default=8)
     parser.add_argument("--smol-max-tokens", type=int, default=64)
-    parser.add_argument("--ns", type=lambda s: [int(x) for x in s.split(",") if x], default=[4, 8, 16],
-                        help='"": write the calibration file only')
+    parser.add_argument("--ns", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 16])
+    parser.add_argument("--no-grids", action="store_true",
+                        help="calibration, simulations and baselines only: no strategy runs through the gateway")
     parser.add_argument("--tokens-per-s", type=float, default=100.0)
     parser.add_argument("--concurrency", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "docs" / "budgeted_bon.json"))
