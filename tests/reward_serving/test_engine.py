@@ -196,3 +196,19 @@ def test_bfloat16_on_cpu_loads_bf16_weights_and_scores_within_bf16_rounding(
 def test_an_unknown_dtype_is_a_load_error_naming_it(store: Path) -> None:
     with pytest.raises(ModelLoadError, match="dtype 'float8' is not one of auto, float32, bfloat16"):
         TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu", dtype="float8")
+
+
+@pytest.mark.slow  # inductor compiles C++ kernels: ~30 s on 2 quiet cores
+def test_compiled_encoder_on_cpu_is_frozen_whole_and_scores_as_eager(store: Path) -> None:
+    """`--compile` on a CPU compiles an encoder whole with inductor freezing (the model object replaced; a decoder
+    compiles its repeated blocks instead); batches of new sizes score like the eager engine, no prompt reuse."""
+    eager = TorchRewardEngine.load(store / "bert-rm/v1", device="cpu")
+    compiled = TorchRewardEngine.load(store / "bert-rm/v1", device="cpu", compile_blocks=True)
+    try:
+        assert isinstance(compiled.model, torch._dynamo.eval_frame.OptimizedModule)
+        assert compiled.packing is False and compiled.shares_prefixes is False
+        for batch in (CONVERSATIONS, CONVERSATIONS[:2], CONVERSATIONS[2:]):
+            assert compiled.score(batch) == pytest.approx(eager.score(batch), abs=1e-5)
+    finally:
+        compiled.close()
+        eager.close()
