@@ -88,7 +88,10 @@ class ServerSettings:
     )
     body_timeout_s: float = field(default=30.0, metadata={"help": "time a client has to send a whole body (408 after)"})
     max_conversations: int = field(default=1024, metadata={"help": "most conversations in one request"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model's layers (GPU)"})
+    compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the model (its layers on GPU; an encoder whole, frozen, on CPU)"},
+    )
     packing: bool = field(
         default=False,
         metadata={"help": "torch engine: score rows packed, no pads computed (reward_serving.packing; BENCHMARKS)"},
