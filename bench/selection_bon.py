@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--train-args", default="", help="more rewardgate-train flags, e.g. '--base-model smollm2'")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval-dtype", default="float32", help="the reward server's dtype (bfloat16: faster on AMX)")
+    parser.add_argument("--criteria-timeout-s", type=float, default=600.0, help="eval's timeout per criterion call")
     parser.add_argument("--eval-limit", type=int, default=0, help="score at most this many pairs of each set (0 = all)")
     parser.add_argument("--evaluate", default="", help="evaluate this model directory instead of training one")
     parser.add_argument("--keep-model", default="", help="copy the trained model directory here")
@@ -203,8 +204,10 @@ def main() -> None:
         results["model_card"] = {k: meta.get(k) for k in ("config", "data", "training", "metrics", "objective")}
         if args.keep_model:
             run(["cp", "-r", str(models / slug / "v1"), args.keep_model])
+        # A slow scorer (a decoder on a busy CPU) must not time out: a failed criterion leaves its prompt unpicked.
         common = ["--criterion", slug, "--models-dir", str(models), "--store-url", str(tmp / "eval.db"),
-                  "--device", "cpu", "--reward-dtype", args.eval_dtype]  # fmt: skip
+                  "--device", "cpu", "--reward-dtype", args.eval_dtype,
+                  "--criteria-timeout-s", str(args.criteria_timeout_s)]  # fmt: skip
         replay = ["--data", str(files["replay"]), "--max-candidates", str(CANDIDATES)]
         results["replay"] = json.loads(run([sys.executable, "-m", "gateway", "eval", "replay", *replay, *common]))
         results["pairs"] = {}
@@ -223,7 +226,10 @@ def report(results: dict[str, Any]) -> None:
     training = results["model_card"]["training"] or {}
     print(f"\ntrained {json.dumps(training)}; peak RSS {results.get('train_peak_rss_gib')} GiB")
     means = results["replay"]["mean_label"]
-    print(f"best-of-{CANDIDATES} on {results['replay']['labelled_rows']} unseen prompts (win rate vs GPT-3.5):")
+    replay = results["replay"]
+    print(f"best-of-{CANDIDATES} on {replay['labelled_rows']} unseen prompts (win rate vs GPT-3.5):")
+    if replay.get("unpicked"):
+        print(f"  WARNING: {replay['unpicked']} of {replay['rows']} prompts unpicked (their scoring failed)")
     for name in ("criterion", "random", "longest", "oracle"):
         print(f"  {'reward model' if name == 'criterion' else name:14} {100 * means[name]:5.1f} %")
     print("pairwise accuracy (reward model | longer wins | random 50 %):")

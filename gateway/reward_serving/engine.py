@@ -147,6 +147,7 @@ class TorchRewardEngine:
         )
         if compile_blocks:  # compile now, so a model that does not compile fails to load, not to score
             engine.score_batch([[engine.pad_token_id] * 8, [engine.pad_token_id] * 5])
+            engine.score_batch([[engine.pad_token_id] * 6])  # dynamic shapes still specialise a batch of one row
         return engine
 
     # ------------------------------------------------------------ render (any thread)
