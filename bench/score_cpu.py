@@ -19,11 +19,12 @@ through the same server with `--engine vllm`: the peer, which batches and schedu
 
 With `--modes batched,packed` the same batched server with the engine's packing on (no pads computed) is measured
 beside it; `compiled` adds it with `--compile` (engine.compile_model: on a CPU the encoder compiled whole with
-inductor freezing), and its forward-pass ceiling beside the eager one. After each dtype, every served level's
+inductor freezing), and its forward-pass ceiling beside the eager one; `compiled_packed` with both (`--compile
+--packing`: the packed passes compiled, packing.pin), and its ceiling too. After each dtype, every served level's
 rate is printed against the ceiling (served / ceiling).
 
 Run: python bench/score_cpu.py [--seconds 5] [--clients 1,8,32,128] [--dtype float32,bfloat16] [--vllm]
-     [--modes batched,one_at_a_time,packed,compiled] [--rounds R]
+     [--modes batched,one_at_a_time,packed,compiled,compiled_packed] [--rounds R]
      (OUT=dir also writes score_cpu.json)
 """
 
@@ -231,13 +232,14 @@ def measure_ceiling(
     max_batch_tokens: int,
     seconds: float,
     compiled: bool = False,
+    packing: bool = False,
 ) -> Ceiling:
     """The engine's forward passes over the bodies' token ids: one request per pass, then merged batches."""
     from gateway.formats import parse_message
     from gateway.reward_serving.batcher import plan_batches
     from gateway.reward_serving.engine import TorchRewardEngine
 
-    engine = TorchRewardEngine.load(model_dir, device="cpu", dtype=dtype, compile_blocks=compiled)
+    engine = TorchRewardEngine.load(model_dir, device="cpu", dtype=dtype, compile_blocks=compiled, packing=packing)
     try:
         requests = [
             engine.render([[parse_message(m, "bench") for m in conv] for conv in body["conversations"]])
@@ -326,6 +328,7 @@ async def run_dtype(args: argparse.Namespace, store: Path, dtype: str, bodies: l
         ),
         "packed": (batched, True, False),  # batched, the rows of each pass packed with no pads (--packing)
         "compiled": (batched, False, True),  # batched, the model compiled (--compile: engine.compile_model)
+        "compiled_packed": (batched, True, True),  # both: the packed passes compiled (--compile --packing)
     }
 
     def ours() -> dict[str, Any]:
@@ -365,8 +368,10 @@ async def run_dtype(args: argparse.Namespace, store: Path, dtype: str, bodies: l
         ("vllm", "batched"),
         ("vllm", "packed"),
         ("vllm", "compiled"),
+        ("vllm", "compiled_packed"),
         ("batched", "packed"),
         ("batched", "compiled"),
+        ("batched", "compiled_packed"),
     ):
         print_ratios(dtype, rounds, peer, mine)
     return [level for results in rounds for level in results.values()]
@@ -397,8 +402,10 @@ async def main(args: argparse.Namespace) -> int:
             f"tokens/s: {ceiling.ratio:.2f}x is the most batching can gain here",
             flush=True,
         )
-        if "compiled" in args.modes:  # the same passes through the compiled model (--compile)
-            compiled = await asyncio.to_thread(
+        for mode, packing in (("compiled", False), ("compiled_packed", True)):
+            if mode not in args.modes:
+                continue
+            compiled = await asyncio.to_thread(  # the same passes through the compiled model (--compile)
                 measure_ceiling,
                 store / "minilm-rm" / "v1",
                 dtype,
@@ -406,10 +413,12 @@ async def main(args: argparse.Namespace) -> int:
                 args.max_batch_tokens,
                 args.seconds,
                 True,
+                packing,
             )
             print(
-                f"{dtype:>8} compiled ceiling: one request per pass {compiled.per_request_tokens_per_s:,.0f} tokens/s, "
-                f"merged batches {compiled.merged_tokens_per_s:,.0f} tokens/s "
+                f"{dtype:>8} {mode.replace('_', ' ')} ceiling: one request per pass "
+                f"{compiled.per_request_tokens_per_s:,.0f} tokens/s, merged batches "
+                f"{compiled.merged_tokens_per_s:,.0f} tokens/s "
                 f"({compiled.merged_tokens_per_s / ceiling.merged_tokens_per_s:.2f}x the eager ceiling)",
                 flush=True,
             )
@@ -459,7 +468,7 @@ def parse_args() -> argparse.Namespace:
         type=lambda s: s.split(","),
         default=["batched", "one_at_a_time"],
         help="our engine's modes, comma-separated: batched, one_at_a_time, packed (batched with --packing), "
-        "compiled (batched with --compile)",
+        "compiled (batched with --compile), compiled_packed (batched with --compile --packing)",
     )
     parser.add_argument(
         "--dtype",

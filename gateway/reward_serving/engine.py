@@ -76,6 +76,7 @@ class TorchRewardEngine:
         name: str = "model",
         share_prefixes: bool = True,
         packing: bool = False,
+        pinned: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -99,8 +100,10 @@ class TorchRewardEngine:
         self._cache_kwarg = next((k for k in ("past_key_values", "cache") if k in backbone_params), None)
         self.shares_prefixes = share_prefixes and getattr(model, "score", None) is not None and bool(self._cache_kwarg)
         self.min_shared_prefix = MIN_SHARED_PREFIX  # the batcher's budget counts such a prompt once
-        # Rows without a shared prompt: packed (no pads computed, reward_serving.packing) or right-padded.
-        self.packing = packing
+        # Rows without a shared prompt: packed (no pads computed, reward_serving.packing) or right-padded. `pinned`:
+        # the model was set up packed for good before it was compiled (packing.pin): every batch is packed.
+        self.packing = packing or pinned
+        self.pinned = pinned
         if packing:
             from . import packing as packed_scoring
 
@@ -135,8 +138,12 @@ class TorchRewardEngine:
         model.to(target).eval()
         max_length = _max_length(card if max_length is None else {"max_length": max_length}, model.config, path)
         if compile_blocks:
+            if packing:  # packed passes compiled: the packed attention set for good first (packing.pin)
+                from .packing import pin
+
+                pin(model)
             model = compile_model(model, target)
-        # Compiled layers were measured on padded passes only; the shared-prompt path stays off with them.
+        # Compiled layers were measured on padded and packed passes; the shared-prompt path stays off with them.
         engine = cls(
             model,
             tokenizer,
@@ -144,6 +151,7 @@ class TorchRewardEngine:
             name=path.parent.name + "-" + path.name,
             share_prefixes=not compile_blocks,
             packing=packing and not compile_blocks,
+            pinned=packing and compile_blocks,
         )
         if compile_blocks:  # compile now, so a model that does not compile fails to load, not to score
             engine.score_batch([[engine.pad_token_id] * 8, [engine.pad_token_id] * 5])
@@ -190,14 +198,17 @@ class TorchRewardEngine:
 
     def _score_rows(self, batch: Sequence[Sequence[int]]) -> list[float]:
         """Rows scored whole: packed when packing is on (falling back to padded passes for good if this model's
-        layers do not take it), else right-padded."""
-        if self.packing and len(batch) > 1:
+        layers do not take it; a pinned model has no padded pass to fall back to), else right-padded."""
+        if self.packing and (self.pinned or len(batch) > 1):
             from .packing import score_packed
 
             try:
                 with torch.inference_mode():
-                    return [float(s) for s in score_packed(self.model, batch, self.device).float().cpu().tolist()]
+                    scores = score_packed(self.model, batch, self.device, pinned=self.pinned)
+                    return [float(s) for s in scores.float().cpu().tolist()]
             except Exception:
+                if self.pinned:
+                    raise
                 logger.exception("packed scoring failed; this model is scored in padded passes only")
                 self.packing = False
         return self._score_padded(batch)

@@ -9,14 +9,20 @@ SDPA with each row's key mask (bidirectional for encoders; causal for decoders, 
 as in `formats.pool_rewards`) and scatters the outputs back. The pooling rule is `formats.pool_rewards`' (a
 decoder's `score` head at each row's last token; an encoder's own head at each row's first token, [CLS], by
 handing the head one (rows, 1, hidden) block), so scores equal the padded pass's up to rounding (tested within
-1e-5 in float32). Must not import the web layer; imports torch and transformers.
+1e-5 in float32).
+
+Compiled (`--compile --packing`): `pin` sets `PACKED` on the model for good and hooks its last layer once, before
+`torch.compile`, so the compiled graph sees the same modules on every call (no per-call switch to recompile on), and
+every batch, a single row too, is scored packed. The attention indexes the block with integer positions (`flat`),
+not a boolean mask, so nothing in a pass has a data-dependent shape. Must not import the web layer; imports torch
+and transformers.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +41,7 @@ class Packing:
     lengths: torch.Tensor  # (rows,)
     gather: torch.Tensor  # (rows, longest): the packed index of each (row, position), 0 beyond a row's end
     valid: torch.Tensor  # (rows, longest) bool: real positions
+    flat: torch.Tensor  # (tokens,): where each packed token lies in the (rows x longest) block, in packed order
     causal: bool
     jagged: bool = False  # attention on nested (jagged) tensors instead of the gathered padded block
 
@@ -45,7 +52,7 @@ class Packing:
         positions = torch.arange(int(sizes.max()), device=device).unsqueeze(0)
         valid = positions < sizes.unsqueeze(1)
         gather = torch.where(valid, starts.unsqueeze(1) + positions, torch.zeros_like(positions))
-        return cls(starts, sizes, gather, valid, causal, jagged)
+        return cls(starts, sizes, gather, valid, valid.reshape(-1).nonzero()[:, 0], causal, jagged)
 
 
 def packed_attention_forward(
@@ -75,7 +82,8 @@ def packed_attention_forward(
     mask = None if packing.causal else packing.valid[:, None, None, :]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, is_causal=packing.causal)
     # (rows, heads, longest, dim) -> the real positions, in packed order: (1, tokens, heads, dim)
-    return out.transpose(1, 2)[packing.valid].unsqueeze(0), None
+    out = out.transpose(1, 2).reshape(rows * width, out.shape[1], out.shape[-1])
+    return out.index_select(0, packing.flat).unsqueeze(0), None
 
 
 def _jagged_attention(
@@ -118,7 +126,7 @@ def register() -> None:
 def packed_attention(model: Any) -> Iterator[None]:
     """`model` (and every submodule sharing its config) attends with `PACKED` inside the block."""
     with _LOCK:
-        configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
+        configs = _configs(model)
         saved = {key: config._attn_implementation for key, config in configs.items()}
         for config in configs.values():
             config._attn_implementation = PACKED
@@ -129,16 +137,31 @@ def packed_attention(model: Any) -> Iterator[None]:
                 config._attn_implementation = saved[key]
 
 
+def pin(model: Any) -> None:
+    """`model` scored packed for good, ready for torch.compile: `PACKED` attention and, for an encoder, its last
+    layer's first-token output (`first_tokens_out`), both set once (score_packed with `pinned=True` scores it)."""
+    register()
+    for config in _configs(model).values():
+        config._attn_implementation = PACKED
+    if getattr(model, "score", None) is None:
+        first_tokens_out(model)
+
+
+def _configs(model: Any) -> dict[int, Any]:
+    return {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
+
+
 def score_packed(
-    model: Any, rows: Sequence[Sequence[int]], device: torch.device, *, jagged: bool = False
+    model: Any, rows: Sequence[Sequence[int]], device: torch.device, *, jagged: bool = False, pinned: bool = False
 ) -> torch.Tensor:
-    """One scalar reward per row, `formats.pool_rewards`' rule, computed on the packed rows. Returns (rows,)."""
+    """One scalar reward per row, `formats.pool_rewards`' rule, computed on the packed rows. Returns (rows,).
+    `pinned`: the model went through `pin` (possibly compiled since); else packing is switched on for this pass."""
     head = getattr(model, "score", None)
     lengths = [len(row) for row in rows]
     packing = Packing.of(lengths, device, causal=head is not None, jagged=jagged)
     ids = torch.tensor([token for row in rows for token in row], device=device).unsqueeze(0)
     positions = torch.cat([torch.arange(n, device=device) for n in lengths]).unsqueeze(0)
-    with packed_attention(model):
+    with nullcontext() if pinned else packed_attention(model):
         if head is not None:  # a decoder: its score head at each row's last token
             backbone = getattr(model, model.base_model_prefix)
             hidden = backbone(input_ids=ids, position_ids=positions, use_cache=False, rewardgate_packing=packing)
@@ -147,21 +170,83 @@ def score_packed(
             return scores
         # An encoder: its own head on each row's [CLS]. The last layer hands on (rows, 1, hidden), each row's first
         # token, so whatever the head reads at position 0 (a pooler, a classifier) is that row's.
-        layer = last_layer(model)
-        handle = layer.register_forward_hook(lambda _m, _a, out: _first_tokens(out, packing.starts))
-        try:
-            logits: torch.Tensor = model(
-                input_ids=ids, position_ids=positions, token_type_ids=torch.zeros_like(ids), rewardgate_packing=packing
-            ).logits
-        finally:
-            handle.remove()
+        if not pinned:
+            first_tokens_out(model)
+        logits: torch.Tensor = model(
+            input_ids=ids, position_ids=positions, token_type_ids=torch.zeros_like(ids), rewardgate_packing=packing
+        ).logits
         return logits[:, 0]
 
 
-def _first_tokens(output: Any, starts: torch.Tensor) -> Any:
+def first_tokens_out(model: Any) -> None:
+    """In packed passes, an encoder's last layer hands on each row's first token ([CLS]) alone, as (rows, 1, hidden):
+    its head reads nothing else. A BERT-shaped layer (BERT, RoBERTa, MiniLM, XLM-R, ELECTRA: `_bert_shaped`) then
+    computes only those tokens' queries, attention, output projection and feed-forward, its keys and values still
+    over every token of its row: of a 6-layer MiniLM's projection and MLP work, 14 % is skipped. Any other layer
+    computes every token and a forward hook keeps the first ones. Passes without packing are untouched. Idempotent."""
+    layer = last_layer(model)
+    if getattr(layer, "rewardgate_first_tokens", False):
+        return
+    if _bert_shaped(layer):
+        whole = layer.forward
+
+        def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            packing: Packing | None = kwargs.get("rewardgate_packing")
+            if packing is None:
+                return whole(hidden_states, *args, **kwargs)
+            return _first_token_layer(layer, hidden_states, packing)
+
+        layer.forward = forward
+    else:
+        layer.register_forward_hook(_first_tokens, with_kwargs=True)
+    setattr(layer, "rewardgate_first_tokens", True)  # noqa: B010 (a plain attribute; Module's typing wants a Tensor)
+
+
+def _bert_shaped(layer: torch.nn.Module) -> bool:
+    """A post-norm encoder layer as transformers' BERT writes it, with nothing that `_first_token_layer` leaves out."""
+    attention = getattr(layer, "attention", None)
+    heads = getattr(attention, "self", None)
+    return (
+        all(hasattr(heads, name) for name in ("query", "key", "value", "num_attention_heads", "attention_head_size"))
+        and hasattr(heads, "scaling")
+        and not getattr(heads, "is_decoder", False)
+        and hasattr(attention, "output")
+        and hasattr(layer, "intermediate")
+        and hasattr(layer, "output")
+        and not hasattr(layer, "crossattention")
+    )
+
+
+def _first_token_layer(layer: Any, hidden: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """A BERT-shaped layer's output at each row's first token, from the packed (1, tokens, hidden) input."""
+    heads = layer.attention.self
+    rows, width = packing.gather.shape
+    count, size = heads.num_attention_heads, heads.attention_head_size
+    states = hidden[0]
+    first = states.index_select(0, packing.starts)  # (rows, hidden)
+
+    def block(x: torch.Tensor) -> torch.Tensor:  # (tokens, count * size) -> (rows, count, longest, size)
+        return x[packing.gather.reshape(-1)].view(rows, width, count, size).transpose(1, 2)
+
+    query = heads.query(first).view(rows, 1, count, size).transpose(1, 2)
+    mask = packing.valid[:, None, None, :]
+    out = F.scaled_dot_product_attention(
+        query, block(heads.key(states)), block(heads.value(states)), attn_mask=mask, scale=heads.scaling
+    )
+    attended = layer.attention.output(out.transpose(1, 2).reshape(rows, count * size), first)
+    result: torch.Tensor = layer.output(layer.intermediate(attended), attended).unsqueeze(1)
+    return result
+
+
+def _first_tokens(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
+    """Forward hook on an encoder's last layer: in a packed pass, each row's first token as a (rows, 1, hidden)
+    block; in any other pass the output unchanged."""
+    packing: Packing | None = kwargs.get("rewardgate_packing")
+    if packing is None:
+        return output
     if isinstance(output, tuple):
-        return (output[0][0, starts].unsqueeze(1), *output[1:])
-    return output[0, starts].unsqueeze(1)
+        return (output[0][0, packing.starts].unsqueeze(1), *output[1:])
+    return output[0, packing.starts].unsqueeze(1)
 
 
 def last_layer(model: Any) -> torch.nn.Module:

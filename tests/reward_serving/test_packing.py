@@ -80,6 +80,25 @@ def test_the_engine_packs_rows_when_asked_and_scores_as_padded(model_dir: Path) 
         packed.close()
 
 
+def test_a_bert_last_layer_computes_only_each_rows_first_token_in_packed_passes(store: Path) -> None:
+    """The head reads [CLS] alone, so the last layer's queries, attention output and feed-forward run on one token
+    per row (packing.first_tokens_out); a padded pass (a single row) still runs the whole layer."""
+    engine = TorchRewardEngine.load(store / "bert-rm/v1", device="cpu", packing=True)
+    seen: list[tuple[int, ...]] = []
+    layer = packing.last_layer(engine.model)
+    hook = layer.intermediate.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    try:
+        scores = engine.score_batch(ROWS)
+        engine.score_batch(ROWS[:1])
+    finally:
+        hook.remove()
+        engine.close()
+    hidden = seen[0][-1]
+    assert seen == [(len(ROWS), hidden), (1, len(ROWS[0]), hidden)]
+    plain = TorchRewardEngine.load(store / "bert-rm/v1", device="cpu").model
+    assert scores == pytest.approx(alone(plain, ROWS), abs=1e-5)
+
+
 def test_bfloat16_packed_scores_within_bf16_rounding(model_dir: Path) -> None:
     reference = TorchRewardEngine.load(model_dir, device="cpu").score_batch(ROWS)
     half = TorchRewardEngine.load(model_dir, device="cpu", dtype="bfloat16", packing=True)
@@ -110,3 +129,21 @@ def test_a_model_whose_layers_do_not_take_packing_falls_back_to_padded_passes(
 def test_the_server_setting_reaches_the_engine() -> None:
     assert ServerSettings(models_dir="m").packing is False
     assert ServerSettings(models_dir="m", packing=True).packing is True
+
+
+@pytest.mark.slow  # inductor compiles C++ kernels: ~20-40 s per model on 2 quiet cores
+def test_compiled_packed_passes_score_as_padded_for_any_batch_size(model_dir: Path) -> None:
+    """`--compile --packing`: the packed attention pinned before compiling; every batch, a single row too, goes
+    through it (no padded pass left), and batches of new sizes score like the eager padded engine."""
+    eager = TorchRewardEngine.load(model_dir, device="cpu")
+    compiled = TorchRewardEngine.load(model_dir, device="cpu", compile_blocks=True, packing=True)
+    try:
+        assert compiled.pinned and compiled.packing and not compiled.shares_prefixes
+        assert {m.config._attn_implementation for m in compiled.model.modules() if hasattr(m, "config")} == {
+            packing.PACKED
+        }
+        for rows in (ROWS, ROWS[:5], ROWS[1:2], [*ROWS, *ROWS[::-1]]):
+            assert compiled.score_batch(rows) == pytest.approx(eager.score_batch(rows), abs=1e-5)
+    finally:
+        compiled.close()
+        eager.close()
