@@ -40,6 +40,9 @@ class BatcherConfig:
     # > 0: the engine computes a prompt of at least this many tokens shared by a request's rows once, so the budget
     # counts each such prompt once plus every row's own tokens (what the passes compute), not rows x longest row
     shared_prefix_min: int = 0
+    # The engine packs a pass's rows with no pads (reward_serving.packing): a pass costs its real tokens, and rows
+    # are sorted by length only within arrival-ordered chunks of two passes' tokens (plan_batches)
+    packed_rows: bool = False
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
@@ -67,6 +70,7 @@ def plan_batches(
     max_batch_size: int,
     groups: Sequence[int] | None = None,
     prefixes: Sequence[int] | None = None,
+    packed: bool = False,
 ) -> list[list[int]]:
     """Indices grouped into batches: sorted by length, each batch's cost within the budget.
 
@@ -76,8 +80,18 @@ def plan_batches(
     shortest row: an engine that computes a shared prompt once wants a request's candidates in one pass.
     A batch costs rows x longest row (right padding); with `prefixes` too (per row, the leading tokens it shares
     with its group's other rows, 0 for none) it costs what a prompt-sharing engine computes (`BatchCost`).
+    `packed` (an engine that computes no pads): a batch costs its rows' tokens, and rows are taken in their order
+    (arrival) in chunks of two budgets' tokens, sorted by length within a chunk: a pass's rows stay alike in length
+    (packed attention still pads each row to the pass's longest), and no row waits behind more than about two
+    passes of rows that came after it (sorting a whole window put a long row's request last, every time).
     """
-    if groups is None:
+    if packed:
+        chunks, seen = [], 0
+        for length in lengths:
+            chunks.append(seen // (2 * max_batch_tokens))
+            seen += length
+        order = sorted(range(len(lengths)), key=lambda i: (chunks[i], lengths[i]))
+    elif groups is None:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     else:
         shortest: dict[int, int] = {}
@@ -94,19 +108,19 @@ def plan_batches(
             runs.append([index])
     batches: list[list[int]] = []
     current: list[int] = []
-    cost = BatchCost()
+    cost = BatchCost(packed=packed)
     for run in runs:
         trial = cost.copy()
         for index in run:
             trial.add(lengths[index], shared[index], group_of[index])
         if current and (trial.tokens > max_batch_tokens or len(current) + len(run) > max_batch_size):
             batches.append(current)  # the group starts the next pass rather than being split across two
-            current, cost = [], BatchCost()
+            current, cost = [], BatchCost(packed=packed)
         for index in run:  # a group too big for one pass is split, row by row
             row = (lengths[index], shared[index], group_of[index])
             if current and (cost.adding(*row) > max_batch_tokens or len(current) + 1 > max_batch_size):
                 batches.append(current)
-                current, cost = [], BatchCost()
+                current, cost = [], BatchCost(packed=packed)
             current.append(index)
             cost.add(*row)
     if current:
@@ -118,8 +132,11 @@ def plan_batches(
 class BatchCost:
     """The tokens one pass computes. Rows without a shared prefix: right-padded, rows x longest. Rows with one (a
     prompt-sharing engine's groups): every group's prompt once, padded to the longest prompt, plus every such
-    row's own tokens, padded to the longest of them (`TorchRewardEngine._score_shared_prefixes`)."""
+    row's own tokens, padded to the longest of them (`TorchRewardEngine._score_shared_prefixes`). `packed`: the
+    rows' own tokens, no pads (reward_serving.packing)."""
 
+    packed: bool = False
+    real: int = 0
     plain_rows: int = 0
     plain_width: int = 0
     shared_rows: int = 0
@@ -129,6 +146,8 @@ class BatchCost:
 
     def adding(self, length: int, prefix: int, group: int) -> int:
         """The cost with one more row."""
+        if self.packed:
+            return self.real + length
         if not prefix:
             return (self.plain_rows + 1) * max(self.plain_width, length) + self._shared()
         prompts = len(self.groups) + (group not in self.groups)
@@ -138,6 +157,7 @@ class BatchCost:
         return self.plain_rows * self.plain_width + shared
 
     def add(self, length: int, prefix: int, group: int) -> None:
+        self.real += length
         if not prefix:
             self.plain_rows, self.plain_width = self.plain_rows + 1, max(self.plain_width, length)
             return
@@ -151,6 +171,8 @@ class BatchCost:
 
     @property
     def tokens(self) -> int:
+        if self.packed:
+            return self.real
         return self.plain_rows * self.plain_width + self._shared()
 
     def _shared(self) -> int:
@@ -307,14 +329,16 @@ class Batcher:
         loop = asyncio.get_running_loop()
         items = [(request, i, ids) for request in window for i, ids in enumerate(request.items)]
         lengths = [len(ids) for _, _, ids in items]
-        groups = [id(request) for request, _, _ in items] if self.config.keep_requests_together else None
+        config = self.config
+        groups = [id(request) for request, _, _ in items] if config.keep_requests_together else None
         shared = {id(r): self._shared_prefix(r.items) for r in window} if groups is not None else {}
         prefixes = [shared.get(id(request), 0) for request, _, _ in items]
-        config = self.config
-        plan = plan_batches(lengths, config.max_batch_tokens, config.max_batch_size, groups, prefixes)
+        plan = plan_batches(
+            lengths, config.max_batch_tokens, config.max_batch_size, groups, prefixes, packed=config.packed_rows
+        )
         for batch in plan:
             live = [items[j] for j in batch if not items[j][0].cancelled]  # a cancelled request's work is dropped
-            cost = BatchCost()
+            cost = BatchCost(packed=config.packed_rows)
             for request, _, ids in live:
                 cost.add(len(ids), shared.get(id(request), 0), id(request))
             if not live:
@@ -368,7 +392,9 @@ class TokenEngine(Protocol):
     """What `BatchedModel` needs from an engine: render on any thread, score on its own worker thread.
 
     An engine that also has `shares_prefixes = True` (it computes a prompt shared by rows of one pass once)
-    gets each request's rows planned into one pass where the budget allows."""
+    gets each request's rows planned into one pass where the budget allows; one with `packing = True` instead (it
+    computes no pads) gets passes budgeted in real tokens, planned in arrival-ordered chunks
+    (`BatcherConfig.packed_rows`)."""
 
     @property
     def memory_bytes(self) -> int: ...
@@ -400,6 +426,9 @@ class BatchedModel:
                 keep_requests_together=True,
                 shared_prefix_min=int(getattr(engine, "min_shared_prefix", 0)),
             )
+        elif getattr(engine, "packing", False):  # no pads computed: budget real tokens, arrival-ordered chunks
+            # (an engine whose packing fails falls back to padded passes of this plan, slower, never wrong)
+            config = dataclasses.replace(config or BatcherConfig(), packed_rows=True)
         self.batcher = Batcher(engine.score_tokens, config, on_batch=on_batch)
 
     @property

@@ -119,10 +119,12 @@ class TorchRewardEngine:
         dtype: str = "auto",
         compile_blocks: bool = False,
         max_length: int | None = None,
-        packing: bool = False,
+        packing: bool | str = False,
     ) -> TorchRewardEngine:
         """Load a reward-model directory written by the trainer (blocking: call it off the event loop).
-        `max_length` overrides the card's (the importer loads a directory before its card exists)."""
+        `max_length` overrides the card's (the importer loads a directory before its card exists). `packing`: True,
+        False or "auto" (`packing.suits`); either way it stays off, logged, unless a probe pass scores packed rows
+        as padded ones (`packing.scores_as_padded`)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = Path(path)
@@ -137,6 +139,7 @@ class TorchRewardEngine:
             raise ModelLoadError(f"{path}: a reward model has num_labels=1, this one has {model.config.num_labels}")
         model.to(target).eval()
         max_length = _max_length(card if max_length is None else {"max_length": max_length}, model.config, path)
+        packing = _checked_packing(model, target, packing, path)
         if compile_blocks:
             if packing:  # packed passes compiled: the packed attention set for good first (packing.pin)
                 from .packing import pin
@@ -312,6 +315,27 @@ class TorchRewardEngine:
             torch.cuda.empty_cache()
 
 
+def _checked_packing(model: Any, device: torch.device, packing: bool | str, path: Path) -> bool:
+    """Whether this model scores packed: asked for (or "auto" and `packing.suits`), and its probe agrees."""
+    if packing not in (True, False, "auto"):
+        raise ModelLoadError(f"packing {packing!r} is not one of True, False, 'auto'")
+    from . import packing as packed_scoring
+
+    if packing == "auto":
+        packing = packed_scoring.suits(model)
+    if not packing:
+        return False
+    packed_scoring.register()
+    try:
+        agrees = packed_scoring.scores_as_padded(model, device)
+    except Exception:  # a model whose layers do not take the packed arguments
+        logger.exception("%s: packed scoring failed its probe; scored in padded passes", path)
+        return False
+    if not agrees:
+        logger.error("%s: packed rows do not score as padded ones (its attention ignores packing); padded passes", path)
+    return agrees
+
+
 def compile_model(model: Any, device: torch.device) -> Any:
     """`--compile`: the model to score with, compiled for `device` (measured: docs/BENCHMARKS.md).
 
@@ -350,7 +374,7 @@ def torch_loader(
     batcher: BatcherConfig | None = None,
     on_batch: Callable[[BatchStats], None] | None = None,
     compile_blocks: bool = False,
-    packing: bool = False,
+    packing: bool | str = "auto",
 ) -> Loader:
     """The registry's loader for the torch engine: a model directory -> engine behind its own batcher."""
 

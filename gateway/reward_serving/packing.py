@@ -137,6 +137,38 @@ def packed_attention(model: Any) -> Iterator[None]:
                 config._attn_implementation = saved[key]
 
 
+def suits(model: Any) -> bool:
+    """`--packing auto`: packing is on for an encoder whose last layer is BERT-shaped (`_bert_shaped`: full
+    bidirectional attention through transformers' attention interface, no local windows, soft-capping or relative
+    positions that `PACKED` would leave out). Decoders stay padded: their best-of-N rows share a prompt, computed
+    once (engine._score_shared_prefixes), and some (sliding windows, soft-capped logits) attend in ways `PACKED`
+    does not reproduce."""
+    if getattr(model, "score", None) is not None:
+        return False
+    try:
+        return _bert_shaped(last_layer(model))
+    except TypeError:  # no stack of layers
+        return False
+
+
+def scores_as_padded(model: Any, device: torch.device) -> bool:
+    """A probe at load: rows of uneven length scored packed and in one right-padded pass agree (to 1e-4 of the
+    scores' size in float32, 2e-2 in half precision). It fails for a model whose attention ignores `PACKED` and
+    lets rows see each other, which would otherwise score wrong without an error."""
+    from gateway.formats import pool_rewards
+
+    vocab = int(getattr(model.config, "vocab_size", 0) or 1000)
+    rows = [[(101 + 37 * i + 11 * j) % vocab for j in range(length)] for i, length in enumerate((5, 23, 12))]
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([[*row, *([0] * (width - len(row)))] for row in rows], device=device)
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
+    with torch.inference_mode():
+        padded = pool_rewards(model, ids, mask).float()
+        packed = score_packed(model, rows, device).float()
+    tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
+    return bool(torch.allclose(packed, padded, rtol=tolerance, atol=tolerance * (1 + float(padded.abs().max()))))
+
+
 def pin(model: Any) -> None:
     """`model` scored packed for good, ready for torch.compile: `PACKED` attention and, for an encoder, its last
     layer's first-token output (`first_tokens_out`), both set once (score_packed with `pinned=True` scores it)."""

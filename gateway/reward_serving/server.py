@@ -92,9 +92,13 @@ class ServerSettings:
         default=False,
         metadata={"help": "torch.compile the model (its layers on GPU; an encoder whole, frozen, on CPU)"},
     )
-    packing: bool = field(
-        default=False,
-        metadata={"help": "torch engine: score rows packed, no pads computed (reward_serving.packing; BENCHMARKS)"},
+    packing: str = field(
+        default="auto",
+        metadata={
+            "help": "torch engine: score a pass's rows packed, no pads computed (reward_serving.packing); auto: on for "
+            "BERT-shaped encoders; any setting stays off for a model whose probe pass does not score as padded",
+            "choices": ("auto", "on", "off"),
+        },
     )
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 429/503"})
 
@@ -356,7 +360,7 @@ def _default_loader(settings: ServerSettings, metrics: RewardServerMetrics) -> L
         batcher=settings.batcher_config(),
         on_batch=metrics.record_batch,
         compile_blocks=settings.compile,
-        packing=settings.packing,
+        packing={"on": True, "off": False}.get(settings.packing, settings.packing),
     )
 
 

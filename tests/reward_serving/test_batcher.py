@@ -66,6 +66,38 @@ def test_with_shared_prefixes_the_budget_counts_each_prompt_once() -> None:
     assert cost.tokens == 1 * 80 + 2 * 20 + 2 * 50
 
 
+def test_packed_plans_budget_real_tokens_and_sort_only_within_arrival_chunks() -> None:
+    """An engine that computes no pads: a pass costs its rows' tokens, and rows are sorted by length only within
+    chunks of two budgets' tokens in arrival order, so a late short row never jumps a whole window of long ones."""
+    lengths = [3, 9, 2, 4, 8, 1]
+    # one chunk (27 tokens < 2 x 18): sorted by length, 1 + 2 + 3 + 4 + 8 = 18 fit a budget that padding would
+    # count as 5 x 8 = 40
+    assert plan_batches(lengths, max_batch_tokens=18, max_batch_size=8, packed=True) == [[5, 2, 0, 3, 4], [1]]
+    # budget 6: chunks of 12 tokens by arrival, [3, 9] then [2, 4, 8] then [1]; sorted within each
+    assert plan_batches(lengths, max_batch_tokens=6, max_batch_size=8, packed=True) == [[0], [1], [2, 3], [4], [5]]
+    cost = BatchCost(packed=True)
+    for length in lengths:
+        cost.add(length, 0, 0)
+    assert cost.tokens == sum(lengths)
+
+
+async def test_an_engine_that_packs_rows_gets_real_token_passes_in_arrival_chunks() -> None:
+    class PackingEngine(FakeEngine):
+        packing = True
+
+    model = BatchedModel(PackingEngine(), BatcherConfig(max_batch_tokens=10))
+    assert model.batcher.config.packed_rows and not model.batcher.config.keep_requests_together
+    await model.aclose()
+    scorer = FakeScorer()
+    batcher = Batcher(scorer, BatcherConfig(max_batch_tokens=10, packed_rows=True))
+    a, b, c = rows(9, 2, start=1), rows(10, 3, start=2), rows(1, start=3)
+    results = await asyncio.wait_for(asyncio.gather(batcher.submit(a), batcher.submit(b), batcher.submit(c)), 5)
+    assert results == [expected(a), expected(b), expected(c)]
+    # chunks of 20 tokens in arrival order: [9, 2, 10] and [3, 1]; by length within each, passes of <= 10 tokens
+    assert [[len(row) for row in batch] for batch in scorer.batches] == [[2], [9], [10], [1, 3]]
+    await batcher.aclose()
+
+
 async def test_requests_stay_whole_in_a_pass_for_an_engine_that_shares_prompts() -> None:
     class SharingEngine(FakeEngine):
         shares_prefixes = True

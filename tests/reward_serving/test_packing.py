@@ -15,7 +15,9 @@ import torch
 from gateway.formats import pool_rewards
 from gateway.reward_serving import packing
 from gateway.reward_serving.engine import TorchRewardEngine
-from gateway.reward_serving.server import ServerSettings
+from gateway.reward_serving.metrics import RewardServerMetrics
+from gateway.reward_serving.registry import ModelVersion
+from gateway.reward_serving.server import ServerSettings, _default_loader
 
 ROWS = [[random.Random(k).randint(5, 90) for _ in range(n)] for k, n in enumerate((3, 40, 17, 1, 29, 8, 40, 2))]
 
@@ -126,9 +128,54 @@ def test_a_model_whose_layers_do_not_take_packing_falls_back_to_padded_passes(
         engine.close()
 
 
-def test_the_server_setting_reaches_the_engine() -> None:
-    assert ServerSettings(models_dir="m").packing is False
-    assert ServerSettings(models_dir="m", packing=True).packing is True
+def test_the_server_setting_reaches_the_engine(store: Path) -> None:
+    assert ServerSettings(models_dir="m").packing == "auto"
+    for setting, packs in (("auto", True), ("on", True), ("off", False)):
+        settings = ServerSettings(models_dir=str(store), device="cpu", packing=setting)
+        loader = _default_loader(settings, RewardServerMetrics())
+        model = loader(ModelVersion("bert-rm", 1, store / "bert-rm/v1"))
+        try:
+            assert model.engine.packing is packs
+            assert model.batcher.config.packed_rows is packs  # budgeted in real tokens, first come first scored
+        finally:
+            model.engine.close()
+
+
+def test_auto_packs_a_bert_shaped_encoder_and_leaves_a_decoder_padded(store: Path) -> None:
+    encoder = TorchRewardEngine.load(store / "bert-rm/v1", device="cpu", packing="auto")
+    decoder = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu", packing="auto")
+    try:
+        assert encoder.packing and not decoder.packing
+        assert packing.suits(encoder.model) and not packing.suits(decoder.model)
+    finally:
+        encoder.close()
+        decoder.close()
+
+
+def test_a_model_whose_attention_lets_packed_rows_see_each_other_is_left_padded(
+    model_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load probe: an attention that ignores packing (one sequence, every row attending to every other) would
+    score wrong without an error; the probe sees packed and padded scores differ and keeps the model padded."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def leaky(module: Any, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:
+        kwargs.pop("rewardgate_packing")
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+    real = packing.packed_attention_forward
+    monkeypatch.setattr(packing, "packed_attention_forward", leaky)  # what packing.register() registers
+    try:
+        engine = TorchRewardEngine.load(model_dir, device="cpu", packing=True)
+    finally:
+        AttentionInterface.register(packing.PACKED, real)
+    try:
+        assert engine.packing is False
+        assert "do not score as padded ones" in caplog.text
+        assert engine.score_batch(ROWS) == pytest.approx(alone(engine.model, ROWS), abs=1e-5)
+    finally:
+        engine.close()
 
 
 @pytest.mark.slow  # inductor compiles C++ kernels: ~20-40 s per model on 2 quiet cores
