@@ -6,7 +6,9 @@ Owns loading (dtype `auto`: bf16 on CUDA, float32 on CPU; SDPA attention), rende
 runs a forward pass. Shared-prompt reuse for decoders: rows of one pass that share a prompt (the N candidates
 of a best-of-N request, which the batcher keeps together for this engine) compute it once and score each
 answer on its KV cache, the prompts of several groups in one pass and all their answers in one more
-(`_score_shared_prefixes`). Must not import the web layer (server, starlette, httpx).
+(`_score_shared_prefixes`). Packed passes (reward_serving.packing): on where asked, or by default ("auto") for
+BERT-shaped encoders, once a probe pass at load scores packed rows as padded ones (`_checked_packing`); with
+`--compile`, compiled as packed passes. Must not import the web layer (server, starlette, httpx).
 """
 
 from __future__ import annotations
