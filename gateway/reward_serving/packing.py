@@ -11,7 +11,10 @@ decoder's `score` head at each row's last token; an encoder's own head at each r
 handing the head one (rows, 1, hidden) block), so scores equal the padded pass's up to rounding (tested within
 1e-5 in float32).
 
-Compiled (`--compile --packing`): `pin` sets `PACKED` on the model for good and hooks its last layer once, before
+Which models pack: `suits` (`--packing auto`: BERT-shaped encoders), and only after `scores_as_padded`, a probe at
+load. An encoder's last layer computes each row's first token alone in packed passes (`first_tokens_out`).
+
+Compiled (`--compile --packing`): `pin` sets `PACKED` on the model for good and sets up its last layer once, before
 `torch.compile`, so the compiled graph sees the same modules on every call (no per-call switch to recompile on), and
 every batch, a single row too, is scored packed. The attention indexes the block with integer positions (`flat`),
 not a boolean mask, so nothing in a pass has a data-dependent shape. Must not import the web layer; imports torch
