@@ -16,12 +16,14 @@ Requests are taken --window at a time (what one dispatch of the batcher sees) an
             than the shortest row of its micro-batch, each micro-batch a padded pass
   shared    (decoders) the engine's prompt sharing: each request's prompt once, the prompts of a pass together,
             then all answers on their prompts' KV caches; planned with the budget in computed tokens (BatchCost)
+  compiled_packed  (--compiled) `packed` on a model set up by `packing.pin` and compiled by `engine.compile_model`,
+            as the server's `--compile --packing` loads it
 Rounds alternate the variants' order; the rate is the rows' real tokens (prompts counted in every row, as a
 padded pass computes them) per second; printed per round and as the median, with each variant's ratio to `padded`
 and the share of pads the padded passes compute.
 
 Run: python bench/pass_variants.py [--model minilm|smollm2|bert-random|qwen-random] [--device cpu|cuda]
-     [--dtype float32,bfloat16] [--window 32] [--max-batch-tokens 2048] [--rounds 3] [--seconds 4]
+     [--dtype float32,bfloat16] [--window 32] [--max-batch-tokens 2048] [--rounds 3] [--seconds 4] [--compiled]
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
 
     from gateway.reward_serving import packing
     from gateway.reward_serving.batcher import common_prefix, plan_batches
-    from gateway.reward_serving.engine import MIN_SHARED_PREFIX, TorchRewardEngine
+    from gateway.reward_serving.engine import MIN_SHARED_PREFIX, TorchRewardEngine, compile_model
 
     packing.register()
     store = Path(tempfile.mkdtemp(prefix="rewardgate-passes-"))
@@ -196,6 +198,16 @@ def main(args: argparse.Namespace) -> int:
         variants["bucketed"] = (run_bucketed, passes)
         if decoder and sharing and any(len(b) > 1 for b in shared_passes):
             variants["shared"] = (run_shared, shared_passes)
+        if args.compiled:  # a second copy of the model, packed for good and compiled (compiled at its warm-up)
+            compiled = build(dtype)
+            packing.pin(compiled.model)
+            compiled.model = compile_model(compiled.model, compiled.device)
+
+            def run_compiled(batch: Rows, engine: TorchRewardEngine = compiled) -> None:
+                with torch.inference_mode():
+                    packing.score_packed(engine.model, batch, engine.device, pinned=True).float().tolist()
+
+            variants["compiled_packed"] = (run_compiled, passes)
         for run, planned in variants.values():  # warm-up, and a check that each runs
             run(planned[0])
         rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -242,6 +254,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bucket-slack", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="per variant and round")
+    parser.add_argument("--compiled", action="store_true", help="add compiled_packed (compiles at the warm-up)")
     return parser.parse_args()
 
 

@@ -28,12 +28,12 @@ fi
 if run score; then
   timeout "${SCORE_TIMEOUT:-200}" python3 bench/score_gpu.py 2>&1 | tee "$OUT/score_gpu.log"
 fi
-if run passes; then  # issue 17 parts 1 and 2 on the GPU: padded vs packed vs bucketed, and shared prompts
-  timeout "${PASSES_TIMEOUT:-120}" python3 bench/pass_variants.py --model bert-random --device cuda --dtype bfloat16 \
+if run passes; then  # issue 17 parts 1 and 2 on the GPU: padded vs packed vs bucketed vs compiled packed, shared prompts
+  timeout "${PASSES_TIMEOUT:-180}" python3 bench/pass_variants.py --model bert-random --device cuda --dtype bfloat16 \
     --requests 512 --window 128 --max-batch-tokens 65536 --min-len 64 --max-len 512 --rounds 3 --seconds 3 \
-    2>&1 | tee "$OUT/pass_variants_encoder.log"
-  timeout "${PASSES_TIMEOUT:-120}" python3 bench/pass_variants.py --model qwen-random --device cuda --dtype bfloat16 \
+    --compiled 2>&1 | tee "$OUT/pass_variants_encoder.log"
+  timeout "${PASSES_TIMEOUT:-180}" python3 bench/pass_variants.py --model qwen-random --device cuda --dtype bfloat16 \
     --requests 256 --window 64 --max-batch-tokens 65536 --prompt-len 300 --min-len 10 --max-len 60 --rounds 3 \
-    --seconds 3 2>&1 | tee "$OUT/pass_variants_decoder.log"
+    --seconds 3 --compiled 2>&1 | tee "$OUT/pass_variants_decoder.log"
 fi
 echo "done"
