@@ -97,8 +97,11 @@ def test_a_bert_last_layer_computes_only_each_rows_first_token_in_packed_passes(
         engine.close()
     hidden = seen[0][-1]
     assert seen == [(len(ROWS), hidden), (1, len(ROWS[0]), hidden)]
-    plain = TorchRewardEngine.load(store / "bert-rm/v1", device="cpu").model
-    assert scores == pytest.approx(alone(plain, ROWS), abs=1e-5)
+    plain = TorchRewardEngine.load(store / "bert-rm/v1", device="cpu")
+    try:
+        assert scores == pytest.approx(alone(plain.model, ROWS), abs=1e-5)
+    finally:
+        plain.close()
 
 
 def test_bfloat16_packed_scores_within_bf16_rounding(model_dir: Path) -> None:
@@ -136,7 +139,7 @@ def test_the_server_setting_reaches_the_engine(store: Path) -> None:
         model = loader(ModelVersion("bert-rm", 1, store / "bert-rm/v1"))
         try:
             assert model.engine.packing is packs
-            assert model.batcher.config.packed_rows is packs  # budgeted in real tokens, first come first scored
+            assert model.batcher.config.packed_rows is packs  # budgeted in real tokens, arrival-ordered chunks
         finally:
             model.engine.close()
 
