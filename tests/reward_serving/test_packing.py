@@ -104,6 +104,26 @@ def test_a_bert_last_layer_computes_only_each_rows_first_token_in_packed_passes(
         plain.close()
 
 
+def test_an_encoder_layer_of_another_shape_computes_whole_and_hands_on_its_first_tokens(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A last layer `first_tokens_out` cannot compute for [CLS] alone runs over every token, and a hook keeps each
+    row's first one: the scores are the padded pass's all the same."""
+    monkeypatch.setattr(packing, "_bert_shaped", lambda layer: False)
+    engine = TorchRewardEngine.load(store / "bert-rm/v1", device="cpu", packing=True)
+    seen: list[tuple[int, ...]] = []
+    layer = packing.last_layer(engine.model)
+    hook = layer.intermediate.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    try:
+        assert engine.packing
+        scores = engine.score_batch(ROWS)
+        assert seen[0][:2] == (1, sum(len(row) for row in ROWS))  # the whole packed sequence
+        assert scores == pytest.approx(alone(engine.model, ROWS), abs=1e-5)
+    finally:
+        hook.remove()
+        engine.close()
+
+
 def test_bfloat16_packed_scores_within_bf16_rounding(model_dir: Path) -> None:
     reference = TorchRewardEngine.load(model_dir, device="cpu").score_batch(ROWS)
     half = TorchRewardEngine.load(model_dir, device="cpu", dtype="bfloat16", packing=True)
