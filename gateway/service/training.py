@@ -1,10 +1,10 @@
 """Training jobs: runs `python -m trainer train` as a subprocess per job and reports what it does; import jobs
 (`kind="import"`) run `python -m gateway.reward_serving import` the same way (same queue, output protocol, card).
 
-Owns the job queue (FIFO, `concurrency` at a time, one job per slug at a time), the trainer's
-command line, process-group termination, and reading the trainer's output (stdout, stderr, the
-growing metrics.jsonl, rewardgate.json) into `JobUpdate`s. Persistence and HTTP are the caller's:
-every update goes to the injected `on_update`. Must not import torch, transformers or trainer.
+Owns the job queue (FIFO, `concurrency` at a time, one job per slug at a time), the trainer's command line,
+process-group termination, and reading the trainer's output (stdout, stderr, the growing metrics.jsonl,
+rewardgate.json) into `JobUpdate`s (the parsing itself: service.trainer_output). Persistence and HTTP are the
+caller's: every update goes to the injected `on_update`. Must not import torch, transformers or trainer.
 
 Gateway restart: `aclose()` stops running trainers without reporting them, so the store still says
 TRAINING; at start-up the caller re-submits those jobs with `resume=True` (the trainer continues the
@@ -14,7 +14,6 @@ slug's newest unfinished version directory from its newest checkpoint) and QUEUE
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import json
 import logging
@@ -30,15 +29,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+from .trainer_output import Progress, TrainerOutput
+
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "rewardgate.json"  # the trainer writes it last: its presence marks a finished model
 _SLUG = re.compile(r"[a-z0-9][a-z0-9._-]*")  # the trainer's rule for --slug
 _VERSION_DIR = re.compile(r"v(\d+)")
-_TRAIN_BAR = re.compile(r"^train:.*?\|\s*(\d+)/(\d+) \[")  # the trainer's tqdm bar (desc="train")
-_ANY_BAR = re.compile(r"\|\s*\d+/\d+ \[")  # any tqdm bar: progress, not an error line
-_RESUMED = re.compile(r"^resumed from step-(\d+)")
-_TRACEBACK = "Traceback (most recent call last):"
 
 
 class JobState(StrEnum):
@@ -112,14 +109,6 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
-class Progress:
-    step: int
-    total: int | None  # None until the trainer has planned its steps
-    loss: float | None = None  # mean over the last logged window
-    accuracy: float | None = None  # training pairwise accuracy over that window
-
-
-@dataclass(frozen=True)
 class JobUpdate:
     """A snapshot of one job as the runner knows it; every report carries all of it."""
 
@@ -156,76 +145,6 @@ def import_argv(spec: JobSpec, models_dir: Path) -> list[str]:
     """The arguments after `python -m gateway.reward_serving import`: the source last, after `--`."""
     calibration = [f"--calibration={spec.data_path}"] if spec.data_path else []
     return [f"--models-dir={models_dir}", f"--slug={spec.slug}", *calibration, "--", spec.base_model]
-
-
-class TrainerOutput:
-    """What a trainer run says: progress, the resume point and an error message. Pure: fed text, no I/O.
-
-    The planned step count appears only in the trainer's progress bar (stderr), so the runner keeps it on;
-    loss and accuracy come from metrics.jsonl rows (every --log-every steps).
-    """
-
-    def __init__(self, tail_lines: int = 200) -> None:
-        self.started = False  # "config:" printed: the version directory exists
-        self.resumed_from_step: int | None = None
-        self.step = 0
-        self.total: int | None = None
-        self.loss: float | None = None
-        self.accuracy: float | None = None
-        self._stderr: deque[str] = deque(maxlen=tail_lines)
-        self._partial = ""
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    @property
-    def progress(self) -> Progress | None:
-        if self.total is None and not self.step:
-            return None  # nothing planned or logged yet
-        return Progress(self.step, self.total, self.loss, self.accuracy)
-
-    def stdout_line(self, line: str) -> None:
-        if line.startswith("config: "):
-            self.started = True
-        elif match := _RESUMED.match(line):
-            self.resumed_from_step = int(match.group(1))
-
-    def stderr_bytes(self, data: bytes, final: bool = False) -> None:
-        # tqdm redraws with "\r" and no newline, so segments end at either.
-        segments = re.split(r"[\r\n]", self._partial + self._decoder.decode(data, final))
-        self._partial = "" if final else segments.pop()
-        for segment in segments:
-            if not self._bar(segment) and segment.strip():
-                self._stderr.append(segment.rstrip())
-        if self._partial:
-            self._bar(self._partial)
-
-    def _bar(self, segment: str) -> bool:
-        if match := _TRAIN_BAR.match(segment):
-            self.step, self.total = max(self.step, int(match.group(1))), int(match.group(2))
-        return bool(_ANY_BAR.search(segment))
-
-    def metrics_text(self, text: str) -> None:
-        """Complete lines of metrics.jsonl; only `kind: train` rows are progress."""
-        for line in text.splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # not ours to validate: progress is best effort
-            if isinstance(row, dict) and row.get("kind") == "train":
-                self.step = max(self.step, int(row.get("step", 0)))
-                self.loss, self.accuracy = row.get("loss"), row.get("accuracy")
-
-    def error_message(self, returncode: int, max_lines: int = 5) -> str:
-        """The last lines of stderr; of a Python traceback only the exception, never the frames."""
-        lines = list(self._stderr)
-        starts = [i for i, line in enumerate(lines) if line.startswith(_TRACEBACK)]
-        if starts:
-            lines = lines[starts[-1] + 1 :]
-        lines = [line for line in lines if not line[:1].isspace()]  # frames, source lines, carets
-        if lines:
-            return "\n".join(lines[-max_lines:])[-2000:]
-        if returncode < 0:
-            return f"trainer killed by {signal.Signals(-returncode).name}"
-        return f"trainer exited with code {returncode}"
 
 
 @dataclass(eq=False)
