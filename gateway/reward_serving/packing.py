@@ -11,8 +11,14 @@ decoder's `score` head at each row's last token; an encoder's own head at each r
 handing the head one (rows, 1, hidden) block), so scores equal the padded pass's up to rounding (tested within
 1e-5 in float32).
 
-Which models pack: `suits` (`--packing auto`: BERT-shaped encoders), and only after `scores_as_padded`, a probe at
-load. An encoder's last layer computes each row's first token alone in packed passes (`first_tokens_out`).
+Prompt trees (decoders; issue 17 part 2): the candidates of a best-of-N request share their prompt, so a decoder's
+pass packs each such group once as a tree, the prompt then every answer with positions continuing the prompt, and
+attention (`Tree`) lets each answer see the prompt and itself, never another answer: each prompt is computed once,
+in the same pass as everything else, with no KV cache and no pads.
+
+Which models pack: `suits` (`--packing auto`: BERT-shaped encoders and plainly causal decoders), and only after
+`scores_as_padded`, a probe at load. An encoder's last layer computes each row's first token alone in packed passes
+(`first_tokens_out`).
 
 Compiled (`--compile --packing`): `pin` sets `PACKED` on the model for good and sets up its last layer once, before
 `torch.compile`, so the compiled graph sees the same modules on every call (no per-call switch to recompile on), and
@@ -47,15 +53,87 @@ class Packing:
     flat: torch.Tensor  # (tokens,): where each packed token lies in the (rows x longest) block, in packed order
     causal: bool
     jagged: bool = False  # attention on nested (jagged) tensors instead of the gathered padded block
+    tree: Tree | None = None  # the rows are prompt trees (`Tree`); None: plain causal or bidirectional rows
 
     @classmethod
-    def of(cls, lengths: Sequence[int], device: torch.device, causal: bool, jagged: bool = False) -> Packing:
+    def of(
+        cls,
+        lengths: Sequence[int],
+        device: torch.device,
+        causal: bool,
+        jagged: bool = False,
+        trees: Sequence[tuple[int, Sequence[int]]] | None = None,
+    ) -> Packing:
+        """`trees`: per row, its prompt's length and its answers' (`Tree`); causal rows only."""
         sizes = torch.tensor(lengths, device=device)
         starts = torch.cumsum(sizes, 0) - sizes
         positions = torch.arange(int(sizes.max()), device=device).unsqueeze(0)
         valid = positions < sizes.unsqueeze(1)
         gather = torch.where(valid, starts.unsqueeze(1) + positions, torch.zeros_like(positions))
-        return cls(starts, sizes, gather, valid, valid.reshape(-1).nonzero()[:, 0], causal, jagged)
+        tree = None
+        if trees is not None and any(answers for _, answers in trees):
+            if not causal or jagged:
+                raise ValueError("prompt trees are causal and gathered, not bidirectional or jagged")
+            tree = Tree.of(trees, starts.tolist(), device)
+        return cls(starts, sizes, gather, valid, valid.reshape(-1).nonzero()[:, 0], causal, jagged, tree)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Attention for packed rows that are prompt trees: a prompt followed by several answers, each answer continuing
+    the prompt (positions too), none seeing another: what each answer would see alone after its prompt, with the
+    prompt in the pass once. A row with no answers is a prompt alone (a row scored alone).
+
+    Two attention calls, so neither computes what the other masks out: every row's prompt, gathered into
+    (rows, longest prompt), causal (SDPA skips the blocks above the diagonal); then every answer token, gathered into
+    (rows with answers, longest answers), over keys that are its row's prompt then its row's answers, with a mask
+    letting it see the whole prompt and the earlier tokens of its own answer."""
+
+    prompt_gather: torch.Tensor  # (rows, longest prompt): packed index of each prompt position, 0 past its end
+    answer_gather: torch.Tensor  # (rows with answers, longest answers)
+    answer_keys: torch.Tensor  # (rows with answers, their longest prompt + longest answers): packed index of each key
+    answer_mask: torch.Tensor  # (rows with answers, 1, longest answers, keys) bool
+    # the (prompt block, answer block) outputs, flattened and concatenated, indexed into packed order
+    order: torch.Tensor
+
+    @classmethod
+    def of(cls, trees: Sequence[tuple[int, Sequence[int]]], starts: Sequence[int], device: torch.device) -> Tree:
+        prompts = torch.tensor([prompt for prompt, _ in trees])
+        width = int(prompts.max())
+        column = torch.arange(width)
+        prompt_valid = column.unsqueeze(0) < prompts.unsqueeze(1)
+        starts_t = torch.tensor(list(starts))
+        prompt_gather = torch.where(prompt_valid, starts_t.unsqueeze(1) + column, 0)
+        branched = [row for row, (_, answers) in enumerate(trees) if answers]
+        totals = torch.tensor([sum(trees[row][1]) for row in branched] or [0])
+        answer_width = int(totals.max())
+        answer_column = torch.arange(answer_width)
+        answer_valid = answer_column.unsqueeze(0) < totals.unsqueeze(1)
+        branch = torch.zeros(len(branched), answer_width, dtype=torch.long)
+        for k, row in enumerate(branched):
+            ids = [number for number, size in enumerate(trees[row][1], 1) for _ in range(size)]
+            branch[k, : len(ids)] = torch.tensor(ids)
+        answer_starts = starts_t[branched] + prompts[branched] if branched else torch.zeros(0, dtype=torch.long)
+        answer_gather = torch.where(answer_valid, answer_starts.unsqueeze(1) + answer_column, 0)
+        prompt_width = int(prompts[branched].max()) if branched else 0
+        answer_keys = torch.cat([prompt_gather[branched, :prompt_width], answer_gather], dim=1)
+        same = (branch.unsqueeze(2) == branch.unsqueeze(1)) & (answer_column.unsqueeze(1) >= answer_column)  # (q, k)
+        own = same & answer_valid.unsqueeze(1)
+        sees_prompt = prompt_valid[branched, :prompt_width].unsqueeze(1).expand(-1, answer_width, -1)
+        answer_mask = torch.cat([sees_prompt, own], dim=2).unsqueeze(1)
+        # packed index of each flattened block position that holds a real token, then where each packed token is
+        real = torch.cat(
+            [prompt_gather.reshape(-1)[prompt_valid.reshape(-1)], answer_gather.reshape(-1)[answer_valid.reshape(-1)]]
+        )
+        where = torch.cat(
+            [
+                prompt_valid.reshape(-1).nonzero()[:, 0],
+                prompt_valid.numel() + answer_valid.reshape(-1).nonzero()[:, 0],
+            ]
+        )
+        order = torch.empty_like(where)
+        order[real] = where
+        return cls(*(t.to(device) for t in (prompt_gather, answer_gather, answer_keys, answer_mask, order)))
 
 
 def packed_attention_forward(
@@ -74,6 +152,8 @@ def packed_attention_forward(
     rows, width = packing.gather.shape
     if packing.jagged:
         return _jagged_attention(packing, query, key, value, scaling), None
+    if packing.tree is not None:
+        return _tree_attention(packing.tree, query, key, value, scaling), None
 
     def block(x: torch.Tensor) -> torch.Tensor:  # (1, heads, tokens, dim) -> (rows, heads, longest, dim)
         return x[0][:, packing.gather.reshape(-1)].reshape(x.shape[1], rows, width, x.shape[-1]).transpose(0, 1)
@@ -87,6 +167,36 @@ def packed_attention_forward(
     # (rows, heads, longest, dim) -> the real positions, in packed order: (1, tokens, heads, dim)
     out = out.transpose(1, 2).reshape(rows * width, out.shape[1], out.shape[-1])
     return out.index_select(0, packing.flat).unsqueeze(0), None
+
+
+def _tree_attention(
+    tree: Tree, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
+) -> torch.Tensor:
+    """`Tree`'s two attention calls: (1, heads, tokens, dim) packed in, (1, tokens, heads, dim) out."""
+
+    def block(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:  # -> (rows, heads, columns, dim), GQA repeated
+        rows, columns = at.shape
+        out = x[0][:, at.reshape(-1)].reshape(x.shape[1], rows, columns, x.shape[-1]).transpose(0, 1)
+        return out.repeat_interleave(query.shape[1] // x.shape[1], dim=1) if x.shape[1] != query.shape[1] else out
+
+    def flat(out: torch.Tensor) -> torch.Tensor:  # (rows, heads, columns, dim) -> (rows x columns, heads, dim)
+        return out.transpose(1, 2).reshape(-1, out.shape[1], out.shape[-1])
+
+    prompts = F.scaled_dot_product_attention(
+        block(query, tree.prompt_gather),
+        block(key, tree.prompt_gather),
+        block(value, tree.prompt_gather),
+        scale=scaling,
+        is_causal=True,  # right-padded prompts: a real position never sees the pads after it
+    )
+    answers = F.scaled_dot_product_attention(
+        block(query, tree.answer_gather),
+        block(key, tree.answer_keys),
+        block(value, tree.answer_keys),
+        attn_mask=tree.answer_mask,
+        scale=scaling,
+    )
+    return torch.cat([flat(prompts), flat(answers)]).index_select(0, tree.order).unsqueeze(0)
 
 
 def _jagged_attention(
@@ -143,31 +253,49 @@ def packed_attention(model: Any) -> Iterator[None]:
 def suits(model: Any) -> bool:
     """`--packing auto`: packing is on for an encoder whose last layer is BERT-shaped (`_bert_shaped`: full
     bidirectional attention through transformers' attention interface, no local windows, soft-capping or relative
-    positions that `PACKED` would leave out). Decoders stay padded: their best-of-N rows share a prompt, computed
-    once (engine._score_shared_prefixes), and some (sliding windows, soft-capped logits) attend in ways `PACKED`
-    does not reproduce."""
+    positions that `PACKED` would leave out), and for a decoder whose every layer attends plainly causally
+    (`_plain_causal`: no sliding windows, no soft-capped attention logits); a decoder's best-of-N rows are packed as
+    prompt trees, each request's prompt computed once in the same pass as the rest."""
     if getattr(model, "score", None) is not None:
-        return False
+        return _plain_causal(model.config)
     try:
         return _bert_shaped(last_layer(model))
     except TypeError:  # no stack of layers
         return False
 
 
+def _plain_causal(config: Any) -> bool:
+    """A decoder config whose attention `PACKED` reproduces: full causal attention in every layer (a sliding window
+    only where the config switches it off or no layer uses it) and no soft-capping of attention logits."""
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return False
+    if getattr(config, "sliding_window", None) in (None, 0):
+        return True
+    if getattr(config, "use_sliding_window", True) is False:
+        return True
+    layer_types = getattr(config, "layer_types", None)
+    return bool(layer_types) and all(kind == "full_attention" for kind in layer_types)
+
+
 def scores_as_padded(model: Any, device: torch.device) -> bool:
     """A probe at load: rows of uneven length scored packed and in one right-padded pass agree (to 1e-4 of the
-    scores' size in float32, 2e-2 in half precision). It fails for a model whose attention ignores `PACKED` and
-    lets rows see each other, which would otherwise score wrong without an error."""
+    scores' size in float32, 2e-2 in half precision); for a decoder two of the rows share a prompt and are packed as
+    a prompt tree. It fails for a model whose attention ignores `PACKED` and lets rows (or a tree's answers) see each
+    other, which would otherwise score wrong without an error."""
     from gateway.formats import pool_rewards
 
     vocab = int(getattr(model.config, "vocab_size", 0) or 1000)
     rows = [[(101 + 37 * i + 11 * j) % vocab for j in range(length)] for i, length in enumerate((5, 23, 12))]
+    groups: list[tuple[list[int], int]] = []
+    if getattr(model, "score", None) is not None:  # a decoder: a third row continues the second's first 9 tokens
+        rows.append([*rows[1][:9], *((7 + 13 * j) % vocab for j in range(6))])
+        groups = [([1, 3], 9)]
     width = max(len(row) for row in rows)
     ids = torch.tensor([[*row, *([0] * (width - len(row)))] for row in rows], device=device)
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
     with torch.inference_mode():
         padded = pool_rewards(model, ids, mask).float()
-        packed = score_packed(model, rows, device).float()
+        packed = score_packed(model, rows, device, groups=groups).float()
     tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
     return bool(torch.allclose(packed, padded, rtol=tolerance, atol=tolerance * (1 + float(padded.abs().max()))))
 
@@ -187,21 +315,31 @@ def _configs(model: Any) -> dict[int, Any]:
 
 
 def score_packed(
-    model: Any, rows: Sequence[Sequence[int]], device: torch.device, *, jagged: bool = False, pinned: bool = False
+    model: Any,
+    rows: Sequence[Sequence[int]],
+    device: torch.device,
+    *,
+    jagged: bool = False,
+    pinned: bool = False,
+    groups: Sequence[tuple[Sequence[int], int]] = (),
 ) -> torch.Tensor:
     """One scalar reward per row, `formats.pool_rewards`' rule, computed on the packed rows. Returns (rows,).
-    `pinned`: the model went through `pin` (possibly compiled since); else packing is switched on for this pass."""
+    `pinned`: the model went through `pin` (possibly compiled since); else packing is switched on for this pass.
+    `groups` (a decoder's; `engine.shared_prefix_groups`: row indices and the prompt length they share): each group
+    is packed as one prompt tree (`Tree`), its prompt once and then each row's own tokens, so the prompt is
+    computed once for all its rows in the same pass as everything else."""
     head = getattr(model, "score", None)
-    lengths = [len(row) for row in rows]
-    packing = Packing.of(lengths, device, causal=head is not None, jagged=jagged)
-    ids = torch.tensor([token for row in rows for token in row], device=device).unsqueeze(0)
-    positions = torch.cat([torch.arange(n, device=device) for n in lengths]).unsqueeze(0)
+    if groups and head is None:
+        raise ValueError("prompt trees need a decoder: an encoder's prompt tokens would attend to the answers")
+    ids_list, position_list, lengths, trees, last = _layout(rows, groups)
+    packing = Packing.of(lengths, device, causal=head is not None, jagged=jagged, trees=trees)
+    ids = torch.tensor(ids_list, device=device).unsqueeze(0)
+    positions = torch.tensor(position_list, device=device).unsqueeze(0)
     with nullcontext() if pinned else packed_attention(model):
         if head is not None:  # a decoder: its score head at each row's last token
             backbone = getattr(model, model.base_model_prefix)
             hidden = backbone(input_ids=ids, position_ids=positions, use_cache=False, rewardgate_packing=packing)
-            last = packing.starts + packing.lengths - 1
-            scores: torch.Tensor = head(hidden.last_hidden_state[0, last])[:, 0]
+            scores: torch.Tensor = head(hidden.last_hidden_state[0, torch.tensor(last, device=device)])[:, 0]
             return scores
         # An encoder: its own head on each row's [CLS]. The last layer hands on (rows, 1, hidden), each row's first
         # token, so whatever the head reads at position 0 (a pooler, a classifier) is that row's.
@@ -211,6 +349,47 @@ def score_packed(
             input_ids=ids, position_ids=positions, token_type_ids=torch.zeros_like(ids), rewardgate_packing=packing
         ).logits
         return logits[:, 0]
+
+
+def _layout(
+    rows: Sequence[Sequence[int]], groups: Sequence[tuple[Sequence[int], int]]
+) -> tuple[list[int], list[int], list[int], list[tuple[int, list[int]]] | None, list[int]]:
+    """The packed sequence: each group's prompt once, then each of its rows' own tokens (positions continuing the
+    prompt), then every other row alone, positions from 0. Returns the token ids, their positions, the packed rows'
+    lengths (a group is one), each packed row's prompt and answer lengths (`Tree`; None without groups) and, in
+    input order, where each input row's last token lies."""
+    ids: list[int] = []
+    positions: list[int] = []
+    lengths: list[int] = []
+    trees: list[tuple[int, list[int]]] = []
+    last = [0] * len(rows)
+    grouped: set[int] = set()
+    for members, prefix in groups:
+        start = len(ids)
+        prompt = list(rows[members[0]][:prefix])
+        ids += prompt
+        positions += range(prefix)
+        answers = []
+        for i in members:
+            tail = rows[i][prefix:]
+            if not tail or list(rows[i][:prefix]) != prompt:
+                raise ValueError(f"row {i} does not continue its group's {prefix}-token prompt")
+            ids += tail
+            positions += range(prefix, len(rows[i]))
+            answers.append(len(tail))
+            last[i] = len(ids) - 1
+            grouped.add(i)
+        lengths.append(len(ids) - start)
+        trees.append((prefix, answers))
+    for i, row in enumerate(rows):
+        if i in grouped:
+            continue
+        ids += row
+        positions += range(len(row))
+        lengths.append(len(row))
+        trees.append((len(row), []))
+        last[i] = len(ids) - 1
+    return ids, positions, lengths, trees if groups else None, last
 
 
 def first_tokens_out(model: Any) -> None:

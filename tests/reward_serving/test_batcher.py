@@ -81,6 +81,25 @@ def test_packed_plans_budget_real_tokens_and_sort_only_within_arrival_chunks() -
     assert cost.tokens == sum(lengths)
 
 
+def test_packed_prompt_trees_cost_each_prompt_once_and_keep_a_request_whole() -> None:
+    """A packing engine that shares prompts (a decoder's prompt trees): a pass costs its real tokens less every
+    repeat of a shared prompt, and a request's rows stay together, groups in arrival chunks by the tokens they
+    compute."""
+    cost = BatchCost(packed=True)
+    for length, prefix, group in [(310, 300, 0), (340, 300, 0), (305, 300, 0), (50, 0, 1), (320, 300, 2)]:
+        cost.add(length, prefix, group)
+    assert cost.tokens == (300 + 10 + 40 + 5) + 50 + 320
+    assert cost.adding(330, 300, 2) == cost.tokens + 30 and cost.adding(330, 300, 3) == cost.tokens + 330
+    # three requests: best-of-3 on a 300-token prompt (355 computed), a row alone (50), best-of-2 on 200 (230)
+    lengths = [310, 340, 50, 305, 210, 220]
+    groups = [0, 0, 1, 0, 2, 2]
+    prefixes = [300, 300, 0, 300, 200, 200]
+    plan = plan_batches(lengths, 1000, 64, groups, prefixes, packed=True)
+    assert plan == [[2, 4, 5, 3, 0, 1]]  # one chunk: the row alone, best-of-2, then best-of-3, each request whole
+    plan = plan_batches(lengths, 400, 64, groups, prefixes, packed=True)
+    assert plan == [[2, 4, 5], [3, 0, 1]]  # budget 400: 50 + 230 in a pass, best-of-3 (355) whole in the next
+
+
 async def test_an_engine_that_packs_rows_gets_real_token_passes_in_arrival_chunks() -> None:
     class PackingEngine(FakeEngine):
         packing = True

@@ -164,15 +164,162 @@ def test_the_server_setting_reaches_the_engine(store: Path) -> None:
             model.engine.close()
 
 
-def test_auto_packs_a_bert_shaped_encoder_and_leaves_a_decoder_padded(store: Path) -> None:
+def test_auto_packs_a_bert_shaped_encoder_and_a_plainly_causal_decoder(store: Path) -> None:
     encoder = TorchRewardEngine.load(store / "bert-rm/v1", device="cpu", packing="auto")
     decoder = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu", packing="auto")
     try:
-        assert encoder.packing and not decoder.packing
-        assert packing.suits(encoder.model) and not packing.suits(decoder.model)
+        assert encoder.packing and decoder.packing and decoder.shares_prefixes
+        assert packing.suits(encoder.model) and packing.suits(decoder.model)
     finally:
         encoder.close()
         decoder.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "suits"),
+    [
+        ({"sliding_window": 4096}, False),  # Mistral v0.1: every layer windowed
+        ({"sliding_window": 4096, "use_sliding_window": False}, True),  # Qwen2: the window switched off
+        ({"sliding_window": 512, "layer_types": ["sliding_attention", "full_attention"]}, False),  # Gemma-style
+        ({"sliding_window": 512, "layer_types": ["full_attention", "full_attention"]}, True),
+        ({"attn_logit_softcapping": 50.0}, False),  # Gemma 2: capped attention logits
+        ({"sliding_window": None}, True),
+    ],
+)
+def test_auto_leaves_a_decoder_padded_where_its_attention_is_not_plainly_causal(
+    fields: dict[str, Any], suits: bool
+) -> None:
+    class Config:
+        pass
+
+    config = Config()
+    for name, value in fields.items():
+        setattr(config, name, value)
+
+    class Decoder:
+        score = torch.nn.Linear(2, 1)
+
+    Decoder.config = config  # type: ignore[attr-defined]
+    assert packing.suits(Decoder()) is suits
+
+
+def best_of_n_rows(vocab: int = 90) -> tuple[list[list[int]], list[tuple[list[int], int]]]:
+    """Two requests' candidates sharing their prompts (70 and 66 tokens), two rows alone, interleaved."""
+    rng = random.Random(7)
+
+    def tokens(n: int) -> list[int]:
+        return [rng.randint(5, vocab) for _ in range(n)]
+
+    first, second = tokens(70), tokens(66)
+    rows = [[*first, *tokens(3)], tokens(12), [*second, *tokens(9)], [*first, *tokens(17)], [*first, *tokens(1)]]
+    rows += [[*second, *tokens(4)], tokens(30)]
+    return rows, [([0, 3, 4], 70), ([2, 5], 66)]
+
+
+def test_prompt_trees_score_each_answer_as_if_alone_after_its_prompt(store: Path) -> None:
+    """A decoder's candidates packed as prompt trees (each prompt once, the answers after it, none seeing another)
+    score as each row alone and as the padded pass, within 1e-5 in float32, rows alone in the same pass."""
+    engine = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu")
+    rows, groups = best_of_n_rows()
+    packing.register()
+    seen: list[int] = []
+    backbone = getattr(engine.model, engine.model.base_model_prefix)
+    hook = backbone.register_forward_hook(
+        lambda _m, _a, kwargs, _o: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        with torch.inference_mode():
+            scores = [float(s) for s in packing.score_packed(engine.model, rows, engine.device, groups=groups)]
+        computed = sum(len(r) for r in rows) - 2 * 70 - 1 * 66  # each prompt once
+        assert seen == [computed]  # one pass over the trees and the rows alone
+        assert scores == pytest.approx(padded(engine.model, rows), abs=1e-5)
+        assert scores == pytest.approx(alone(engine.model, rows), abs=1e-5)
+    finally:
+        hook.remove()
+        engine.close()
+
+
+def test_a_trees_answer_sees_its_prompt_and_its_own_earlier_tokens_only() -> None:
+    """Rows: a prompt of 2 tokens with answers of 2 and 1 tokens (packed at 0-4), a row alone of 3 (at 5-7)."""
+    tree = packing.Packing.of([5, 3], torch.device("cpu"), causal=True, trees=[(2, [2, 1]), (3, [])]).tree
+    assert tree is not None
+    assert tree.prompt_gather.tolist() == [[0, 1, 0], [5, 6, 7]]  # prompts, causal in one call
+    assert tree.answer_gather.tolist() == [[2, 3, 4]] and tree.answer_keys.tolist() == [[0, 1, 2, 3, 4]]
+    assert tree.answer_mask[0, 0].tolist() == [
+        [True, True, True, False, False],  # answer 1's first token: the prompt and itself
+        [True, True, True, True, False],  # answer 1's second token
+        [True, True, False, False, True],  # answer 2: the prompt and itself, not answer 1
+    ]
+    assert tree.order.tolist() == [0, 1, 6, 7, 8, 3, 4, 5]  # each packed token's place in the two blocks' outputs
+    with pytest.raises(ValueError, match="causal"):
+        packing.Packing.of([5], torch.device("cpu"), causal=False, trees=[(2, [2, 1])])
+
+
+def test_the_engine_scores_a_decoders_best_of_n_batch_in_one_packed_pass(store: Path) -> None:
+    plain = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu", packing=False)
+    packed = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu", packing=True)
+    rows, _ = best_of_n_rows()
+    passes: list[int] = []
+    backbone = getattr(packed.model, packed.model.base_model_prefix)
+    hook = backbone.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        assert packed.packing and packed.shares_prefixes
+        assert packed.score_batch(rows) == pytest.approx(plain.score_batch(rows), abs=1e-5)
+        assert passes == [1]  # the KV-cache path (packing off) takes a prompt pass, an answers pass, a padded pass
+    finally:
+        hook.remove()
+        plain.close()
+        packed.close()
+
+
+def test_bfloat16_prompt_trees_within_bf16_rounding(store: Path) -> None:
+    rows, _ = best_of_n_rows()
+    reference = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu").score_batch(rows)
+    half = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu", dtype="bfloat16", packing=True)
+    try:
+        assert half.packing
+        scores = half.score_batch(rows)
+    finally:
+        half.close()
+    spread = max(reference) - min(reference)
+    assert scores == pytest.approx(reference, abs=0.05 * spread + 1e-3)
+
+
+def test_a_decoder_whose_attention_ignores_the_prompt_trees_is_left_padded(
+    store: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attention that keeps rows apart but lets a tree's answers see each other (plain causal over the tree)
+    passes rows alone and fails the probe's prompt tree: the model stays unpacked."""
+    import dataclasses
+
+    from transformers import AttentionInterface
+
+    real = packing.packed_attention_forward
+
+    def treeless(module: Any, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:
+        kwargs["rewardgate_packing"] = dataclasses.replace(kwargs["rewardgate_packing"], tree=None)
+        return real(module, query, key, value, mask, **kwargs)
+
+    monkeypatch.setattr(packing, "packed_attention_forward", treeless)
+    try:
+        engine = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu", packing=True)
+    finally:
+        AttentionInterface.register(packing.PACKED, real)
+    try:
+        assert engine.packing is False
+        assert "do not score as padded ones" in caplog.text
+    finally:
+        engine.close()
+
+
+def test_a_packed_decoder_is_batched_with_its_requests_together_and_prompts_counted_once(store: Path) -> None:
+    settings = ServerSettings(models_dir=str(store), device="cpu", packing="auto")
+    model = _default_loader(settings, RewardServerMetrics())(ModelVersion("tiny-rm", 1, store / "tiny-rm/v1"))
+    try:
+        config = model.batcher.config
+        assert config.packed_rows and config.keep_requests_together and config.shared_prefix_min == 64
+    finally:
+        model.engine.close()
 
 
 def test_a_model_whose_attention_lets_packed_rows_see_each_other_is_left_padded(
@@ -207,12 +354,17 @@ def test_compiled_packed_passes_score_as_padded_for_any_batch_size(model_dir: Pa
     through it (no padded pass left), and batches of new sizes score like the eager padded engine."""
     eager = TorchRewardEngine.load(model_dir, device="cpu")
     compiled = TorchRewardEngine.load(model_dir, device="cpu", compile_blocks=True, packing=True)
+    decoder = getattr(eager.model, "score", None) is not None
+    trees, _ = best_of_n_rows()
     try:
-        assert compiled.pinned and compiled.packing and not compiled.shares_prefixes
+        assert compiled.pinned and compiled.packing and compiled.shares_prefixes is decoder
         assert {m.config._attn_implementation for m in compiled.model.modules() if hasattr(m, "config")} == {
             packing.PACKED
         }
-        for rows in (ROWS, ROWS[:5], ROWS[1:2], [*ROWS, *ROWS[::-1]]):
+        batches = [ROWS, ROWS[:5], ROWS[1:2], [*ROWS, *ROWS[::-1]]]
+        if decoder:  # prompt trees too, with and without rows alone
+            batches += [trees, [trees[0], trees[3]], [*trees, *ROWS]]
+        for rows in batches:
             assert compiled.score_batch(rows) == pytest.approx(eager.score_batch(rows), abs=1e-5)
     finally:
         compiled.close()
