@@ -16,8 +16,11 @@ Requests are taken --window at a time (what one dispatch of the batcher sees) an
             than the shortest row of its micro-batch, each micro-batch a padded pass
   shared    (decoders) the engine's prompt sharing: each request's prompt once, the prompts of a pass together,
             then all answers on their prompts' KV caches; planned with the budget in computed tokens (BatchCost)
+  trees     (decoders) `packing.score_packed` with each request's rows as one prompt tree (its prompt once, then
+            its answers; what the engine runs by default for a plainly causal decoder); planned as the batcher
+            plans it, the budget in computed tokens with no pads
   compiled_packed  (--compiled) `packed` on a model set up by `packing.pin` and compiled by `engine.compile_model`,
-            as the server's `--compile --packing` loads it
+            as the server's `--compile --packing` loads it; `compiled_trees` (decoders) the same for `trees`
 Rounds alternate the variants' order; the rate is the rows' real tokens (prompts counted in every row, as a
 padded pass computes them) per second; printed per round and as the median, with each variant's ratio to `padded`
 and the share of pads the padded passes compute.
@@ -29,6 +32,7 @@ Run: python bench/pass_variants.py [--model minilm|smollm2|bert-random|qwen-rand
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -132,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
 
     from gateway.reward_serving import packing
     from gateway.reward_serving.batcher import common_prefix, plan_batches
-    from gateway.reward_serving.engine import MIN_SHARED_PREFIX, TorchRewardEngine, compile_model
+    from gateway.reward_serving.engine import MIN_SHARED_PREFIX, TorchRewardEngine, compile_model, shared_prefix_groups
 
     packing.register()
     store = Path(tempfile.mkdtemp(prefix="rewardgate-passes-"))
@@ -157,6 +161,7 @@ def main(args: argparse.Namespace) -> int:
         engine.shares_prefixes = False  # every row whole, but in `shared`
         passes: list[Rows] = []
         shared_passes: list[Rows] = []
+        tree_passes: list[Rows] = []
         for start in range(0, len(requests), args.window):
             window = requests[start : start + args.window]
             rows = [row for request in window for row in request]
@@ -167,6 +172,8 @@ def main(args: argparse.Namespace) -> int:
             prefixes = [p if p >= MIN_SHARED_PREFIX else 0 for p in prefixes]
             plan = plan_batches(lengths, args.max_batch_tokens, 256, groups, prefixes)
             shared_passes += [[rows[i] for i in b] for b in plan]
+            plan = plan_batches(lengths, args.max_batch_tokens, 256, groups, prefixes, packed=True)
+            tree_passes += [[rows[i] for i in b] for b in plan]
         real = sum(len(r) for p in passes for r in p)
         padded_tokens = sum(len(p) * max(len(r) for r in p) for p in passes)
 
@@ -176,6 +183,11 @@ def main(args: argparse.Namespace) -> int:
         def run_packed(batch: Rows, jagged: bool = False, engine: TorchRewardEngine = engine) -> None:
             with torch.inference_mode():
                 packing.score_packed(engine.model, batch, engine.device, jagged=jagged).float().tolist()
+
+        def run_trees(batch: Rows, engine: TorchRewardEngine = engine, pinned: bool = False) -> None:
+            groups = shared_prefix_groups(batch)
+            with torch.inference_mode():
+                packing.score_packed(engine.model, batch, engine.device, groups=groups, pinned=pinned).float().tolist()
 
         def run_bucketed(batch: Rows, engine: TorchRewardEngine = engine) -> None:
             lengths = [len(r) for r in batch]
@@ -198,6 +210,7 @@ def main(args: argparse.Namespace) -> int:
         variants["bucketed"] = (run_bucketed, passes)
         if decoder and sharing and any(len(b) > 1 for b in shared_passes):
             variants["shared"] = (run_shared, shared_passes)
+            variants["trees"] = (run_trees, tree_passes)
         if args.compiled:  # a second copy of the model, packed for good and compiled (compiled at its warm-up)
             compiled = build(dtype)
             packing.pin(compiled.model)
@@ -208,6 +221,8 @@ def main(args: argparse.Namespace) -> int:
                     packing.score_packed(engine.model, batch, engine.device, pinned=True).float().tolist()
 
             variants["compiled_packed"] = (run_compiled, passes)
+            if "trees" in variants:
+                variants["compiled_trees"] = (functools.partial(run_trees, engine=compiled, pinned=True), tree_passes)
         for run, planned in variants.values():  # warm-up, and a check that each runs
             run(planned[0])
         rates: dict[str, list[float]] = {name: [] for name in variants}

@@ -273,7 +273,7 @@ def _plain_causal(config: Any) -> bool:
         return True
     if getattr(config, "use_sliding_window", True) is False:
         return True
-    layer_types = getattr(config, "layer_types", None)
+    layer_types: Sequence[str] = getattr(config, "layer_types", None) or ()
     return bool(layer_types) and all(kind == "full_attention" for kind in layer_types)
 
 
