@@ -364,8 +364,8 @@ def compile_model(model: Any, device: torch.device) -> Any:
     compiled whole with inductor's freezing: weights become constants, pre-packed for oneDNN's matmuls, and the
     norms, biases and activations fuse around them. Everything else compiles its repeated blocks (regional
     compilation, as measured on GPUs). Shapes are dynamic, so batches of new sizes do not recompile. (A decoder's
-    backbone compiled whole and frozen on a CPU scored prompt trees no faster than its blocks compiled, 1.10x against
-    1.04-1.18x over eager, and took ~90 s per graph to compile where the blocks take ~16 s in all.)
+    backbone compiled whole and frozen was tried on a CPU, ad hoc: its prompt trees ran no faster than with its
+    blocks compiled, and each graph took minutes to compile for SmolLM2-135M where the blocks take seconds.)
     """
     if device.type == "cpu" and getattr(model, "score", None) is None:
         return torch.compile(model, dynamic=True, options={"freezing": True})
