@@ -4,11 +4,12 @@ Owns loading (dtype `auto`: bf16 on CUDA, float32 on CPU; SDPA attention), rende
 (a prompt shared by several conversations is rendered once), right padding, and scoring with
 `formats.pool_rewards` under `torch.inference_mode` on ONE dedicated worker thread, so the event loop never
 runs a forward pass. Shared-prompt reuse for decoders: rows of one pass that share a prompt (the N candidates
-of a best-of-N request, which the batcher keeps together for this engine) compute it once and score each
-answer on its KV cache, the prompts of several groups in one pass and all their answers in one more
-(`_score_shared_prefixes`). Packed passes (reward_serving.packing): on where asked, or by default ("auto") for
-BERT-shaped encoders, once a probe pass at load scores packed rows as padded ones (`_checked_packing`); with
-`--compile`, compiled as packed passes. Must not import the web layer (server, starlette, httpx).
+of a best-of-N request, which the batcher keeps together for this engine) compute it once: packed, each group is
+a prompt tree in the one packed pass (reward_serving.packing); unpacked, the prompts of several groups go in one
+pass and all their answers in one more, each on its prompt's KV cache (`_score_shared_prefixes`). Packed passes:
+on where asked, or by default ("auto") for BERT-shaped encoders and plainly causal decoders, once a probe pass at
+load scores packed rows as padded ones (`_checked_packing`); with `--compile`, compiled as packed passes. Must not
+import the web layer (server, starlette, httpx).
 """
 
 from __future__ import annotations

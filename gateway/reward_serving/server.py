@@ -95,8 +95,9 @@ class ServerSettings:
     packing: str = field(
         default="auto",
         metadata={
-            "help": "torch engine: score a pass's rows packed, no pads computed (reward_serving.packing); auto: on for "
-            "BERT-shaped encoders; any setting stays off for a model whose probe pass does not score as padded",
+            "help": "torch engine: score a pass's rows packed, no pads computed, a decoder's best-of-N rows as prompt "
+            "trees (reward_serving.packing); auto: on for BERT-shaped encoders and plainly causal decoders; any "
+            "setting stays off for a model whose probe pass does not score as padded",
             "choices": ("auto", "on", "off"),
         },
     )
