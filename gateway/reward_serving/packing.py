@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 PACKED = "rewardgate_packed"
+ANSWER_BLOCK = 1024  # answer tokens of a tree attended in one block row (`Tree`); longer trees are split
 _LOCK = threading.Lock()  # the attention implementation is a config field: one packed pass at a time per process
 
 
@@ -85,41 +86,50 @@ class Tree:
     prompt in the pass once. A row with no answers is a prompt alone (a row scored alone).
 
     Two attention calls, so neither computes what the other masks out: every row's prompt, gathered into
-    (rows, longest prompt), causal (SDPA skips the blocks above the diagonal); then every answer token, gathered into
-    (rows with answers, longest answers), over keys that are its row's prompt then its row's answers, with a mask
-    letting it see the whole prompt and the earlier tokens of its own answer."""
+    (rows, longest prompt), causal; then the answers, gathered into block rows of up to `ANSWER_BLOCK` answer tokens
+    (a tree's answers together, or, where they are longer, split between several block rows), each over keys that are
+    its tree's prompt then its own answers, with a mask letting an answer token see the whole prompt and the earlier
+    tokens of its own answer. Keeping a tree's short answers in one block row copies its prompt's keys once, not once
+    per answer (measured faster on best-of-4 and best-of-16 with short answers); the cap bounds what the other
+    answers' masked-out tokens cost a long tree, and the mask's size."""
 
     prompt_gather: torch.Tensor  # (rows, longest prompt): packed index of each prompt position, 0 past its end
-    answer_gather: torch.Tensor  # (rows with answers, longest answers)
-    answer_keys: torch.Tensor  # (rows with answers, their longest prompt + longest answers): packed index of each key
-    answer_mask: torch.Tensor  # (rows with answers, 1, longest answers, keys) bool
+    answer_gather: torch.Tensor  # (block rows, longest): packed index of each answer token in a block row
+    answer_keys: torch.Tensor  # (block rows, their longest prompt + longest block): packed index of each key
+    answer_mask: torch.Tensor  # (block rows, 1, longest block, keys) bool
     # the (prompt block, answer block) outputs, flattened and concatenated, indexed into packed order
     order: torch.Tensor
 
     @classmethod
     def of(cls, trees: Sequence[tuple[int, Sequence[int]]], starts: Sequence[int], device: torch.device) -> Tree:
         prompts = torch.tensor([prompt for prompt, _ in trees])
-        width = int(prompts.max())
-        column = torch.arange(width)
+        column = torch.arange(int(prompts.max()))
         prompt_valid = column.unsqueeze(0) < prompts.unsqueeze(1)
-        starts_t = torch.tensor(list(starts))
-        prompt_gather = torch.where(prompt_valid, starts_t.unsqueeze(1) + column, 0)
-        branched = [row for row, (_, answers) in enumerate(trees) if answers]
-        totals = torch.tensor([sum(trees[row][1]) for row in branched] or [0])
-        answer_width = int(totals.max())
-        answer_column = torch.arange(answer_width)
-        answer_valid = answer_column.unsqueeze(0) < totals.unsqueeze(1)
-        branch = torch.zeros(len(branched), answer_width, dtype=torch.long)
-        for k, row in enumerate(branched):
-            ids = [number for number, size in enumerate(trees[row][1], 1) for _ in range(size)]
+        prompt_gather = torch.where(prompt_valid, torch.tensor(list(starts)).unsqueeze(1) + column, 0)
+        owner: list[int] = []  # per block row: its tree, where its answers start, which answer each token is of
+        block_starts: list[int] = []
+        branches: list[list[int]] = []
+        for row, (prompt, answers) in enumerate(trees):
+            offset = starts[row] + prompt
+            for number, size in enumerate(answers, 1):
+                if not branches or owner[-1] != row or len(branches[-1]) + size > ANSWER_BLOCK:
+                    owner.append(row)
+                    block_starts.append(offset)
+                    branches.append([])
+                branches[-1] += [number] * size
+                offset += size
+        width = max(len(ids) for ids in branches)
+        branch = torch.zeros(len(branches), width, dtype=torch.long)  # 0: past the block row's end
+        for k, ids in enumerate(branches):
             branch[k, : len(ids)] = torch.tensor(ids)
-        answer_starts = starts_t[branched] + prompts[branched] if branched else torch.zeros(0, dtype=torch.long)
-        answer_gather = torch.where(answer_valid, answer_starts.unsqueeze(1) + answer_column, 0)
-        prompt_width = int(prompts[branched].max()) if branched else 0
-        answer_keys = torch.cat([prompt_gather[branched, :prompt_width], answer_gather], dim=1)
-        same = (branch.unsqueeze(2) == branch.unsqueeze(1)) & (answer_column.unsqueeze(1) >= answer_column)  # (q, k)
-        own = same & answer_valid.unsqueeze(1)
-        sees_prompt = prompt_valid[branched, :prompt_width].unsqueeze(1).expand(-1, answer_width, -1)
+        answer_column = torch.arange(width)
+        answer_valid = branch > 0
+        answer_gather = torch.where(answer_valid, torch.tensor(block_starts).unsqueeze(1) + answer_column, 0)
+        prompt_width = int(prompts[owner].max())
+        answer_keys = torch.cat([prompt_gather[owner, :prompt_width], answer_gather], dim=1)
+        earlier = answer_column.unsqueeze(1) >= answer_column  # (query, key)
+        own = earlier & (branch.unsqueeze(2) == branch.unsqueeze(1)) & answer_valid.unsqueeze(1)
+        sees_prompt = prompt_valid[owner, :prompt_width].unsqueeze(1).expand(-1, width, -1)
         answer_mask = torch.cat([sees_prompt, own], dim=2).unsqueeze(1)
         # packed index of each flattened block position that holds a real token, then where each packed token is
         real = torch.cat(

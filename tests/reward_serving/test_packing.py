@@ -216,9 +216,14 @@ def best_of_n_rows(vocab: int = 90) -> tuple[list[list[int]], list[tuple[list[in
     return rows, [([0, 3, 4], 70), ([2, 5], 66)]
 
 
-def test_prompt_trees_score_each_answer_as_if_alone_after_its_prompt(store: Path) -> None:
+@pytest.mark.parametrize("answer_block", [1024, 10], ids=["a-tree-per-block-row", "split-trees"])
+def test_prompt_trees_score_each_answer_as_if_alone_after_its_prompt(
+    store: Path, answer_block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A decoder's candidates packed as prompt trees (each prompt once, the answers after it, none seeing another)
-    score as each row alone and as the padded pass, within 1e-5 in float32, rows alone in the same pass."""
+    score as each row alone and as the padded pass, within 1e-5 in float32, rows alone in the same pass; the same
+    with trees split between block rows."""
+    monkeypatch.setattr(packing, "ANSWER_BLOCK", answer_block)
     engine = TorchRewardEngine.load(store / "tiny-rm/v1", device="cpu")
     rows, groups = best_of_n_rows()
     packing.register()
@@ -251,6 +256,19 @@ def test_a_trees_answer_sees_its_prompt_and_its_own_earlier_tokens_only() -> Non
         [True, True, False, False, True],  # answer 2: the prompt and itself, not answer 1
     ]
     assert tree.order.tolist() == [0, 1, 6, 7, 8, 3, 4, 5]  # each packed token's place in the two blocks' outputs
+
+
+def test_a_long_trees_answers_are_split_between_block_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packing, "ANSWER_BLOCK", 3)
+    tree = packing.Packing.of([7], torch.device("cpu"), causal=True, trees=[(2, [2, 1, 2])]).tree
+    assert tree is not None
+    assert tree.answer_gather.tolist() == [[2, 3, 4], [5, 6, 0]]  # answers 1 and 2 (3 tokens), then answer 3
+    assert tree.answer_keys.tolist() == [[0, 1, 2, 3, 4], [0, 1, 5, 6, 0]]  # each block row: the prompt, then itself
+    assert tree.answer_mask[1, 0].tolist() == [
+        [True, True, True, False, False],
+        [True, True, True, True, False],
+        [True, True, False, False, False],  # past the block row's end: the prompt only
+    ]
     with pytest.raises(ValueError, match="causal"):
         packing.Packing.of([5], torch.device("cpu"), causal=False, trees=[(2, [2, 1])])
 
