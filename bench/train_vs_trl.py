@@ -57,53 +57,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = "{% for m in messages %} {{ m['content'] }}{% endfor %}"
-QWEN_05B = {
-    "hidden_size": 896,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 14,
-    "num_key_value_heads": 2,
-    "intermediate_size": 4864,
-    "max_position_embeddings": 4096,
-    "tie_word_embeddings": True,
-}
-TOY = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 128,
-    "max_position_embeddings": 2048,
-}
-TRL_FIELDS = (
-    "gradient_checkpointing",
-    "gradient_checkpointing_kwargs",
-    "bf16",
-    "fp16",
-    "tf32",
-    "optim",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "warmup_ratio",
-    "weight_decay",
-    "max_grad_norm",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "disable_dropout",
-    "group_by_length",
-    "train_sampling_strategy",
-    "pad_to_multiple_of",
-    "dataloader_num_workers",
-    "dataloader_drop_last",
-    "torch_compile",
-    "center_rewards_coefficient",
-    "max_length",
-    "learning_rate",
-    "per_device_train_batch_size",
-    "num_train_epochs",
-    "seed",
-    "logging_steps",
-)
+QWEN_05B = {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+            "intermediate_size": 4864, "max_position_embeddings": 4096, "tie_word_embeddings": True}
+TOY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+       "intermediate_size": 128, "max_position_embeddings": 2048}
+TRL_FIELDS = ("gradient_checkpointing", "gradient_checkpointing_kwargs", "bf16", "fp16", "tf32", "optim",
+              "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "adam_beta1",
+              "adam_beta2", "adam_epsilon", "disable_dropout", "group_by_length", "train_sampling_strategy",
+              "pad_to_multiple_of", "dataloader_num_workers", "dataloader_drop_last", "torch_compile",
+              "center_rewards_coefficient", "max_length", "learning_rate", "per_device_train_batch_size",
+              "num_train_epochs", "seed", "logging_steps")
 
 
 def log(text: str) -> None:
@@ -116,7 +79,8 @@ def log(text: str) -> None:
 def trl_text(tokenizer: Any, prompt: list[dict[str, str]], response: str) -> str:
     """The text our render function tokenizes (gateway.formats.render_responses), as one string."""
     if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False))
+        return str(tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}],
+                                                 tokenize=False))
     turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in prompt)
     return f"{turns}Assistant: {response}"  # the tokenizer adds [CLS] ... [SEP], as render does
 
@@ -151,19 +115,10 @@ def prepare_cpu(args: argparse.Namespace, tiny: bool, directory: Path) -> dict[s
         train = random.Random(args.seed).sample(train, cap)
     test = test[:16] if tiny else test
     data, rows = write_data(train + test, AutoTokenizer.from_pretrained(base), directory)
-    return {
-        "base": base,
-        "data": str(data),
-        "trl_rows": str(rows),
-        "train_pairs": len(train),
-        "test_pairs": len(test),
-        "batch_size": args.batch_size or 8,
-        "epochs": 1 if tiny else args.epochs,
-        "learning_rate": args.lr or 5e-5,
-        "max_length": args.max_length or 384,
-        "device": "cpu",
-        "eval_bf16": False,
-    }
+    return {"base": base, "data": str(data), "trl_rows": str(rows), "train_pairs": len(train),
+            "test_pairs": len(test), "batch_size": args.batch_size or 8, "epochs": 1 if tiny else args.epochs,
+            "learning_rate": args.lr or 5e-5, "max_length": args.max_length or 384, "device": "cpu",
+            "eval_bf16": False}
 
 
 def word_tokenizer(vocab_size: int) -> tuple[Any, list[str]]:
@@ -206,14 +161,8 @@ def synthetic_pairs(n_train: int, n_test: int, words: list[str], longest: int) -
     out = []
     for i in range(n_train + n_test):
         prompt, chosen, rejected = text(0, len(words)), text(0, half), text(half, len(words))
-        out.append(
-            PreferencePair(
-                (Message("user", prompt),),
-                Message("assistant", chosen),
-                Message("assistant", rejected),
-                "TRAIN" if i < n_train else "TEST",
-            )
-        )
+        out.append(PreferencePair((Message("user", prompt),), Message("assistant", chosen),
+                                  Message("assistant", rejected), "TRAIN" if i < n_train else "TEST"))
     return out
 
 
@@ -239,20 +188,10 @@ def prepare_gpu(args: argparse.Namespace, tiny: bool, directory: Path, device: s
     train = random.Random(args.seed).sample([p for p in pool if p.split == "TRAIN"], n_train)
     test = [p for p in pool if p.split == "TEST"]
     data, rows = write_data(train + test, tokenizer, directory)
-    return {
-        "base": str(base),
-        "data": str(data),
-        "trl_rows": str(rows),
-        "train_pairs": n_train,
-        "test_pairs": len(test),
-        "batch_size": batch,
-        "epochs": 1,
-        "learning_rate": args.lr or 1e-5,
-        "max_length": args.max_length or 1024,
-        "device": device,
-        "eval_bf16": True,
-        "nonembedding_params": nonemb,
-    }
+    return {"base": str(base), "data": str(data), "trl_rows": str(rows), "train_pairs": n_train,
+            "test_pairs": len(test), "batch_size": batch, "epochs": 1, "learning_rate": args.lr or 1e-5,
+            "max_length": args.max_length or 1024, "device": device, "eval_bf16": True,
+            "nonembedding_params": nonemb}
 
 
 def peak_tflops(device: str, tiny: bool) -> float:
@@ -322,19 +261,10 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
     train_module.save_checkpoint = timed_save
     output = Path(spec["out_dir"])
-    cfg = TrainConfig(
-        data=spec["data"],
-        output=str(output),
-        base_model=spec["base"],
-        epochs=spec["epochs"],
-        learning_rate=spec["learning_rate"],
-        batch_size=str(spec["batch_size"]),
-        max_length=spec["max_length"],
-        seed=spec["seed"],
-        max_pairs=spec["train_pairs"],
-        progress=False,
-        **({"save_steps": 10**6} if spec["device"].startswith("cuda") else {}),
-    )
+    cfg = TrainConfig(data=spec["data"], output=str(output), base_model=spec["base"], epochs=spec["epochs"],
+                      learning_rate=spec["learning_rate"], batch_size=str(spec["batch_size"]),
+                      max_length=spec["max_length"], seed=spec["seed"], max_pairs=spec["train_pairs"],
+                      progress=False, **({"save_steps": 10**6} if spec["device"].startswith("cuda") else {}))
     if spec["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     result = train_module.train(cfg)
@@ -343,30 +273,17 @@ def worker_ours(spec: dict[str, Any]) -> dict[str, Any]:
     pairs = result.pairs_per_second * result.train_seconds
     tokens = result.tokens_per_second * result.train_seconds
     loop_wo_ckpt = result.train_seconds - checkpoint["seconds"]
-    return {
-        "loop_seconds": round(result.train_seconds, 3),
-        "pairs": round(pairs),
-        "pairs_per_s": round(result.pairs_per_second, 2),
-        "useful_tokens_per_s": round(result.tokens_per_second),
-        "mean_tokens_per_pair": round(tokens / max(pairs, 1), 1),
-        "steps": result.steps,
-        "checkpoint_seconds_in_loop": round(checkpoint["seconds"], 3),
-        "checkpoints_in_loop": checkpoint["count"],
-        "pairs_per_s_without_checkpoint": round(pairs / max(loop_wo_ckpt, 1e-9), 2),
-        "useful_tokens_per_s_without_checkpoint": round(tokens / max(loop_wo_ckpt, 1e-9)),
-        "in_train_test": result.test.to_dict(),
-        **mem,
-        "resolved": {
-            "precision": meta["config"]["precision"],
-            "batch_size": meta["config"]["resolved_batch_size"],
-            "truncation": meta["data"]["truncation"],
-            "gradient_checkpointing": cfg.gradient_checkpointing,
-            "schedule": cfg.schedule,
-            "warmup_ratio": cfg.warmup_ratio,
-            "weight_decay": cfg.weight_decay,
-            "length_grouped": True,
-        },
-    }
+    return {"loop_seconds": round(result.train_seconds, 3), "pairs": round(pairs),
+            "pairs_per_s": round(result.pairs_per_second, 2), "useful_tokens_per_s": round(result.tokens_per_second),
+            "mean_tokens_per_pair": round(tokens / max(pairs, 1), 1), "steps": result.steps,
+            "checkpoint_seconds_in_loop": round(checkpoint["seconds"], 3), "checkpoints_in_loop": checkpoint["count"],
+            "pairs_per_s_without_checkpoint": round(pairs / max(loop_wo_ckpt, 1e-9), 2),
+            "useful_tokens_per_s_without_checkpoint": round(tokens / max(loop_wo_ckpt, 1e-9)),
+            "in_train_test": result.test.to_dict(), **mem,
+            "resolved": {"precision": meta["config"]["precision"], "batch_size": meta["config"]["resolved_batch_size"],
+                         "truncation": meta["data"]["truncation"], "gradient_checkpointing": cfg.gradient_checkpointing,
+                         "schedule": cfg.schedule, "warmup_ratio": cfg.warmup_ratio,
+                         "weight_decay": cfg.weight_decay, "length_grouped": True}}
 
 
 def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
@@ -379,17 +296,9 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
     device = spec["device"]
     tokenizer = AutoTokenizer.from_pretrained(spec["base"])
     rows = json.loads(Path(spec["trl_rows"]).read_text())
-    matched = {
-        "per_device_train_batch_size": spec["batch_size"],
-        "num_train_epochs": spec["epochs"],
-        "learning_rate": spec["learning_rate"],
-        "max_length": spec["max_length"],
-        "seed": spec["seed"],
-        "use_cpu": device == "cpu",
-        "report_to": [],
-        "save_strategy": "no",
-        "disable_tqdm": True,
-    }
+    matched = {"per_device_train_batch_size": spec["batch_size"], "num_train_epochs": spec["epochs"],
+               "learning_rate": spec["learning_rate"], "max_length": spec["max_length"], "seed": spec["seed"],
+               "use_cpu": device == "cpu", "report_to": [], "save_strategy": "no", "disable_tqdm": True}
     if tokenizer.eos_token is None:  # BERT has none; TRL appends eos to plain-text rows and fails without one
         matched["eos_token"] = tokenizer.sep_token
     args = RewardConfig(output_dir=str(Path(spec["out_dir"]) / "trl_run"), **matched)
@@ -405,13 +314,8 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
             sync(device)
             LoopClock.end = time.perf_counter()
 
-    trainer = RewardTrainer(
-        model=spec["base"],
-        args=args,
-        train_dataset=Dataset.from_dict(rows),
-        processing_class=tokenizer,
-        callbacks=[LoopClock()],
-    )
+    trainer = RewardTrainer(model=spec["base"], args=args, train_dataset=Dataset.from_dict(rows),
+                            processing_class=tokenizer, callbacks=[LoopClock()])
     dataset = trainer.train_dataset
     row_tokens = sum(len(c) + len(r) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"], strict=True))
     if device.startswith("cuda"):
@@ -424,20 +328,13 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
     pairs = len(dataset) * spec["epochs"]
     tokens = getattr(trainer, "_total_train_tokens", 0) or row_tokens * spec["epochs"]
     trainer.save_model(spec["out_dir"])
-    return {
-        "loop_seconds": round(loop, 3),
-        "train_call_seconds": round(call_seconds, 3),
-        "pairs": pairs,
-        "pairs_per_s": round(pairs / loop, 2),
-        "useful_tokens_per_s": round(tokens / loop),
-        "mean_tokens_per_pair": round(row_tokens / max(len(dataset), 1), 1),
-        "steps": trainer.state.global_step,
-        "dropped_over_max_length": len(rows["chosen"]) - len(dataset),
-        "reported_train_samples_per_second": out.metrics.get("train_samples_per_second"),
-        **mem,
-        "trl_version": trl.__version__,
-        "resolved": {k: _plain(getattr(args, k)) for k in TRL_FIELDS if hasattr(args, k)},
-    }
+    return {"loop_seconds": round(loop, 3), "train_call_seconds": round(call_seconds, 3), "pairs": pairs,
+            "pairs_per_s": round(pairs / loop, 2), "useful_tokens_per_s": round(tokens / loop),
+            "mean_tokens_per_pair": round(row_tokens / max(len(dataset), 1), 1), "steps": trainer.state.global_step,
+            "dropped_over_max_length": len(rows["chosen"]) - len(dataset),
+            "reported_train_samples_per_second": out.metrics.get("train_samples_per_second"), **mem,
+            "trl_version": trl.__version__, "resolved": {k: _plain(getattr(args, k)) for k in TRL_FIELDS
+                                                         if hasattr(args, k)}}
 
 
 def _plain(value: Any) -> Any:
@@ -466,14 +363,8 @@ def run_worker(kind: str, spec: dict[str, Any], directory: Path, label: str, tim
     spec_path = directory / f"{label}.spec.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", str(spec_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", str(spec_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
     lines: list[str] = []
 
     def pump() -> None:
@@ -504,14 +395,9 @@ def ratios(ours: dict[str, Any], trl: dict[str, Any]) -> dict[str, Any]:
         a, b = ours.get(key), trl.get(theirs or key)
         return round(a / b, 2) if isinstance(a, int | float) and isinstance(b, int | float) and b else None
 
-    out = {
-        "pairs_per_s": div("pairs_per_s"),
-        "useful_tokens_per_s": div("useful_tokens_per_s"),
-        "pairs_per_s_ours_without_checkpoint": div("pairs_per_s_without_checkpoint", "pairs_per_s"),
-        "peak_rss": div("peak_rss_mib"),
-        "gpu_peak_allocated": div("gpu_peak_allocated_gib"),
-        "mfu": div("mfu_6n"),
-    }
+    out = {"pairs_per_s": div("pairs_per_s"), "useful_tokens_per_s": div("useful_tokens_per_s"),
+           "pairs_per_s_ours_without_checkpoint": div("pairs_per_s_without_checkpoint", "pairs_per_s"),
+           "peak_rss": div("peak_rss_mib"), "gpu_peak_allocated": div("gpu_peak_allocated_gib"), "mfu": div("mfu_6n")}
     if "test" in ours and "test" in trl:
         gap = ours["test"]["accuracy"] - trl["test"]["accuracy"]
         out["test_accuracy_points_ours_minus_trl"] = round(100 * gap, 1)
@@ -522,22 +408,15 @@ def summary(label: str, r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{label}: ERROR {r['error']} {r.get('output_tail', '')}"
     acc = r.get("test", {}).get("accuracy")
-    parts = [
-        f"{r['pairs_per_s']} pairs/s",
-        f"{r['useful_tokens_per_s']} useful tok/s",
-        f"{r['mean_tokens_per_pair']} tok/pair",
-        f"loop {r['loop_seconds']}s",
-        f"RSS {r['peak_rss_mib']} MiB",
-    ]
+    parts = [f"{r['pairs_per_s']} pairs/s", f"{r['useful_tokens_per_s']} useful tok/s",
+             f"{r['mean_tokens_per_pair']} tok/pair", f"loop {r['loop_seconds']}s", f"RSS {r['peak_rss_mib']} MiB"]
     if "gpu_peak_allocated_gib" in r:
         parts.append(f"GPU peak {r['gpu_peak_allocated_gib']} GiB")
     if "mfu_6n" in r:
         parts.append(f"MFU {r['mfu_6n']:.1%}")
     if "pairs_per_s_without_checkpoint" in r:
-        parts.append(
-            f"{r['pairs_per_s_without_checkpoint']} pairs/s without the {r['checkpoint_seconds_in_loop']}s "
-            "epoch-end checkpoint"
-        )
+        parts.append(f"{r['pairs_per_s_without_checkpoint']} pairs/s without the {r['checkpoint_seconds_in_loop']}s "
+                     "epoch-end checkpoint")
     parts.append(f"TEST acc {acc}" if acc is not None else f"TEST error {r.get('test_error')}")
     return f"{label}: " + ", ".join(parts)
 
@@ -548,10 +427,8 @@ def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not done:
         return runs[-1]
     top = max(done, key=lambda r: r["pairs_per_s"])
-    return top | {
-        "runs_pairs_per_s": [r["pairs_per_s"] for r in done],
-        "runs_test_accuracy": [r.get("test", {}).get("accuracy") for r in done],
-    }
+    return top | {"runs_pairs_per_s": [r["pairs_per_s"] for r in done],
+                  "runs_test_accuracy": [r.get("test", {}).get("accuracy") for r in done]}
 
 
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
@@ -569,19 +446,10 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     repeats = args.repeats or (1 if device == "cuda" or tiny else 2)
     if args.mode == "gpu" and device == "cpu" and not tiny:
         raise SystemExit("--mode gpu needs CUDA (or TINY=1 for the toy shapes on CPU)")
-    results: dict[str, Any] = {
-        "mode": args.mode,
-        "tiny": tiny,
-        "machine": {
-            "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "loadavg_at_start": os.getloadavg(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": sys.version.split()[0],
-        },
-    }
+    results: dict[str, Any] = {"mode": args.mode, "tiny": tiny, "machine": {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "loadavg_at_start": os.getloadavg(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": sys.version.split()[0]}}
     log(f"machine: {json.dumps(results['machine'])}")
     with tempfile.TemporaryDirectory(prefix="train_vs_trl_") as tmp:
         directory = Path(tmp)
@@ -612,14 +480,11 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                 r = run_worker("trl" if label == "trl" else "ours", run_spec, directory, f"{label}-{repeat}", timeout_s)
                 shutil.rmtree(run_dir, ignore_errors=True)  # saved models are GBs on GPU; evaluation is done
                 if "nonembedding_params" in spec:
-                    for key, rate in (
-                        ("mfu_6n", "useful_tokens_per_s"),
-                        ("mfu_6n_without_checkpoint", "useful_tokens_per_s_without_checkpoint"),
-                    ):
+                    for key, rate in (("mfu_6n", "useful_tokens_per_s"),
+                                      ("mfu_6n_without_checkpoint", "useful_tokens_per_s_without_checkpoint")):
                         if rate in r:
-                            r[key] = round(
-                                6 * spec["nonembedding_params"] * r[rate] / (results["peak_bf16_tflops"] * 1e12), 4
-                            )
+                            r[key] = round(6 * spec["nonembedding_params"] * r[rate]
+                                           / (results["peak_bf16_tflops"] * 1e12), 4)
                 log(summary(f"{label} run {repeat + 1}/{repeats}", r))
                 runs[label].append(r)
                 results[label] = best(runs[label])
@@ -650,19 +515,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2048, help="gpu: synthetic TRAIN pool to draw from")
     parser.add_argument("--steps", type=int, default=60, help="gpu: optimizer steps (pairs = steps * batch)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=["ours", "trl", "ours_bs32"],
-        choices=["ours", "trl", "ours_bs32"],
-        help="ours_bs32 (gpu only) is not same-batch",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads in each worker, both sides (default: cpu 1, gpu torch's own; 0 = torch's)",
-    )
+    parser.add_argument("--variants", nargs="+", default=["ours", "trl", "ours_bs32"],
+                        choices=["ours", "trl", "ours_bs32"], help="ours_bs32 (gpu only) is not same-batch")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in each worker, both sides (default: cpu 1, gpu torch's own; 0 = torch's)")
     parser.add_argument("--repeats", type=int, default=0, help="interleaved runs per side, fastest kept (cpu 2, gpu 1)")
     parser.add_argument("--budget-s", type=float, default=280.0, help="ours_bs32 is skipped past 60%% of this")
     parser.add_argument("--worker-timeout-s", type=float, default=0.0, help="per trainer (default: cpu 900, gpu 200)")

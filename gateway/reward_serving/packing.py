@@ -85,13 +85,14 @@ class Tree:
     the prompt (positions too), none seeing another: what each answer would see alone after its prompt, with the
     prompt in the pass once. A row with no answers is a prompt alone (a row scored alone).
 
-    Two attention calls, so neither computes what the other masks out: every row's prompt, gathered into
-    (rows, longest prompt), causal; then the answers, gathered into block rows of up to `ANSWER_BLOCK` answer tokens
-    (a tree's answers together, or, where they are longer, split between several block rows), each over keys that are
-    its tree's prompt then its own answers, with a mask letting an answer token see the whole prompt and the earlier
-    tokens of its own answer. Keeping a tree's short answers in one block row copies its prompt's keys once, not once
-    per answer (measured faster on best-of-4 and best-of-16 with short answers); the cap bounds what the other
-    answers' masked-out tokens cost a long tree, and the mask's size."""
+    Two attention calls, so a prompt's attention does not span its answers (one mask over a whole tree measured no
+    faster than the KV-cache passes: CPU flash attention computes masked blocks too): every row's prompt, gathered
+    into (rows, longest prompt), causal; then the answers, gathered into block rows of up to `ANSWER_BLOCK` answer
+    tokens (a tree's answers together, or, where they are longer, split between several block rows), each over keys
+    that are its tree's prompt then its own answers, with a mask letting an answer token see the whole prompt and
+    the earlier tokens of its own answer. Keeping a tree's short answers in one block row copies its prompt's keys
+    once, not once per answer (ad hoc, faster on best-of-4 and best-of-16 with short answers than a block row per
+    answer); the cap bounds what the other answers' masked-out tokens cost a long tree, and the mask's size."""
 
     prompt_gather: torch.Tensor  # (rows, longest prompt): packed index of each prompt position, 0 past its end
     answer_gather: torch.Tensor  # (block rows, longest): packed index of each answer token in a block row
