@@ -87,23 +87,21 @@ def plan_batches(
     waits behind more than about two passes of rows that came after it (sorting a whole window put a long row's
     request last, every time).
     """
+    shared = prefixes if prefixes is not None and groups is not None else [0] * len(lengths)
+    group_of = groups if groups is not None else range(len(lengths))
     if packed:
-        chunks, seen, prompted = [], 0, set()
-        for i, length in enumerate(lengths):  # tokens computed: a group's shared prompt once
-            chunks.append(seen // (2 * max_batch_tokens))
-            prefix = prefixes[i] if prefixes is not None and groups is not None else 0
-            seen += length - (prefix if prefix and groups is not None and groups[i] in prompted else 0)
-            if prefix and groups is not None:
-                prompted.add(groups[i])
+        chunks, computed = [], BatchCost(packed=True)  # tokens computed in arrival order: a shared prompt once
+        for i, length in enumerate(lengths):
+            chunks.append(computed.tokens // (2 * max_batch_tokens))
+            computed.add(length, shared[i], group_of[i])
         if groups is None:
             order = sorted(range(len(lengths)), key=lambda i: (chunks[i], lengths[i]))
         else:  # a group in the chunk of its first row, its rows together, groups by the tokens they compute
             first: dict[int, int] = {}
             size: dict[int, int] = {}
             for i, group in enumerate(groups):
-                prefix = prefixes[i] if prefixes is not None else 0
                 first.setdefault(group, chunks[i])
-                size[group] = size.get(group, prefix) + lengths[i] - prefix
+                size[group] = size.get(group, shared[i]) + lengths[i] - shared[i]
             order = sorted(
                 range(len(lengths)), key=lambda i: (first[groups[i]], size[groups[i]], groups[i], lengths[i])
             )
@@ -114,8 +112,6 @@ def plan_batches(
         for i, group in enumerate(groups):
             shortest[group] = min(shortest.get(group, lengths[i]), lengths[i])
         order = sorted(range(len(lengths)), key=lambda i: (shortest[groups[i]], groups[i], lengths[i]))
-    shared = prefixes if prefixes is not None and groups is not None else [0] * len(lengths)
-    group_of = groups if groups is not None else range(len(lengths))
     runs: list[list[int]] = []  # a group's rows (or, without groups, each row alone), in planning order
     for index in order:
         if groups is not None and runs and group_of[runs[-1][-1]] == group_of[index]:

@@ -170,7 +170,7 @@ class TorchRewardEngine:
             engine.score_batch([[pad] * 8, [pad] * 5])
             engine.score_batch([[pad] * 6])  # dynamic shapes still specialise a batch of one row
             if engine.shares_prefixes:  # prompt trees (graphs of their own): one or two, alone or beside a row
-                other = (pad + 1) % int(getattr(engine.model.config, "vocab_size", pad + 2) or pad + 2)
+                other = 0 if pad else 1  # a second prompt, unlike the first from its first token
                 tree = [[pad] * (MIN_SHARED_PREFIX + 6), [pad] * (MIN_SHARED_PREFIX + 9)]
                 second = [[other] * (MIN_SHARED_PREFIX + 3), [other] * (MIN_SHARED_PREFIX + 7)]
                 for batch in (tree, [*tree, [pad] * 5], [*tree, *second, [pad] * 5]):
