@@ -10,7 +10,6 @@ integers beyond 64 bits as floats; a body nested too deeply to be written out ag
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Collection, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
@@ -80,20 +79,33 @@ def _json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """`work`, cancelled as soon as the client leaves (ClientGoneError): its upstream calls and scoring stop instead
     of running on for nobody. Call it once the body is read: from then on the next ASGI message the server sends
-    is http.disconnect, when (and only when) the client has gone, or once the response is sent."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    is http.disconnect, when (and only when) the client has gone, or once the response is sent.
+
+    `work` runs in the caller's task, and one watcher task cancels that task when the client goes: a task and an
+    asyncio.wait fewer per request than racing two tasks (about 18 us of CPU, bench/profile_gateway.py)."""
+    task = asyncio.current_task()
+    assert task is not None, "until_disconnected runs inside a task"
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(request)
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        result = await work
+    except asyncio.CancelledError:
+        if not gone:  # cancelled from elsewhere (the server shutting down): not ours to turn into an answer
+            raise
+    else:
+        if not gone:
+            return result
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise ClientGoneError("the client left before its answer was ready; its work was cancelled")
-    return task.result()
+    task.uncancel()  # the watcher's cancel landed (or `work` swallowed it): take it back, and say why the work stopped
+    raise ClientGoneError("the client left before its answer was ready; its work was cancelled")
 
 
 async def _disconnected(request: Request) -> None:

@@ -1,7 +1,9 @@
 """The only place that calls LLM providers: one `ChatProvider` interface, its two implementations, provider config.
 
-`OpenAICompatibleProvider` forwards the chat-completions body as-is over one pooled aiohttp session (OpenAI, vLLM,
-most hosted open-model APIs); `LiteLLMProvider` translates for the rest (anthropic, gemini, bedrock...) and imports
+`OpenAICompatibleProvider` forwards the chat-completions body as-is (OpenAI, vLLM, most hosted open-model APIs): a
+whole completion from a plain-http upstream (an in-cluster vLLM, TGI or LiteLLM proxy) over gateway.http1's
+keep-alive pool (about 70 us less CPU per call than aiohttp's client), streams and https upstreams over one pooled
+aiohttp session; `LiteLLMProvider` translates for the rest (anthropic, gemini, bedrock...) and imports
 LiteLLM lazily, off the event loop. Model names, retries, fallbacks and best-of-N candidates are the router's
 (gateway.upstream.router).
 The offline `local` provider is LiteLLM's custom-provider mechanism: `register_local_models` puts a `CustomLLM` in
@@ -39,6 +41,8 @@ from types import MappingProxyType
 from typing import Any, Literal, NoReturn, Protocol, Self
 
 import aiohttp
+
+from gateway.http1 import Http1Pool
 
 try:
     import orjson
@@ -269,6 +273,10 @@ class OpenAICompatibleProvider(_Lifecycle):
         self._max_connections = config.max_connections
         self._session = session
         self._owns_session = session is None
+        self._fast: Http1Pool | None = None  # whole completions from a plain-http upstream (start() makes it)
+        origin, _, path = self._url.partition("://")[2].partition("/")
+        self._fast_origin = f"http://{origin}" if self._url.startswith("http://") else None
+        self._fast_path = "/" + path
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleProvider(name={self.name!r}, url={self._url!r})"
@@ -277,8 +285,14 @@ class OpenAICompatibleProvider(_Lifecycle):
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections)
             self._session = aiohttp.ClientSession(connector=connector)
+        if self._fast is None and self._fast_origin is not None:
+            auth = {k: v for k, v in self._headers.items() if k != "Content-Type"}  # http1 sends the body's own
+            self._fast = Http1Pool(self._fast_origin, limit=self._max_connections, headers=auth)
 
     async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
+            self._fast = None
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -293,21 +307,24 @@ class OpenAICompatibleProvider(_Lifecycle):
             return UpstreamTimeout(f"{self.name}: no answer within {timeout:g} s")
         return UpstreamConnectionError(_redact(f"{self.name}: {type(err).__name__}: {err}", self._key))
 
-    def _status_error(self, resp: aiohttp.ClientResponse, raw: bytes) -> UpstreamError:
+    def _status_error(self, status: int, raw: bytes, retry_after: str | None) -> UpstreamError:
         message = _redact(f"{self.name}: {_error_message(raw)}", self._key)
-        if resp.status in (401, 403):
-            return UpstreamAuthError(f"{message} (the provider refused the gateway's credentials: {resp.status})")
-        return UpstreamError(resp.status, message, retry_after=resp.headers.get("Retry-After"))
+        if status in (401, 403):
+            return UpstreamAuthError(f"{message} (the provider refused the gateway's credentials: {status})")
+        return UpstreamError(status, message, retry_after=retry_after)
 
     async def complete(self, body: Mapping[str, Any], timeout: float) -> dict[str, Any]:
         try:
-            async with self._post(body, aiohttp.ClientTimeout(total=timeout)) as resp:
-                raw = await resp.read()
-                status_error = self._status_error(resp, raw) if resp.status >= 400 else None
-        except (TimeoutError, aiohttp.ClientError) as err:
+            if self._fast is not None:
+                reply = await self._fast.request("POST", self._fast_path, _dumps(body), timeout)
+                status, raw, retry_after = reply.status, reply.body, reply.header("Retry-After")
+            else:
+                async with self._post(body, aiohttp.ClientTimeout(total=timeout)) as resp:
+                    status, raw, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
+        except (TimeoutError, OSError, aiohttp.ClientError) as err:  # http1's are OSErrors
             raise self._failure(err, timeout) from err
-        if status_error is not None:
-            raise status_error
+        if status >= 400:
+            raise self._status_error(status, raw, retry_after)
         try:
             data = _loads(raw)
         except ValueError:
@@ -324,7 +341,7 @@ class OpenAICompatibleProvider(_Lifecycle):
             raise self._failure(err, timeout) from err
         try:  # the finally closes the upstream response however the consumer leaves: done, break, error, cancel
             if resp.status >= 400:
-                raise self._status_error(resp, await resp.read())
+                raise self._status_error(resp.status, await resp.read(), resp.headers.get("Retry-After"))
             async for chunk in resp.content.iter_any():
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as err:
