@@ -1,9 +1,10 @@
 """A small HTTP/1.1 client for the gateway's hot path: whole-body calls to plain-http servers on keep-alive
 connections (an in-cluster upstream such as vLLM, TGI or a LiteLLM proxy; networked reward servers).
 
-Why it exists: aiohttp's client costs about 90 us of CPU per call on the benchmark machine, a quarter of a
-pass-through request (bench/profile_gateway.py; docs/BENCHMARKS.md, "Gateway overhead"). This one writes one
-pre-rendered request and parses the reply with httptools (C, already the gateway's server-side parser): about 20 us.
+Why it exists: aiohttp's client was the largest share of the gateway's CPU per pass-through request
+(bench/profile_gateway.py). This one writes one pre-rendered request and parses the reply with httptools (C, already
+the gateway's server-side parser): 19 us of CPU per call against aiohttp's 68 on the CPU machine
+(bench/http_client_cpu.py; docs/BENCHMARKS.md, "Gateway overhead").
 
 What it does: GET/POST with a bytes body to one `http://host:port` origin; replies delimited by Content-Length,
 chunked encoding or the connection's end; gzip/deflate bodies decoded. Up to `limit` connections per origin, idle

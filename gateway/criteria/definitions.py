@@ -13,6 +13,7 @@ May import only criteria.base, formats and protocol (DESIGN.md import rules).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import OrderedDict
@@ -78,6 +79,9 @@ class CachedDefinitions:
     """A DefinitionSource that remembers each slug's versions (also "none") for `ttl_s`: resolving op-criteria
     asks every definition kind about every slug of every request, and most slugs are reward models'. A version
     created elsewhere (another replica) is seen within `ttl_s`; `forget` drops a slug at once after a local write.
+    One load per slug at a time: the requests that find the entry expired while it loads wait for that load instead
+    of each asking the store (at 32 concurrent best-of-N requests they all did, every `ttl_s`, each a hop to the
+    store's thread: bench/profile_gateway.py).
     """
 
     def __init__(
@@ -93,17 +97,50 @@ class CachedDefinitions:
         self._max_slugs = max_slugs
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, tuple[CriterionDefinition, ...]]] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[tuple[CriterionDefinition, ...]]] = {}
+        self._forgotten: dict[str, asyncio.Future[tuple[CriterionDefinition, ...]]] = {}  # loads started before forget
 
     async def criterion_versions(self, slug: str) -> Sequence[CriterionDefinition]:
         hit = self._cache.get(slug)
         if hit is not None and self._clock() - hit[0] < self._ttl_s:
             return hit[1]
-        versions = tuple(await self._source.criterion_versions(slug))
-        self._cache[slug] = (self._clock(), versions)
-        self._cache.move_to_end(slug)
-        while len(self._cache) > self._max_slugs:
-            self._cache.popitem(last=False)
+        while (loading := self._loading.get(slug)) is not None:
+            try:
+                return await asyncio.shield(loading)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not loading.cancelled() or (task is not None and task.cancelling()):
+                    raise  # our own cancellation; else the loader's request was cancelled: load it here
+        return await self._load(slug)
+
+    async def _load(self, slug: str) -> tuple[CriterionDefinition, ...]:
+        future: asyncio.Future[tuple[CriterionDefinition, ...]] = asyncio.get_running_loop().create_future()
+        self._loading[slug] = future
+        try:
+            versions = tuple(await self._source.criterion_versions(slug))
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            if self._loading.get(slug) is future:
+                del self._loading[slug]
+            forgotten = self._forgotten.get(slug) is future  # a local write during the load: what it read is old
+            if forgotten:
+                del self._forgotten[slug]
+        future.set_result(versions)
+        if not forgotten:
+            self._cache[slug] = (self._clock(), versions)
+            self._cache.move_to_end(slug)
+            while len(self._cache) > self._max_slugs:
+                self._cache.popitem(last=False)
         return versions
 
     def forget(self, slug: str) -> None:
         self._cache.pop(slug, None)
+        loading = self._loading.pop(slug, None)  # later callers load afresh
+        if loading is not None:
+            self._forgotten[slug] = loading

@@ -2,7 +2,7 @@
 make (POST /v1/score, GET /v1/models) as bytes in, status and bytes out, and its two implementations.
 
 - `RewardServers`: networked reward servers, spread over several URLs with retries; plain-http ones through
-  gateway.http1's keep-alive pools (about 70 us less CPU per call than aiohttp's client, bench/profile_gateway.py),
+  gateway.http1's keep-alive pools (a third of aiohttp's client CPU per call, bench/http_client_cpu.py),
   https ones through aiohttp's. No httpx on this path: its request and response objects, URL merging and cookie
   handling around each scoring call took a third of the gateway's CPU per best-of-4 request (and httpx 0.28's pool
   scanned every connection on each request, encode/httpx#3215).
