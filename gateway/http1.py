@@ -135,6 +135,10 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _unsafe(text: str) -> bool:
+    return "\r" in text or "\n" in text
+
+
 def _decoded(headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
     encoding = next((v.strip().lower() for k, v in headers if k == b"content-encoding"), b"identity")
     try:
@@ -162,16 +166,22 @@ class Http1Pool:
         self.host, self.port = parts.hostname, parts.port or 80
         host = f"[{self.host}]" if ":" in self.host else self.host
         authority = host if self.port == 80 else f"{host}:{self.port}"
+        for name, value in (headers or {}).items():
+            if _unsafe(name + value) or ":" in name:
+                raise ValueError(f"header {name!r}: a name or value with a line break (or a colon in the name)")
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         # Accept-Encoding: identity: the body is not compressed (an intra-cluster hop gains nothing by it)
         self._head = f"Host: {authority}\r\nAccept-Encoding: identity\r\n{extra}".encode("latin-1")
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(limit)
+        self._closed = False
 
     async def request(
         self, method: str, path: str, body: bytes | None, timeout_s: float, content_type: str = "application/json"
     ) -> Response:
         """One exchange: `path` is the request target (`/v1/score`), `body` None sends no body."""
+        if _unsafe(path) or " " in path:
+            raise ValueError(f"request target {path!r}: no spaces or line breaks")
         length = b"" if body is None else b"Content-Type: %s\r\nContent-Length: %d\r\n" % (
             content_type.encode("latin-1"), len(body))  # fmt: skip
         request = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method.encode("ascii"), path.encode("latin-1"), self._head, length)
@@ -205,13 +215,15 @@ class Http1Pool:
         except BaseException:  # a timeout, a cancellation, a broken reply: the connection cannot carry another
             conn.abort()
             raise
-        if conn.reusable:
+        if conn.reusable and not self._closed:
             self._idle.append(conn)
         else:
             conn.abort()
         return response
 
     async def close(self) -> None:
+        """Ends the idle connections now and each busy one when its exchange ends."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.abort()

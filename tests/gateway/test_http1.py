@@ -114,6 +114,20 @@ async def test_chunked_eof_delimited_and_compressed_replies_are_read_whole() -> 
     assert seen.connections == 2  # the EOF-delimited reply used its connection up
 
 
+async def test_after_close_a_connection_in_use_is_not_kept() -> None:
+    async def script(request: bytes, k: int, reader: Reader, writer: Writer) -> bytes:
+        await asyncio.sleep(0.1)
+        return reply(b"ok")
+
+    async with server(script) as (origin, seen):
+        pool = Http1Pool(origin)
+        call = asyncio.ensure_future(pool.request("GET", "/", None, 5))
+        await asyncio.sleep(0.05)
+        await pool.close()
+        assert (await call).body == b"ok"
+        await asyncio.wait_for(seen.eof.wait(), 5)  # closed once its exchange ended
+
+
 async def test_connection_close_and_http_1_0_replies_are_not_reused() -> None:
     async def script(request: bytes, k: int, reader: Reader, writer: Writer) -> bytes:
         if b"/old" in request:
@@ -215,6 +229,13 @@ def test_only_plain_http_origins_and_at_least_one_connection() -> None:
             Http1Pool(bad)
     with pytest.raises(ValueError, match="limit"):
         Http1Pool("http://127.0.0.1:1", limit=0)
+    with pytest.raises(ValueError, match="line break"):
+        Http1Pool("http://127.0.0.1:1", headers={"Authorization": "Bearer k\r\nX-Injected: 1"})
+
+
+async def test_a_request_target_cannot_smuggle_a_second_request() -> None:
+    with pytest.raises(ValueError, match="request target"):
+        await Http1Pool("http://127.0.0.1:1").request("GET", "/x HTTP/1.1\r\nHost: evil", None, 5)
 
 
 def test_on_uvloop_as_the_gateway_serves() -> None:
