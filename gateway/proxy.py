@@ -101,7 +101,9 @@ def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Res
 def _authenticate(request: Request, keys: tuple[str, ...]) -> None:
     if not keys:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # the raw ASGI list (names lower-cased by the server), not request.headers: a Headers lookup scans and decodes
+    authorization = next((v for k, v in request.scope["headers"] if k == b"authorization"), b"").decode("latin-1")
+    scheme, _, token = authorization.partition(" ")
     # Bytes, not str: compare_digest refuses non-ASCII text, and a header may hold any byte (Starlette decodes it as
     # latin-1). Every key is compared: the time taken does not tell which prefix matched.
     given = token.strip().encode("latin-1")

@@ -208,7 +208,9 @@ def _cache_policy(value: str | None) -> CachePolicy:
 async def chat_completions(request: Request, services: Services, *, log_by_default: bool = False) -> Response:
     started = time.perf_counter()
     raw = await read_json(request, services.settings)
-    chat = parse_chat(raw, request.headers, services.settings, started, log_by_default=log_by_default)
+    # one pass over the raw headers (the first of a repeated name wins, as with Headers.get) for parse_chat's lookups
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(request.scope["headers"])}
+    chat = parse_chat(raw, headers, services.settings, started, log_by_default=log_by_default)
     if chat.best_of_n is None:
         if chat.stream:  # its overhead is not measured: the body streams later
             return StreamingResponse(sse.relay(await services.chat.stream(chat)), media_type="text/event-stream")

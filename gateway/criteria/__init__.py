@@ -208,7 +208,7 @@ async def resolve_criteria(
     kinds = [r.kind for r in resolvers]
     if len(set(kinds)) != len(kinds):
         raise ValueError(f"resolvers must be of distinct kinds, got {kinds}")
-    answers = await asyncio.gather(*(_resolve_one(ref, resolvers) for ref in refs))
+    answers = [await _resolve_one(ref, resolvers) for ref in refs]  # one after another: see _resolve_one
     resolved: list[tuple[Criterion, float]] = []
     for answer, ref in zip(answers, refs, strict=True):
         if isinstance(answer, UnknownCriterionError):
@@ -224,7 +224,10 @@ async def _resolve_one(ref: CriterionRef, resolvers: Sequence[CriterionResolver]
         except (UnknownCriterionError, CriterionUnavailableError) as exc:
             return exc
 
-    answers = await asyncio.gather(*(ask(r) for r in resolvers))
+    # One after another, not gathered: with warm caches (definitions, the reward server's listing) every resolver
+    # answers without waiting, and tasks for them cost more CPU per request than they saved (bench/profile_gateway.py);
+    # cold, the kinds that read definitions share one store load (CachedDefinitions), so at most the listing waits.
+    answers = [await ask(r) for r in resolvers]
     for answer in answers:
         if answer is not None and not isinstance(answer, Exception):
             return answer
