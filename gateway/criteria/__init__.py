@@ -225,8 +225,9 @@ async def _resolve_one(ref: CriterionRef, resolvers: Sequence[CriterionResolver]
             return exc
 
     # One after another, not gathered: with warm caches (definitions, the reward server's listing) every resolver
-    # answers without waiting, and tasks for them cost more CPU per request than they saved (bench/profile_gateway.py);
-    # cold, the kinds that read definitions share one store load (CachedDefinitions), so at most the listing waits.
+    # answers without waiting, while each task is a turn through the event loop's ready queue, long under load (at
+    # 32 concurrent best-of-N requests these turns were ~10 ms of each request: docs/BENCHMARKS.md, issue 17). Cold,
+    # the kinds that read definitions share one store load (CachedDefinitions), so at most the listing waits.
     answers = [await ask(r) for r in resolvers]
     for answer in answers:
         if answer is not None and not isinstance(answer, Exception):
