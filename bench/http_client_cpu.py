@@ -1,8 +1,8 @@
 """CPU per call of the gateway's HTTP clients on its hot path: gateway.http1 against aiohttp's client (its peer, what
 the gateway used before) and httpx, in the same run.
 
-A raw asyncio server in a separate process (pinned to the other CPU when there are two) answers every POST at once
-with a fixed chat completion (~600 bytes) on keep-alive connections; the client process, pinned to one CPU, sends
+bench/gateway_overhead.py's fake upstream (bench/overhead_harness.py, a raw asyncio server) with no latency, on CPU
+1, answers every POST with a fixed chat completion on keep-alive connections; the client process, on CPU 0, sends
 --calls POSTs of a small chat-completions body from --concurrency concurrent callers through each client in turn,
 --rounds times, alternating the order. CPU per call = the client process's user+sys time / calls; the median over
 rounds is printed with the ratio to http1.
@@ -16,54 +16,18 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for the harness
+from overhead_harness import free_port, start
 
-ANSWER = json.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "fake",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 80}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 20, "completion_tokens": 80, "total_tokens": 100},
-}).encode()  # fmt: skip
 REQUEST = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "How do I reset my password?"}]})
-
-SERVER = r"""
-import asyncio, sys
-body = sys.stdin.buffer.read()
-reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
-class Answer(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.buffer = transport, b""
-    def data_received(self, data):
-        self.buffer += data
-        while True:
-            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
-            if not sep:
-                return
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            if len(rest) < length:
-                return
-            self.buffer = rest[length:]
-            self.transport.write(reply)
-async def main():
-    server = await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", int(sys.argv[1]))
-    print("ready", flush=True)
-    await asyncio.sleep(3600)
-try:
-    import uvloop
-    uvloop.run(main())
-except ImportError:
-    asyncio.run(main())
-"""
 
 Call = Callable[[], Awaitable[bytes]]
 
@@ -114,7 +78,7 @@ CLIENTS = {"http1": http1_client, "aiohttp": aiohttp_client, "httpx": httpx_clie
 async def measure(name: str, url: str, calls: int, concurrency: int) -> float:
     call, close = await CLIENTS[name](url)
     try:
-        assert json.loads(await call())["id"] == "chatcmpl-bench"
+        assert json.loads(await call())["choices"][0]["message"]["content"]
 
         async def caller(count: int) -> None:
             for _ in range(count):
@@ -146,29 +110,22 @@ def main() -> None:
     parser.add_argument("--clients", default="http1,aiohttp,httpx")
     args = parser.parse_args()
     args.clients = args.clients.split(",")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    two = (os.cpu_count() or 1) >= 2
-    server = subprocess.Popen(
-        [*(["taskset", "-c", "1"] if two else []), sys.executable, "-c", SERVER, str(port)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    assert server.stdin is not None and server.stdout is not None
-    server.stdin.write(ANSWER)
-    server.stdin.close()
-    server.stdout.readline()
-    if two:
-        os.sched_setaffinity(0, {0})
+    port = free_port()
+    harness = [sys.executable, str(Path(__file__).resolve().parent / "overhead_harness.py"), "--port", str(port)]
+    work = Path(tempfile.mkdtemp(prefix="rewardgate-http-client-"))
+    url = f"http://127.0.0.1:{port}"
+    server = start("upstream", [*harness, "--latency-ms", "0"], 1, url, {}, work)
+    os.sched_setaffinity(0, {0})
     try:
+        server.wait_ready("/health", timeout_s=60)
         try:
             import uvloop
 
-            results = uvloop.run(run(args, f"http://127.0.0.1:{port}/v1/chat/completions"))
+            results = uvloop.run(run(args, url + "/v1/chat/completions"))
         except ImportError:
-            results = asyncio.run(run(args, f"http://127.0.0.1:{port}/v1/chat/completions"))
+            results = asyncio.run(run(args, url + "/v1/chat/completions"))
     finally:
-        server.kill()
+        server.stop()
     base = statistics.median(results["http1"]) if "http1" in results else None
     print(f"client CPU per call, {args.calls} calls x {args.rounds} rounds, {args.concurrency} concurrent callers, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip

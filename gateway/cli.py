@@ -68,13 +68,8 @@ from gateway.service.distill import DistillService
 from gateway.service.feedback import FeedbackService
 from gateway.service.jobs import JobService
 from gateway.store import LogQuery, open_store
-from gateway.upstream.providers import (
-    LOCAL_PROVIDER,
-    ProviderConfig,
-    local_provider_config,
-    providers_from_env,
-    register_local_models,
-)
+from gateway.upstream.local import LOCAL_PROVIDER, local_provider_config, register_local_models
+from gateway.upstream.providers import ProviderConfig, providers_from_env
 from gateway.upstream.router import Router
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ connections (an in-cluster upstream such as vLLM, TGI or a LiteLLM proxy; networ
 
 Why it exists: aiohttp's client was the largest share of the gateway's CPU per pass-through request
 (bench/profile_gateway.py). This one writes one pre-rendered request and parses the reply with httptools (C, already
-the gateway's server-side parser): 19 us of CPU per call against aiohttp's 68 on the CPU machine
+the gateway's server-side parser): 19.5 us of CPU per call against aiohttp's 61 on the CPU machine
 (bench/http_client_cpu.py; docs/BENCHMARKS.md, "Gateway overhead").
 
 What it does: GET/POST with a bytes body to one `http://host:port` origin; replies delimited by Content-Length,

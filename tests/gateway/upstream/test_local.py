@@ -1,5 +1,6 @@
-"""The in-process `local` provider: LiteLLM's custom-provider mechanism, driven through the real Router and
-LiteLLMProvider, first with a recording fake generator (no torch), then with LocalGenerator on a tiny causal LM."""
+"""gateway/upstream/local.py, the in-process `local` provider: LiteLLM's custom-provider mechanism, driven through
+the real Router and LiteLLMProvider, first with a recording fake generator (no torch), then with LocalGenerator on a
+tiny causal LM."""
 
 from __future__ import annotations
 
@@ -11,12 +12,8 @@ from typing import Any
 
 import pytest
 
-from gateway.upstream.providers import (
-    LiteLLMProvider,
-    UpstreamError,
-    local_provider_config,
-    register_local_models,
-)
+from gateway.upstream.local import local_provider_config, register_local_models
+from gateway.upstream.providers import LiteLLMProvider, UpstreamError
 from gateway.upstream.router import Candidate, Router
 from tests.tiny import save_causal_lm
 
