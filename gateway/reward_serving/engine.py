@@ -1,15 +1,16 @@
-"""TorchRewardEngine: a reward-model directory (contract 2) loaded with transformers, scored on one thread.
+"""TorchRewardEngine: a reward-model directory (contract 2) loaded with transformers, scored on its worker threads.
 
-Owns loading (dtype `auto`: bf16 on CUDA, float32 on CPU; SDPA attention), rendering with `formats.render_many`
-(a prompt shared by several conversations is rendered once), right padding, and scoring with
-`formats.pool_rewards` under `torch.inference_mode` on ONE dedicated worker thread, so the event loop never
-runs a forward pass. Shared-prompt reuse for decoders: rows of one pass that share a prompt (the N candidates
-of a best-of-N request, which the batcher keeps together for this engine) compute it once: packed, each group is
-a prompt tree in the one packed pass (reward_serving.packing); unpacked, the prompts of several groups go in one
-pass and all their answers in one more, each on its prompt's KV cache (`_score_shared_prefixes`). Packed passes:
-on where asked, or by default ("auto") for BERT-shaped encoders and plainly causal decoders, once a probe pass at
-load scores packed rows as padded ones (`_checked_packing`); with `--compile`, compiled as packed passes. Must not
-import the web layer (server, starlette, httpx).
+Owns loading (dtype `auto`: bf16 on CUDA, float32 on CPU; SDPA attention), rendering with `formats.render_many` (a
+prompt shared by several conversations is rendered once), right padding, and scoring with `formats.pool_rewards`
+under `torch.inference_mode` on the engine's own worker threads, so the event loop never runs a forward pass: one by
+default, each pass using every core; `pass_workers` > 1 (CPUs only) scores that many passes at once, each on its
+share of the cores (`resolve_pass_workers`). Shared-prompt reuse for decoders: rows of one pass that share a prompt
+(the N candidates of a best-of-N request, which the batcher keeps together for this engine) compute it once: packed,
+each group is a prompt tree in the one packed pass (reward_serving.packing); unpacked, the prompts of several groups
+go in one pass and all their answers in one more, each on its prompt's KV cache (`_score_shared_prefixes`). Packed
+passes: on where asked, or by default ("auto") for BERT-shaped encoders and plainly causal decoders, once a probe
+pass at load scores packed rows as padded ones (`_checked_packing`); with `--compile`, compiled as packed passes.
+Must not import the web layer (server, starlette, httpx).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import inspect
 import json
 import logging
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +67,7 @@ class TorchRewardEngine:
     """Scores token-id rows with a `*ForSequenceClassification` (num_labels=1) model.
 
     `score_batch` scores one planned batch, blocking (right-padded, or prompt-once for rows that share one
-    on a decoder); `score_tokens` runs it on the engine's own single worker thread; `score` renders and
+    on a decoder); `score_tokens` runs it on one of the engine's worker threads (`pass_workers`); `score` renders and
     scores conversations in one blocking call, for tests and for checking trainer/server identity.
     """
 
@@ -80,6 +82,7 @@ class TorchRewardEngine:
         share_prefixes: bool = True,
         packing: bool = False,
         pinned: bool = False,
+        pass_workers: int = 1,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -116,7 +119,12 @@ class TorchRewardEngine:
             from . import packing as packed_scoring
 
             packed_scoring.register()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rm-{name}")
+        # Passes run on `pass_workers` threads; several (a CPU's, `resolve_pass_workers`) share its cores between them,
+        # each pass on its own share, as separate passes rather than one pass split across every core.
+        self.pass_workers = pass_workers
+        self._executor = ThreadPoolExecutor(max_workers=pass_workers, thread_name_prefix=f"rm-{name}")
+        if pass_workers > 1:
+            _share_threads(self._executor, pass_workers)
 
     @classmethod
     def load(
@@ -128,11 +136,14 @@ class TorchRewardEngine:
         compile_blocks: bool = False,
         max_length: int | None = None,
         packing: bool | str = False,
+        pass_workers: int | str = 1,
     ) -> TorchRewardEngine:
         """Load a reward-model directory written by the trainer (blocking: call it off the event loop).
         `max_length` overrides the card's (the importer loads a directory before its card exists). `packing`: True,
         False or "auto" (`packing.suits`); either way it stays off, logged, unless a probe pass scores packed rows
-        as padded ones (`packing.scores_as_padded`)."""
+        as padded ones (`packing.scores_as_padded`). `pass_workers`: passes scored at once (`resolve_pass_workers`);
+        more than one sets packing up for good (`packing.pin`), as a packed pass otherwise switches the model's
+        attention for its duration."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = Path(path)
@@ -148,11 +159,13 @@ class TorchRewardEngine:
         model.to(target).eval()
         max_length = _max_length(card if max_length is None else {"max_length": max_length}, model.config, path)
         packing = _checked_packing(model, target, packing, path)
-        if compile_blocks:
-            if packing:  # packed passes compiled: the packed attention set for good first (packing.pin)
-                from .packing import pin
+        workers = resolve_pass_workers(pass_workers, target)
+        pinned = packing and (compile_blocks or workers > 1)
+        if pinned:  # packed passes compiled, or several at once: the packed attention set for good (packing.pin)
+            from .packing import pin
 
-                pin(model)
+            pin(model)
+        if compile_blocks:
             model = compile_model(model, target)
         # Compiled layers were measured on padded and packed passes; the KV-cache shared-prompt path stays off with
         # them (a packed decoder shares prompts in its packed pass).
@@ -162,19 +175,20 @@ class TorchRewardEngine:
             max_length=max_length,
             name=path.parent.name + "-" + path.name,
             share_prefixes=packing or not compile_blocks,
-            packing=packing and not compile_blocks,
-            pinned=packing and compile_blocks,
+            packing=packing and not pinned,
+            pinned=pinned,
+            pass_workers=workers,
         )
         if compile_blocks:  # compile now, so a model that does not compile fails to load, not to score
             pad = engine.pad_token_id
-            engine.score_batch([[pad] * 8, [pad] * 5])
-            engine.score_batch([[pad] * 6])  # dynamic shapes still specialise a batch of one row
+            batches = [[[pad] * 8, [pad] * 5], [[pad] * 6]]  # dynamic shapes still specialise a batch of one row
             if engine.shares_prefixes:  # prompt trees (graphs of their own): one or two, alone or beside a row
                 other = 0 if pad else 1  # a second prompt, unlike the first from its first token
                 tree = [[pad] * (MIN_SHARED_PREFIX + 6), [pad] * (MIN_SHARED_PREFIX + 9)]
                 second = [[other] * (MIN_SHARED_PREFIX + 3), [other] * (MIN_SHARED_PREFIX + 7)]
-                for batch in (tree, [*tree, [pad] * 5], [*tree, *second, [pad] * 5]):
-                    engine.score_batch(batch)
+                batches += [tree, [*tree, [pad] * 5], [*tree, *second, [pad] * 5]]
+            for batch in batches:  # on a worker: inductor's CPU kernels take the thread count they compile under
+                engine._executor.submit(engine.score_batch, batch).result()
         return engine
 
     # ------------------------------------------------------------ render (any thread)
@@ -185,7 +199,7 @@ class TorchRewardEngine:
         """Token ids per conversation, in order; the last message of each is the response scored."""
         return render_many(self.tokenizer, conversations, self.max_length, tools)
 
-    # ------------------------------------------------------------ score (the worker thread)
+    # ------------------------------------------------------------ score (the worker threads)
 
     def score_batch(self, batch: Sequence[Sequence[int]]) -> list[float]:
         """Raw scores for token-id rows, in row order. Blocking.
@@ -303,7 +317,7 @@ class TorchRewardEngine:
         return out
 
     async def score_tokens(self, batch: Sequence[TokenIds]) -> list[float]:
-        """`score_batch` on this engine's dedicated worker thread."""
+        """`score_batch` on one of this engine's worker threads."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.score_batch, batch)
 
     def score(
@@ -329,12 +343,49 @@ class TorchRewardEngine:
         return scores
 
     def close(self) -> None:
-        """Stop the worker thread and release the weights."""
+        """Stop the worker threads and release the weights."""
         self._executor.shutdown(wait=True)
         on_cuda = self.device.type == "cuda"
         self.model = None
         if on_cuda:
             torch.cuda.empty_cache()
+
+
+def _share_threads(executor: ThreadPoolExecutor, workers: int) -> None:
+    """Start the executor's `workers` threads now, each with torch's threads divided between them.
+
+    torch's thread count is per thread but leaks: `torch.set_num_threads` also sets the count that a thread's first
+    parallel op adopts, in every thread that has not run one yet. So each worker first adopts the process's count,
+    then sets its share, and once all have, the process's count is set back (in this thread, which keeps it), so
+    threads that start later (another model's workers, a benchmark's) are not left with a share."""
+    total = torch.get_num_threads()
+    share = max(1, total // workers)
+    ready = threading.Barrier(workers)  # each worker holds one task until all are started: one thread each
+
+    def adopt() -> None:
+        torch.get_num_threads()  # this thread's first parallel setting: the process's count, before it changes
+        torch.set_num_threads(share)
+        ready.wait(timeout=60)
+
+    for future in [executor.submit(adopt) for _ in range(workers)]:
+        future.result()
+    torch.set_num_threads(total)
+
+
+def resolve_pass_workers(workers: int | str, device: torch.device) -> int:
+    """`auto`: 2 on a CPU with 2 or more of torch's threads, else 1; a number is taken as it is, but only a CPU
+    runs more than one (a GPU runs one kernel stream per model).
+
+    Why 2 on a CPU: one pass at a time splits every op across the cores, so each op ends at a barrier where a core
+    that the server's own work (HTTP, tokenizing) took away holds the other up; two passes at once, each on its
+    share of the cores, keep both busy, as measured in `bench/score_cpu.py` (docs/BENCHMARKS.md)."""
+    if workers == "auto":
+        return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ModelLoadError(f"pass_workers {workers!r} is not 'auto' or a positive number")
+    if workers > 1 and device.type != "cpu":
+        raise ModelLoadError(f"pass_workers {workers} is for CPUs; {device} scores one pass at a time")
+    return workers
 
 
 def _checked_packing(model: Any, device: torch.device, packing: bool | str, path: Path) -> bool:
@@ -399,12 +450,18 @@ def torch_loader(
     on_batch: Callable[[BatchStats], None] | None = None,
     compile_blocks: bool = False,
     packing: bool | str = "auto",
+    pass_workers: int | str = 1,
 ) -> Loader:
     """The registry's loader for the torch engine: a model directory -> engine behind its own batcher."""
 
     def load(version: ModelVersion) -> BatchedModel:
         engine = TorchRewardEngine.load(
-            version.path, device=device, dtype=dtype, compile_blocks=compile_blocks, packing=packing
+            version.path,
+            device=device,
+            dtype=dtype,
+            compile_blocks=compile_blocks,
+            packing=packing,
+            pass_workers=pass_workers,
         )
         return BatchedModel(engine, batcher, on_batch=on_batch)
 

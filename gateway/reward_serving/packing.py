@@ -3,13 +3,14 @@ feed-forward layers and norms (most of a pass's work) compute real tokens only; 
 apart. Issue 17 part 1: a right-padded pass of rows of uneven length computes 10-25 % pads on best-of-N traffic.
 
 How: positions restart at 0 for each row (and token types are 0), and attention runs through an attention function
-registered with transformers under `PACKED` (`AttentionInterface`), which the model uses while `packed_attention`
-is entered: it gathers each row's queries, keys and values into a padded (rows, heads, longest, dim) block, runs
-SDPA with each row's key mask (bidirectional for encoders; causal for decoders, where right padding needs no mask,
-as in `formats.pool_rewards`) and scatters the outputs back. The pooling rule is `formats.pool_rewards`' (a
-decoder's `score` head at each row's last token; an encoder's own head at each row's first token, [CLS], by
-handing the head one (rows, 1, hidden) block), so scores equal the padded pass's up to rounding (tested within
-1e-5 in float32).
+registered with transformers under `PACKED` (`AttentionInterface`), which the model uses while `packed_attention` is
+entered. On a CPU it attends row by row on views of the packed tensors (`row_attention`, a custom op, so a compiled
+pass calls it as one kernel); elsewhere it gathers each row's queries, keys and values into a padded (rows, heads,
+longest, dim) block, runs SDPA with each row's key mask (bidirectional for encoders; causal for decoders, where right
+padding needs no mask, as in `formats.pool_rewards`) and scatters the outputs back. The pooling rule is
+`formats.pool_rewards`' (a decoder's `score` head at each row's last token; an encoder's own head at each row's first
+token, [CLS], by handing the head one (rows, 1, hidden) block), so scores equal the padded pass's up to rounding
+(tested within 1e-5 in float32).
 
 Prompt trees (decoders; issue 17 part 2): the candidates of a best-of-N request share their prompt, so a decoder's
 pass packs each such group once as a tree, the prompt then every answer with positions continuing the prompt, and
@@ -22,9 +23,9 @@ Which models pack: `suits` (`--packing auto`: BERT-shaped encoders and plainly c
 
 Compiled (`--compile --packing`): `pin` sets `PACKED` on the model for good and sets up its last layer once, before
 `torch.compile`, so the compiled graph sees the same modules on every call (no per-call switch to recompile on), and
-every batch, a single row too, is scored packed. The attention indexes the block with integer positions (`flat`),
-not a boolean mask, so nothing in a pass has a data-dependent shape. Must not import the web layer; imports torch
-and transformers.
+every batch, a single row too, is scored packed. The gathered attention indexes the block with integer positions
+(`flat`), not a boolean mask, and the row-by-row one is an opaque op, so nothing in a pass has a data-dependent
+shape. Must not import the web layer; imports torch and transformers.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .row_attention import row_attention
 
 PACKED = "rewardgate_packed"
 ANSWER_BLOCK = 1024  # answer tokens of a tree attended in one block row (`Tree`); longer trees are split
@@ -53,7 +56,8 @@ class Packing:
     valid: torch.Tensor  # (rows, longest) bool: real positions
     flat: torch.Tensor  # (tokens,): where each packed token lies in the (rows x longest) block, in packed order
     causal: bool
-    jagged: bool = False  # attention on nested (jagged) tensors instead of the gathered padded block
+    # attention row by row on the packed tensors (`row_attention`: the CPU's), not on the gathered padded block
+    rows_apart: bool = False
     tree: Tree | None = None  # the rows are prompt trees (`Tree`); None: plain causal or bidirectional rows
 
     @classmethod
@@ -62,10 +66,11 @@ class Packing:
         lengths: Sequence[int],
         device: torch.device,
         causal: bool,
-        jagged: bool = False,
+        rows_apart: bool | None = None,
         trees: Sequence[tuple[int, Sequence[int]]] | None = None,
     ) -> Packing:
-        """`trees`: per row, its prompt's length and its answers' (`Tree`); causal rows only."""
+        """`trees`: per row, its prompt's length and its answers' (`Tree`); causal rows only. `rows_apart`: None is
+        row by row on a CPU, gathered elsewhere (trees are always gathered)."""
         sizes = torch.tensor(lengths, device=device)
         starts = torch.cumsum(sizes, 0) - sizes
         positions = torch.arange(int(sizes.max()), device=device).unsqueeze(0)
@@ -73,10 +78,11 @@ class Packing:
         gather = torch.where(valid, starts.unsqueeze(1) + positions, torch.zeros_like(positions))
         tree = None
         if trees is not None and any(answers for _, answers in trees):
-            if not causal or jagged:
-                raise ValueError("prompt trees are causal and gathered, not bidirectional or jagged")
+            if not causal:
+                raise ValueError("prompt trees are causal, not bidirectional")
             tree = Tree.of(trees, starts.tolist(), device)
-        return cls(starts, sizes, gather, valid, valid.reshape(-1).nonzero()[:, 0], causal, jagged, tree)
+        apart = device.type == "cpu" if rows_apart is None else rows_apart
+        return cls(starts, sizes, gather, valid, valid.reshape(-1).nonzero()[:, 0], causal, apart, tree)
 
 
 @dataclass(frozen=True)
@@ -161,10 +167,11 @@ def packed_attention_forward(
     """transformers' attention signature: (1, heads, tokens, dim) packed in, (1, tokens, heads, dim) out."""
     packing: Packing = kwargs["rewardgate_packing"]
     rows, width = packing.gather.shape
-    if packing.jagged:
-        return _jagged_attention(packing, query, key, value, scaling), None
     if packing.tree is not None:
         return _tree_attention(packing.tree, query, key, value, scaling), None
+    if packing.rows_apart:
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        return row_attention(query, key, value, packing.lengths, packing.lengths, packing.causal, scale), None
 
     def block(x: torch.Tensor) -> torch.Tensor:  # (1, heads, tokens, dim) -> (rows, heads, longest, dim)
         return x[0][:, packing.gather.reshape(-1)].reshape(x.shape[1], rows, width, x.shape[-1]).transpose(0, 1)
@@ -208,29 +215,6 @@ def _tree_attention(
         scale=scaling,
     )
     return torch.cat([flat(prompts), flat(answers)]).index_select(0, tree.order).unsqueeze(0)
-
-
-def _jagged_attention(
-    packing: Packing, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
-) -> torch.Tensor:
-    """The same attention on nested jagged tensors over the packed values (no gathered copy). On a CPU torch 2.13
-    has only SDPA's math backend for them (it splits them into per-row tensors), and none with `is_causal`: encoders
-    only, measured in bench/padding_cpu.py, not used by the engine."""
-    if packing.causal:
-        raise ValueError("jagged attention: torch 2.13 has no CPU SDPA backend for causal nested tensors")
-    offsets = torch.cat([packing.starts, (packing.starts[-1:] + packing.lengths[-1:])])
-    heads = query.shape[1]
-
-    def jagged(x: torch.Tensor) -> torch.Tensor:  # (1, heads, tokens, dim) -> (rows, heads, j, dim)
-        values = x[0].transpose(0, 1)
-        if values.shape[1] != heads:
-            values = values.repeat_interleave(heads // values.shape[1], dim=1)
-        return torch.nested.nested_tensor_from_jagged(values.contiguous(), offsets).transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(
-        jagged(query), jagged(key), jagged(value), scale=scaling, is_causal=packing.causal
-    )
-    return out.transpose(1, 2).values().unsqueeze(0)
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:
@@ -330,7 +314,7 @@ def score_packed(
     rows: Sequence[Sequence[int]],
     device: torch.device,
     *,
-    jagged: bool = False,
+    rows_apart: bool | None = None,
     pinned: bool = False,
     groups: Sequence[tuple[Sequence[int], int]] = (),
 ) -> torch.Tensor:
@@ -338,12 +322,12 @@ def score_packed(
     `pinned`: the model went through `pin` (possibly compiled since); else packing is switched on for this pass.
     `groups` (a decoder's; `engine.shared_prefix_groups`: row indices and the prompt length they share): each group
     is packed as one prompt tree (`Tree`), its prompt once and then each row's own tokens, so the prompt is
-    computed once for all its rows in the same pass as everything else."""
+    computed once for all its rows in the same pass as everything else. `rows_apart`: `Packing.of`'s."""
     head = getattr(model, "score", None)
     if groups and head is None:
         raise ValueError("prompt trees need a decoder: an encoder's prompt tokens would attend to the answers")
     ids_list, position_list, lengths, trees, last = _layout(rows, groups)
-    packing = Packing.of(lengths, device, causal=head is not None, jagged=jagged, trees=trees)
+    packing = Packing.of(lengths, device, causal=head is not None, rows_apart=rows_apart, trees=trees)
     ids = torch.tensor(ids_list, device=device).unsqueeze(0)
     positions = torch.tensor(position_list, device=device).unsqueeze(0)
     with nullcontext() if pinned else packed_attention(model):
@@ -453,12 +437,18 @@ def _first_token_layer(layer: Any, hidden: torch.Tensor, packing: Packing) -> to
     def block(x: torch.Tensor) -> torch.Tensor:  # (tokens, count * size) -> (rows, count, longest, size)
         return x[packing.gather.reshape(-1)].view(rows, width, count, size).transpose(1, 2)
 
-    query = heads.query(first).view(rows, 1, count, size).transpose(1, 2)
-    mask = packing.valid[:, None, None, :]
-    out = F.scaled_dot_product_attention(
-        query, block(heads.key(states)), block(heads.value(states)), attn_mask=mask, scale=heads.scaling
-    )
-    attended = layer.attention.output(out.transpose(1, 2).reshape(rows, count * size), first)
+    if packing.rows_apart:  # (1, count, rows, size) queries, one per row, against each row's keys
+        query = heads.query(first).view(1, rows, count, size).transpose(1, 2)
+        key, value = (x.view(1, -1, count, size).transpose(1, 2) for x in (heads.key(states), heads.value(states)))
+        ones = torch.ones_like(packing.lengths)
+        out = row_attention(query, key, value, ones, packing.lengths, False, float(heads.scaling))[0]
+    else:
+        query = heads.query(first).view(rows, 1, count, size).transpose(1, 2)
+        mask = packing.valid[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            query, block(heads.key(states)), block(heads.value(states)), attn_mask=mask, scale=heads.scaling
+        ).transpose(1, 2)
+    attended = layer.attention.output(out.reshape(rows, count * size), first)
     result: torch.Tensor = layer.output(layer.intermediate(attended), attended).unsqueeze(1)
     return result
 

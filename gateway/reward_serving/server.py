@@ -101,6 +101,13 @@ class ServerSettings:
             "choices": ("auto", "on", "off"),
         },
     )
+    pass_workers: str = field(
+        default="auto",
+        metadata={
+            "help": "torch engine: forward passes scored at once per model, each on its share of the CPU cores (a "
+            "number, or auto: 2 on a CPU with 2+ threads, 1 on CUDA)"
+        },
+    )
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 429/503"})
 
     def batcher_config(self) -> BatcherConfig:
@@ -362,7 +369,17 @@ def _default_loader(settings: ServerSettings, metrics: RewardServerMetrics) -> L
         on_batch=metrics.record_batch,
         compile_blocks=settings.compile,
         packing={"on": True, "off": False}.get(settings.packing, settings.packing),
+        pass_workers=_pass_workers(settings.pass_workers),
     )
+
+
+def _pass_workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"pass_workers {value!r} is not 'auto' or a number") from None
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
@@ -277,3 +278,89 @@ async def test_close_finishes_admitted_work_then_refuses() -> None:
     scorer.gate.set()
     await closing
     assert await pending == expected(rows(2))
+
+
+class CountingScorer(FakeScorer):
+    """A gated FakeScorer that counts the passes being scored at once."""
+
+    def __init__(self) -> None:
+        super().__init__(gated=True)
+        self.running = 0
+        self.most = 0
+
+    async def __call__(self, batch: Sequence[tuple[int, ...]]) -> list[float]:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            return await super().__call__(batch)
+        finally:
+            self.running -= 1
+
+
+async def test_passes_in_flight_run_that_many_passes_at_once_and_no_more() -> None:
+    """Two workers: the second pass starts while the first is scored, the third waits for a free one; a request
+    split across passes gets every score."""
+    scorer = CountingScorer()
+    batcher = Batcher(scorer, BatcherConfig(max_batch_tokens=4, max_wait_s=0.0, passes_in_flight=2))
+    split = rows(4, 4, 4, 4, start=3)  # four passes of one row
+    task = asyncio.ensure_future(batcher.submit(split))
+    await until(lambda: scorer.running == 2)
+    await asyncio.sleep(0.01)
+    assert len(scorer.batches) == 2  # the third pass waits for a worker
+    scorer.gate.set()
+    assert await task == expected(split)
+    assert scorer.most == 2 and len(scorer.batches) == 4
+    await batcher.aclose()
+
+
+async def test_a_free_worker_takes_the_next_window_while_a_pass_is_scored() -> None:
+    scorer = CountingScorer()
+    batcher = Batcher(scorer, BatcherConfig(max_wait_s=0.0, passes_in_flight=2))
+    first = asyncio.ensure_future(batcher.submit(rows(3)))
+    await until(lambda: scorer.running == 1)
+    second = asyncio.ensure_future(batcher.submit(rows(2, start=5)))
+    await until(lambda: scorer.running == 2)  # not merged into the first pass, nor waiting for it
+    scorer.gate.set()
+    assert await first == expected(rows(3)) and await second == expected(rows(2, start=5))
+    await batcher.aclose()
+
+
+async def test_one_pass_in_flight_keeps_passes_one_after_another() -> None:
+    """The default: a request arriving while a pass is scored waits and joins the next window."""
+    scorer = CountingScorer()
+    batcher = Batcher(scorer, BatcherConfig(max_wait_s=0.0))
+    first = asyncio.ensure_future(batcher.submit(rows(3)))
+    await until(lambda: scorer.running == 1)
+    later = [asyncio.ensure_future(batcher.submit(rows(2, start=k))) for k in (5, 7)]
+    await until(lambda: batcher.queue_size == 3)
+    await asyncio.sleep(0.01)
+    assert len(scorer.batches) == 1
+    scorer.gate.set()
+    await asyncio.gather(first, *later)
+    assert scorer.most == 1 and len(scorer.batches) == 2  # the two later requests merged into one pass
+    await batcher.aclose()
+
+
+async def test_close_waits_for_every_pass_in_flight() -> None:
+    scorer = CountingScorer()
+    batcher = Batcher(scorer, BatcherConfig(max_batch_tokens=4, max_wait_s=0.0, passes_in_flight=2))
+    task = asyncio.ensure_future(batcher.submit(rows(4, 4)))
+    await until(lambda: scorer.running == 2)
+    closing = asyncio.ensure_future(batcher.aclose())
+    await asyncio.sleep(0.01)
+    assert not closing.done()
+    scorer.gate.set()
+    await closing
+    assert task.done() and task.result() == expected(rows(4, 4))
+
+
+def test_passes_in_flight_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="passes in flight"):
+        BatcherConfig(passes_in_flight=0)
+
+
+async def test_an_engine_with_pass_workers_gets_that_many_passes_in_flight() -> None:
+    engine = FakeEngine()
+    assert BatchedModel(engine).batcher.config.passes_in_flight == 1
+    engine.pass_workers = 3  # type: ignore[attr-defined]
+    assert BatchedModel(engine).batcher.config.passes_in_flight == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,60 @@ async def test_score_tokens_runs_on_the_dedicated_worker_thread(engine: TorchRew
     assert threads and threads[0].startswith("rm-") and threads[0] != threading.main_thread().name
 
 
+@pytest.mark.anyio
+async def test_two_pass_workers_score_two_passes_at_once_on_half_the_threads_each(
+    store: Path, anyio_backend: str
+) -> None:
+    """`--pass-workers 2`: the engine's worker threads each take half of torch's threads, the model is packed for good
+    (no per-pass attention switch, so passes can overlap), and passes scored at once equal the padded scores."""
+    model_dir = store / "bert-rm/v1"
+    two = TorchRewardEngine.load(model_dir, device="cpu", packing="auto", pass_workers=2)
+    plain = TorchRewardEngine.load(model_dir, device="cpu")
+    threads: dict[str, int] = {}
+    backbone = getattr(two.model, two.model.base_model_prefix)
+
+    def record(*_: Any) -> None:
+        threads.setdefault(threading.current_thread().name, torch.get_num_threads())
+
+    hook = backbone.register_forward_hook(record)
+    try:
+        assert two.pass_workers == 2 and two.pinned and two.packing
+        batches = [plain.render([parsed(c) for c in CONVERSATIONS[k:]]) for k in range(4)]
+        together = await asyncio.gather(*(two.score_tokens(ids) for ids in batches))
+        for ids, scores in zip(batches, together, strict=True):
+            assert scores == pytest.approx(plain.score_batch(ids), abs=1e-5)
+    finally:
+        hook.remove()
+        two.close()
+        plain.close()
+    assert len(threads) == 2  # both workers scored
+    assert set(threads.values()) == {max(1, torch.get_num_threads() // 2)}
+    later: list[int] = []  # a thread started afterwards (another model's worker) still gets the process's count
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [torch.get_num_threads()]
+
+
+def test_pass_workers_auto_is_two_on_a_cpu_and_more_than_one_is_for_cpus_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.reward_serving.engine import resolve_pass_workers
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert resolve_pass_workers("auto", cpu) == 2
+    assert resolve_pass_workers("auto", torch.device("cuda")) == 1
+    assert resolve_pass_workers(3, cpu) == 3
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert resolve_pass_workers("auto", cpu) == 1
+    with pytest.raises(ModelLoadError, match="for CPUs"):
+        resolve_pass_workers(2, torch.device("cuda"))
+    for bad in (0, "two", True):
+        with pytest.raises(ModelLoadError, match="is not 'auto' or a positive number"):
+            resolve_pass_workers(bad, cpu)  # type: ignore[arg-type]
+
+
 def test_bfloat16_on_cpu_loads_bf16_weights_and_scores_within_bf16_rounding(
     engine: TorchRewardEngine, store: Path
 ) -> None:
@@ -212,3 +267,21 @@ def test_compiled_encoder_on_cpu_is_frozen_whole_and_scores_as_eager(store: Path
     finally:
         compiled.close()
         eager.close()
+
+
+def test_the_pass_workers_setting_reaches_the_engine_and_its_batcher(store: Path) -> None:
+    from gateway.reward_serving.metrics import RewardServerMetrics
+    from gateway.reward_serving.registry import ModelVersion
+    from gateway.reward_serving.server import ServerSettings, _default_loader
+
+    assert ServerSettings(models_dir="m").pass_workers == "auto"
+    for setting, workers in (("1", 1), ("2", 2), ("auto", 2 if torch.get_num_threads() >= 2 else 1)):
+        settings = ServerSettings(models_dir=str(store), device="cpu", pass_workers=setting)
+        model = _default_loader(settings, RewardServerMetrics())(ModelVersion("bert-rm", 1, store / "bert-rm/v1"))
+        try:
+            assert model.engine.pass_workers == workers
+            assert model.batcher.config.passes_in_flight == workers
+        finally:
+            model.engine.close()
+    with pytest.raises(ValueError, match="pass_workers 'many' is not 'auto' or a number"):
+        _default_loader(ServerSettings(models_dir=str(store), device="cpu", pass_workers="many"), RewardServerMetrics())

@@ -59,6 +59,63 @@ def test_packed_scores_equal_the_padded_pass_and_each_row_alone(model_dir: Path)
     assert scores == pytest.approx(alone(model, ROWS), abs=1e-5)
 
 
+def test_packed_rows_score_the_same_attended_row_by_row_or_gathered(model_dir: Path) -> None:
+    """A CPU attends row by row (`row_attention`); the gathered block is CUDA's path: both score as padded."""
+    engine = TorchRewardEngine.load(model_dir, device="cpu")
+    packing.register()
+    calls: list[int] = []
+    original = packing.row_attention
+
+    def counted(*args: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(*args)
+
+    try:
+        with torch.inference_mode(), pytest.MonkeyPatch.context() as patch:
+            patch.setattr(packing, "row_attention", counted)
+            apart = [float(s) for s in packing.score_packed(engine.model, ROWS, engine.device)]
+            row_calls = len(calls)
+            gathered = [float(s) for s in packing.score_packed(engine.model, ROWS, engine.device, rows_apart=False)]
+        expected = padded(engine.model, ROWS)
+        layers = engine.model.config.num_hidden_layers
+    finally:
+        engine.close()
+    assert row_calls == layers and len(calls) == row_calls  # row by row: a CPU's default
+    assert apart == pytest.approx(expected, abs=1e-5)
+    assert gathered == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_row_attention_is_sdpa_on_each_row_alone(causal: bool) -> None:
+    """Packed rows of uneven length, 4 query heads over 2 key/value heads: each row's output is SDPA over that row
+    alone; with one query per row (an encoder's first-token layer) each query sees its own row's keys only."""
+    from gateway.reward_serving.row_attention import row_attention
+
+    torch.manual_seed(0)
+    lengths = [5, 1, 12, 7]
+    query, key, value = torch.randn(1, 4, 25, 8), torch.randn(1, 2, 25, 8), torch.randn(1, 2, 25, 8)
+    sizes = torch.tensor(lengths)
+    out = row_attention(query, key, value, sizes, sizes, causal, 0.3)
+    assert out.shape == (1, 25, 4, 8)
+    start = 0
+    for length in lengths:
+        rows = slice(start, start + length)
+        k, v = (x[:, :, rows].repeat_interleave(2, dim=1) for x in (key, value))
+        alone = torch.nn.functional.scaled_dot_product_attention(query[:, :, rows], k, v, is_causal=causal, scale=0.3)
+        assert torch.allclose(out[:, rows], alone.transpose(1, 2), atol=1e-6)
+        start += length
+    if causal:
+        return
+    firsts = query[:, :, sizes.cumsum(0) - sizes]  # (1, heads, rows, dim): one query per row
+    out = row_attention(firsts, key, value, torch.ones_like(sizes), sizes, False, 0.3)
+    start = 0
+    for row, length in enumerate(lengths):
+        k, v = (x[:, :, start : start + length].repeat_interleave(2, dim=1) for x in (key, value))
+        alone = torch.nn.functional.scaled_dot_product_attention(firsts[:, :, row : row + 1], k, v, scale=0.3)
+        assert torch.allclose(out[:, row], alone[:, :, 0], atol=1e-6)
+        start += length
+
+
 def test_the_engine_packs_rows_when_asked_and_scores_as_padded(model_dir: Path) -> None:
     plain = TorchRewardEngine.load(model_dir, device="cpu")
     packed = TorchRewardEngine.load(model_dir, device="cpu", packing=True)
