@@ -159,7 +159,7 @@ class TorchRewardEngine:
         model.to(target).eval()
         max_length = _max_length(card if max_length is None else {"max_length": max_length}, model.config, path)
         packing = _checked_packing(model, target, packing, path)
-        workers = resolve_pass_workers(pass_workers, target)
+        workers = resolve_pass_workers(pass_workers, target, decoder=getattr(model, "score", None) is not None)
         pinned = packing and (compile_blocks or workers > 1)
         if pinned:  # packed passes compiled, or several at once: the packed attention set for good (packing.pin)
             from .packing import pin
@@ -372,15 +372,18 @@ def _share_threads(executor: ThreadPoolExecutor, workers: int) -> None:
     torch.set_num_threads(total)
 
 
-def resolve_pass_workers(workers: int | str, device: torch.device) -> int:
-    """`auto`: 2 on a CPU with 2 or more of torch's threads, else 1; a number is taken as it is, but only a CPU
-    runs more than one (a GPU runs one kernel stream per model).
+def resolve_pass_workers(workers: int | str, device: torch.device, *, decoder: bool = False) -> int:
+    """`auto`: 2 for an encoder on a CPU with 2 or more of torch's threads, else 1; a number is taken as it is, but
+    only a CPU runs more than one (a GPU runs one kernel stream per model).
 
-    Why 2 on a CPU: one pass at a time splits every op across the cores, so each op ends at a barrier where a core
-    that the server's own work (HTTP, tokenizing) took away holds the other up; two passes at once, each on its
-    share of the cores, keep both busy, as measured in `bench/score_cpu.py` (docs/BENCHMARKS.md)."""
+    Why 2 for an encoder on a CPU: one pass at a time splits every op across the cores, so each op ends at a barrier
+    where a core that the server's own work (HTTP, tokenizing) took away holds the other up; two passes at once, each
+    on its share of the cores, keep both busy: 1.13-1.20x the requests/s of one worker at 32 clients, a lower p99
+    (MiniLM, 2 CPUs, `bench/score_cpu.py`). A decoder's best-of-N passes (prompt trees of ~1,400 tokens) keep both
+    cores busy by themselves: two workers served 0.90-1.09x one, with a higher p99 (`bench/prompt_reuse_cpu.py`),
+    so `auto` leaves it at one. Both in docs/BENCHMARKS.md."""
     if workers == "auto":
-        return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
+        return 2 if device.type == "cpu" and not decoder and torch.get_num_threads() >= 2 else 1
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ModelLoadError(f"pass_workers {workers!r} is not 'auto' or a positive number")
     if workers > 1 and device.type != "cpu":

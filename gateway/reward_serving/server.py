@@ -105,7 +105,7 @@ class ServerSettings:
         default="auto",
         metadata={
             "help": "torch engine: forward passes scored at once per model, each on its share of the CPU cores (a "
-            "number, or auto: 2 on a CPU with 2+ threads, 1 on CUDA)"
+            "number, or auto: 2 for an encoder on a CPU with 2+ threads, else 1)"
         },
     )
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 429/503"})

@@ -212,7 +212,7 @@ async def test_two_pass_workers_score_two_passes_at_once_on_half_the_threads_eac
     assert later == [torch.get_num_threads()]
 
 
-def test_pass_workers_auto_is_two_on_a_cpu_and_more_than_one_is_for_cpus_only(
+def test_pass_workers_auto_is_two_for_an_encoder_on_a_cpu_and_more_than_one_is_for_cpus_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from gateway.reward_serving.engine import resolve_pass_workers
@@ -220,6 +220,7 @@ def test_pass_workers_auto_is_two_on_a_cpu_and_more_than_one_is_for_cpus_only(
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     assert resolve_pass_workers("auto", cpu) == 2
+    assert resolve_pass_workers("auto", cpu, decoder=True) == 1
     assert resolve_pass_workers("auto", torch.device("cuda")) == 1
     assert resolve_pass_workers(3, cpu) == 3
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
@@ -275,9 +276,16 @@ def test_the_pass_workers_setting_reaches_the_engine_and_its_batcher(store: Path
     from gateway.reward_serving.server import ServerSettings, _default_loader
 
     assert ServerSettings(models_dir="m").pass_workers == "auto"
-    for setting, workers in (("1", 1), ("2", 2), ("auto", 2 if torch.get_num_threads() >= 2 else 1)):
+    two = 2 if torch.get_num_threads() >= 2 else 1
+    for slug, setting, workers in (
+        ("bert-rm", "1", 1),
+        ("bert-rm", "2", 2),
+        ("bert-rm", "auto", two),
+        ("tiny-rm", "auto", 1),  # a decoder: one pass at a time unless asked
+        ("tiny-rm", "2", 2),
+    ):
         settings = ServerSettings(models_dir=str(store), device="cpu", pass_workers=setting)
-        model = _default_loader(settings, RewardServerMetrics())(ModelVersion("bert-rm", 1, store / "bert-rm/v1"))
+        model = _default_loader(settings, RewardServerMetrics())(ModelVersion(slug, 1, store / slug / "v1"))
         try:
             assert model.engine.pass_workers == workers
             assert model.batcher.config.passes_in_flight == workers
