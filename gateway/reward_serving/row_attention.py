@@ -4,9 +4,10 @@ of packed scoring (reward_serving.packing).
 Why a loop: on a CPU, SDPA over a gathered (rows, heads, longest, dim) block runs its flash kernel on every pad of
 every row, in many small tasks; for MiniLM's 32-dim heads over best-of-N rows of 25-110 tokens that block ran at a
 quarter of the matmuls' rate and held 13 % (float32) and 28 % (bf16) of a compiled packed pass. One SDPA call per
-row on views of the packed tensors computes no pads and copies nothing in: 2-3x faster per layer here
-(`bench/profile_engine_cpu.py`, docs/BENCHMARKS.md). On CUDA one kernel over the gathered block stays better
-than a launch per row, so packing keeps that path there.
+row on views of the packed tensors computes no pads and copies nothing in: SDPA's share fell to 9 % and 18 %, and
+the bf16 pass served 1.28x the tokens (`bench/profile_engine_cpu.py`, docs/BENCHMARKS.md). On CUDA a kernel launch
+per row would cost more than one kernel over the block (not measured: no GPU was lent), so packing keeps the
+gathered path there.
 
 Why a custom op: the loop's length is data (the number of rows and each row's length), which `torch.compile` would
 otherwise trace into a graph per batch; as an opaque op (its fake implementation only states the output's shape)
