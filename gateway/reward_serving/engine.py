@@ -379,7 +379,7 @@ def resolve_pass_workers(workers: int | str, device: torch.device, *, decoder: b
     Why 2 for an encoder on a CPU: one pass at a time splits every op across the cores, so each op ends at a barrier
     where a core that the server's own work (HTTP, tokenizing) took away holds the other up; two passes at once, each
     on its share of the cores, keep both busy: 1.12-1.24x the requests/s of one worker at 32 clients, a lower p99
-    (MiniLM, 2 CPUs, `bench/score_cpu.py`). A decoder's best-of-N passes (prompt trees of ~1,400 tokens) keep both
+    (MiniLM, 2 CPUs, `bench/score_cpu.py`). A decoder's best-of-N passes (several ~340-token prompt trees) keep both
     cores busy by themselves: two workers served 0.90-1.09x one, with a higher p99 (`bench/prompt_reuse_cpu.py`),
     so `auto` leaves it at one. Both in docs/BENCHMARKS.md."""
     if workers == "auto":

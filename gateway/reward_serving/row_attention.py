@@ -36,9 +36,8 @@ def row_attention(
 
     Keys and values may have fewer heads than the queries (grouped-query attention). `causal` needs each row's
     queries and keys to be the same tokens."""
-    queries = query.split(query_lengths.tolist(), dim=2)
-    keys = key.split(key_lengths.tolist(), dim=2)
-    values = value.split(key_lengths.tolist(), dim=2)
+    rows = key_lengths.tolist()
+    queries, keys, values = query.split(query_lengths.tolist(), dim=2), key.split(rows, dim=2), value.split(rows, dim=2)
     grouped = key.shape[1] != query.shape[1]
     # Each row's output, (1, heads, its tokens, dim), is laid out token-major (CPU SDPA's), so one copy, the
     # concatenation, makes the (1, tokens, heads, dim) result.

@@ -189,8 +189,13 @@ async def test_two_pass_workers_score_two_passes_at_once_on_half_the_threads_eac
     threads: dict[str, int] = {}
     backbone = getattr(two.model, two.model.base_model_prefix)
 
+    together = threading.Barrier(2)  # each worker's first pass waits for the other's: two passes at once, or none
+
     def record(*_: Any) -> None:
-        threads.setdefault(threading.current_thread().name, torch.get_num_threads())
+        name = threading.current_thread().name
+        if name not in threads:
+            threads[name] = torch.get_num_threads()
+            together.wait(timeout=30)
 
     hook = backbone.register_forward_hook(record)
     try:
