@@ -111,6 +111,26 @@ def bert_reward_model(tokenizer: Any, seed: int = 0) -> Any:
     return BertForSequenceClassification(cfg).eval()
 
 
+def mpnet_reward_model(tokenizer: Any, seed: int = 0) -> Any:
+    """An encoder whose architecture has no SDPA kernel in transformers (as DeBERTa-v2 has none either)."""
+    import torch
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    cfg = MPNetConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=2048,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.2,
+    )
+    torch.manual_seed(seed)
+    return MPNetForSequenceClassification(cfg).eval()
+
+
 def save_causal_lm(directory: Path, seed: int = 0) -> Path:
     """A tiny random Llama causal LM + the chat tokenizer, saved: a directory LocalGenerator serves."""
     import torch
@@ -128,7 +148,8 @@ def save_causal_lm(directory: Path, seed: int = 0) -> Path:
 def save_base(directory: Path, kind: str = "llama", seed: int = 0) -> Path:
     """Write a tiny base model + tokenizer with save_pretrained; usable as --base-model."""
     tok = chat_tokenizer() if kind == "llama" else plain_tokenizer()
-    model = llama_reward_model(tok, seed) if kind == "llama" else bert_reward_model(tok, seed)
+    build = {"llama": llama_reward_model, "bert": bert_reward_model, "mpnet": mpnet_reward_model}[kind]
+    model = build(tok, seed)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tok.save_pretrained(directory)

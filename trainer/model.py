@@ -44,15 +44,25 @@ def load_tokenizer(base: str) -> Any:
 
 def build_model(cfg: TrainConfig, base: str, attention: str, pad_token_id: int, outputs: int = 1) -> Any:
     """The base with an `outputs`-output head (1; 2 for the length-debiased objective: reward, length), set up as
-    the config asks, in training mode, still on the CPU."""
+    the config asks, in training mode, still on the CPU; with eager attention where the base has no `attention`
+    kernel (`model.config._attn_implementation` says which it got)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(base)
     config.num_labels = outputs  # also resets a one-output base's label map
-    # A base that already has a one-output head (a reward model trained further) gets a fresh head of `outputs`.
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, config=config, attn_implementation=attention, ignore_mismatched_sizes=outputs > 1
-    )
+
+    def load(kernel: str) -> Any:
+        # A base that already has a one-output head (a reward model trained further) gets a fresh head of `outputs`.
+        return AutoModelForSequenceClassification.from_pretrained(
+            base, config=config, attn_implementation=kernel, ignore_mismatched_sizes=outputs > 1
+        )
+
+    try:
+        model = load(attention)
+    except ValueError:  # an architecture without that kernel (MPNet, DeBERTa-v2 have no SDPA) trains with eager
+        if attention == "eager":
+            raise
+        model = load("eager")
     model.config.pad_token_id = pad_token_id
     freeze(model, cfg.freeze_embeddings, cfg.freeze_layers)
     if not cfg.dropout:  # p=0 also lets attention take its fused kernel instead of a dropout-capable one

@@ -96,6 +96,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         # ------------------------------------------------------------ model
         attention = cfg.attention if cfg.attention != "auto" else auto_attention(device)
         model = build_model(cfg, base, attention, tokenizer.pad_token_id, objective.outputs)
+        attention = model.config._attn_implementation  # what the base supports of what was asked
         if not dist.fsdp:  # FSDP moves each block to the GPU as it shards it: the whole model need not fit one GPU
             model.to(device=device, dtype=torch.bfloat16 if bf16_weights else None)
         batch_size = resolve_batch_size(cfg, model, data.examples, tokenizer.pad_token_id, device, precision, dist)

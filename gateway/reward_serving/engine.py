@@ -151,9 +151,8 @@ class TorchRewardEngine:
         card: dict[str, Any] = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
         target = resolve_device(device)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=resolve_dtype(dtype, target), attn_implementation="sdpa"
-        )
+        # transformers' default kernel: SDPA where the architecture has it, else eager (MPNet, DeBERTa-v2)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=resolve_dtype(dtype, target))
         if model.config.num_labels != 1:
             raise ModelLoadError(f"{path}: a reward model has num_labels=1, this one has {model.config.num_labels}")
         model.to(target).eval()

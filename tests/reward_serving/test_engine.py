@@ -54,6 +54,20 @@ def alone(engine: TorchRewardEngine, conversation: list[dict[str, Any]]) -> floa
         return float(pool_rewards(engine.model, ids, torch.ones_like(ids))[0])
 
 
+def test_an_architecture_without_sdpa_loads_with_eager_attention_and_scores(tmp_path: Path) -> None:
+    # MPNet (like DeBERTa-v2, e.g. a published DeBERTa reward model) has no SDPA kernel: asking for one failed the load.
+    from tests.tiny import save_reward_model
+
+    engine = TorchRewardEngine.load(save_reward_model(tmp_path / "mpnet-rm", kind="mpnet"), device="cpu")
+    try:
+        assert engine.model.config._attn_implementation == "eager"
+        scores = engine.score(CONVERSATIONS)
+        assert scores == pytest.approx([alone(engine, c) for c in CONVERSATIONS], abs=1e-4)
+        assert len(set(scores)) == len(scores)
+    finally:
+        engine.close()
+
+
 def test_loads_float32_on_cpu_with_the_card_max_length(engine: TorchRewardEngine) -> None:
     assert engine.device.type == "cpu" and next(engine.model.parameters()).dtype == torch.float32
     assert engine.max_length == 256 and engine.memory_bytes > 0

@@ -57,6 +57,16 @@ def test_build_model_makes_a_one_output_head_in_training_mode_without_dropout(tm
     assert any(m.p > 0 for m in kept.modules() if isinstance(m, torch.nn.Dropout))
 
 
+def test_a_base_without_the_asked_attention_kernel_builds_with_eager(tmp_path: Path) -> None:
+    base = str(tiny.save_base(tmp_path / "base", "mpnet"))  # MPNet has no SDPA kernel in transformers
+    tokenizer = load_tokenizer(base)
+    bert = build_model(TrainConfig(), str(tiny.save_base(tmp_path / "bert", "bert")), "sdpa", tokenizer.pad_token_id)
+    assert bert.config._attn_implementation == "sdpa"  # a base that has the kernel keeps it
+    model = build_model(TrainConfig(), base, "sdpa", tokenizer.pad_token_id)
+    assert type(model).__name__ == "MPNetForSequenceClassification"
+    assert model.config._attn_implementation == "eager"
+
+
 def resolve(cfg: TrainConfig, device: torch.device, dist: Distributed) -> int:
     return resolve_batch_size(cfg, torch.nn.Linear(1, 1), [TokenizedPair((1,), (2,), 0.0)], 0, device, "fp32", dist)
 
