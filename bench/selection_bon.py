@@ -84,6 +84,29 @@ def mixed(pairs: list[dict[str, Any]], weight: float, seed: int) -> list[dict[st
     return pairs * whole + sample
 
 
+def published_picks(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The scale a best-of-11 win rate here is read on: each published reward model of the file (`rm_picks`, its pick
+    of the 16 candidates) on the given prompts where that pick is a judged candidate (0-10), beside random, the
+    longest and the oracle pick among candidates 0-10 of those same prompts (so each model has its own baselines)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted({name for row in rows for name in row.get("rm_picks") or {}}):
+        picked, rand, longest, oracle = [], [], [], []
+        for row in rows:
+            labels = [None if v is None else v - 1 for v in row["judge_preference"][:CANDIDATES]]
+            pick = (row.get("rm_picks") or {}).get(name)
+            if pick is None or pick >= CANDIDATES or labels[pick] is None:
+                continue
+            judged = [i for i, v in enumerate(labels) if v is not None]
+            picked.append(labels[pick])
+            rand.append(sum(labels[i] for i in judged) / len(judged))
+            longest.append(labels[max(judged, key=lambda i: len(row["candidates"][i]))])
+            oracle.append(max(labels[i] for i in judged))
+        if picked:
+            mean = {"pick": picked, "random": rand, "longest": longest, "oracle": oracle}
+            out[name] = {"prompts": len(picked), **{k: round(sum(v) / len(v), 4) for k, v in mean.items()}}
+    return out
+
+
 def shorter_chosen(pair: dict[str, Any]) -> bool:
     return len(pair["messages"][-1]["content"]) < len(pair["rejected_message"]["content"])
 
@@ -103,11 +126,12 @@ def write(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def prepare(tmp: Path, mix: dict[str, float], bon_gap: float, seed: int, eval_limit: int = 0) -> dict[str, Any]:
     bon = read_gz(BON)
-    replay_rows, replay_keys, train_prompts = [], set(), []
+    replay_rows, replay_keys, train_prompts, replayed = [], set(), [], []
     for row in bon:
         key = prompt_key(row["messages"])
         if in_half("bon-replay:", key):
             replay_keys.add(key)
+            replayed.append(row)
             labels = [None if v is None else v - 1 for v in row["judge_preference"]]
             replay_rows.append({"id": row["id"], "messages": row["messages"], "candidates": row["candidates"],
                                 "labels": labels})  # fmt: skip
@@ -137,6 +161,7 @@ def prepare(tmp: Path, mix: dict[str, float], bon_gap: float, seed: int, eval_li
     if eval_limit:
         evals = {name: random.Random(seed).sample(rows, min(eval_limit, len(rows))) for name, rows in evals.items()}
     files["evals"] = {name: (write(tmp / f"{name}.jsonl", rows), rows) for name, rows in evals.items()}
+    files["published"] = published_picks(replayed)
     files["counts"] = {
         "replayed_prompts": len(replay_rows),
         "available": {name: len(rows) for name, rows in sources.items()},
@@ -189,6 +214,7 @@ def main() -> None:
         tmp = Path(directory)
         files = prepare(tmp, parse_mix(args.mix), args.bon_gap, args.seed, args.eval_limit)
         results["data"] = files["counts"]
+        results["published_reward_models"] = files["published"]
         models, slug = tmp / "models", "bon-rm"
         if args.evaluate:
             (models / slug).mkdir(parents=True)
@@ -232,6 +258,10 @@ def report(results: dict[str, Any]) -> None:
         print(f"  WARNING: {replay['unpicked']} of {replay['rows']} prompts unpicked (their scoring failed)")
     for name in ("criterion", "random", "longest", "oracle"):
         print(f"  {'reward model' if name == 'criterion' else name:14} {100 * means[name]:5.1f} %")
+    print("published reward models on the same best-of-11 (their pick of 16, where it is among candidates 0-10):")
+    for name, entry in results.get("published_reward_models", {}).items():
+        cells = "  ".join(f"{k} {100 * entry[k]:4.1f}" for k in ("pick", "random", "longest", "oracle"))
+        print(f"  {name:50} {entry['prompts']:4} prompts  {cells} %")
     print("pairwise accuracy (reward model | longer wins | random 50 %):")
     for name, entry in results["pairs"].items():
         acc, base = entry["accuracy"], entry["length_baseline"]
