@@ -31,6 +31,7 @@ TULU = SHARED / "rewardbench_bon" / "bon_candidates_TRAIN.jsonl.gz"
 SUPPORT = ROOT / "trainer" / "samples" / "support_pairs.jsonl"
 WORK = ROOT / ".bench" / "budgeted_bon"
 POOL_N = 16  # candidates per prompt
+PROMPTS_PER_CALL = 4  # SmolLM2 samples this many prompts' candidates per generate call
 TRAIN = {
     "support-rm": [],  # the trainer's defaults: MiniLM on the bundled sample
     "smol-rm": ["--base-model", "smollm2", "--batch-size", "8", "--learning-rate", "2e-5", "--freeze-layers", "24",
@@ -81,47 +82,55 @@ def load_prompts(count: int) -> list[list[dict[str, str]]]:
 
 def generate_pool(prompts: Sequence[list[dict[str, str]]], max_tokens: int) -> dict[str, Any]:
     """POOL_N samples of each prompt, as token pieces (piece k = the text token k adds), with the model's speed."""
-    key = hashlib.sha256(json.dumps([prompts, max_tokens, POOL_N]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([prompts, max_tokens, POOL_N, "bf16", PROMPTS_PER_CALL]).encode()).hexdigest()[:16]
     cached = WORK / f"pool-{key}.json"
     if cached.exists():
         return dict(json.loads(cached.read_text()))
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # One thread: on this shared 2-CPU machine two threads spin against the other jobs (8 decode steps at batch 16
-    # took 63 s with 2 threads, 11 s with 1).
-    torch.set_num_threads(1)
+    # bf16, and PROMPTS_PER_CALL prompts' candidates per generate call (left-padded): on this CPU a decode step costs
+    # nearly as much for 16 rows as for 64, so sampling 256-token answers for dozens of prompts takes minutes.
     path = Path.home() / ".cache" / "rewardgate" / "smollm2-135m-instruct"
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
     configured = model.generation_config.eos_token_id
     eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
     entries, seconds, steps = [], 0.0, 0
-    for p, messages in enumerate(prompts):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        torch.manual_seed(p)
+    for first in range(0, len(prompts), PROMPTS_PER_CALL):
+        group = prompts[first : first + PROMPTS_PER_CALL]
+        texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in group]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        torch.manual_seed(first)
         started = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                 temperature=0.8, top_p=0.95, top_k=0, max_new_tokens=max_tokens,
-                                 num_return_sequences=POOL_N, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+            out = model.generate(**batch, do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
+                                 max_new_tokens=max_tokens, num_return_sequences=POOL_N,
+                                 pad_token_id=tokenizer.eos_token_id)  # fmt: skip
         seconds += time.perf_counter() - started
-        steps += out.shape[1] - ids.shape[1]
-        rows, finish = [], []
-        for row in out[:, ids.shape[1] :].tolist():
-            end = next((k for k, t in enumerate(row) if t in eos), None)
-            row = row if end is None else row[:end]  # the EOS token sends no text
-            pieces, before = [], ""
-            for k in range(len(row)):
-                now = tokenizer.decode(row[: k + 1], skip_special_tokens=True)
-                pieces.append(now[len(before) :])
-                before = now
-            rows.append(pieces)
-            finish.append("length" if end is None else "stop")
-        entries.append({"messages": messages, "rows": rows, "finish": finish, "judge": None})
-        log(f"sampled prompt {p + 1}/{len(prompts)}: mean {statistics.mean(map(len, rows)):.0f} tokens")
-    pool = {"entries": entries, "generate_s": seconds, "decode_steps_per_s": steps / seconds, "rows": POOL_N}
+        steps += out.shape[1] - batch["input_ids"].shape[1]
+        generated = out[:, batch["input_ids"].shape[1] :].tolist()
+        for p, messages in enumerate(group):
+            rows, finish = [], []
+            for row in generated[p * POOL_N : (p + 1) * POOL_N]:
+                end = next((k for k, t in enumerate(row) if t in eos), None)
+                row = row if end is None else row[:end]  # the EOS token sends no text
+                pieces, before = [], ""
+                for k in range(len(row)):
+                    now = tokenizer.decode(row[: k + 1], skip_special_tokens=True)
+                    pieces.append(now[len(before) :])
+                    before = now
+                rows.append(pieces)
+                finish.append("length" if end is None else "stop")
+            entries.append({"messages": messages, "rows": rows, "finish": finish, "judge": None})
+            log(f"sampled prompt {first + p + 1}/{len(prompts)}: mean {statistics.mean(map(len, rows)):.0f} tokens")
+    pool = {
+        "entries": entries,
+        "generate_s": seconds,
+        "decode_steps_per_s": steps / seconds,
+        "rows": POOL_N * PROMPTS_PER_CALL,
+    }
     cached.write_text(json.dumps(pool))
     return pool
 

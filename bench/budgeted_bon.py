@@ -306,7 +306,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     tulu_scorers = ("support-rm", *add_tulu_rms(models, args.tulu_rm))
     log(f"SmolLM2 samples: {POOL_N} per prompt for {args.smol_prompts} prompts (max_tokens {args.smol_max_tokens})")
     smol = generate_pool(load_prompts(args.smol_prompts), args.smol_max_tokens)
-    log(f"SmolLM2 on this CPU: {smol['decode_steps_per_s']:.2f} decode steps/s at batch {POOL_N}")
+    log(f"SmolLM2 on this CPU: {smol['decode_steps_per_s']:.2f} decode steps/s at batch {smol['rows']}")
     tulu_cal = tulu_pool(args.calibration_prompts)
     tulu = tulu_pool(args.tulu_prompts, skip=args.calibration_prompts)
     pools = {"tulu": tulu, "smollm2": smol}
@@ -399,7 +399,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "settings": {"tokens_per_s": args.tokens_per_s, "concurrency": args.concurrency, "candidates": POOL_N,
                          "tulu_prompts": len(tulu["entries"]), "calibration_prompts": len(tulu_cal["entries"]),
                          "smol_prompts": len(smol["entries"]), "smol_max_tokens": args.smol_max_tokens},
-            "smollm2_decode_steps_per_s_batch16": round(smol["decode_steps_per_s"], 3),
+            "smollm2_decode_steps_per_s": round(smol["decode_steps_per_s"], 3),
+            "smollm2_sampled_rows_per_call": smol["rows"],
             "reward_models": {slug: {"version": v, "test_reward_mean": mu, "test_reward_std": sd,
                                      "test_accuracy": accuracy}
                               for slug, (v, mu, sd, accuracy) in stats.items()},
