@@ -56,6 +56,7 @@ class BaseModel:
 # trainer.bases.ALIASES / DEFAULT_BASE, copied (the gateway may not import trainer); a test keeps them equal.
 BASE_MODELS = (
     BaseModel("minilm", "all-MiniLM-L6-v2: BERT encoder, 22.7M parameters, fast on CPU", True, ("all-minilm-l6-v2",)),
+    BaseModel("mpnet", "all-mpnet-base-v2: MPNet encoder, 110M parameters", False, ("all-mpnet-base-v2",)),
     BaseModel("smollm2", "SmolLM2-135M-Instruct: Llama decoder, better on a GPU", False, ("smollm2-135m-instruct",)),
 )
 
