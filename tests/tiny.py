@@ -92,11 +92,10 @@ def llama_reward_model(tokenizer: Any, seed: int = 0) -> Any:
     return LlamaForSequenceClassification(cfg).eval()
 
 
-def bert_reward_model(tokenizer: Any, seed: int = 0) -> Any:
+def _encoder_reward_model(config_class: Any, model_class: Any, tokenizer: Any, seed: int) -> Any:
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
 
-    cfg = BertConfig(
+    cfg = config_class(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -108,27 +107,20 @@ def bert_reward_model(tokenizer: Any, seed: int = 0) -> Any:
         initializer_range=0.2,  # BERT's 0.02 makes a 32-wide model score every input nearly the same
     )
     torch.manual_seed(seed)
-    return BertForSequenceClassification(cfg).eval()
+    return model_class(cfg).eval()
+
+
+def bert_reward_model(tokenizer: Any, seed: int = 0) -> Any:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    return _encoder_reward_model(BertConfig, BertForSequenceClassification, tokenizer, seed)
 
 
 def mpnet_reward_model(tokenizer: Any, seed: int = 0) -> Any:
     """An encoder whose architecture has no SDPA kernel in transformers (as DeBERTa-v2 has none either)."""
-    import torch
     from transformers import MPNetConfig, MPNetForSequenceClassification
 
-    cfg = MPNetConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=2048,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.2,
-    )
-    torch.manual_seed(seed)
-    return MPNetForSequenceClassification(cfg).eval()
+    return _encoder_reward_model(MPNetConfig, MPNetForSequenceClassification, tokenizer, seed)
 
 
 def save_causal_lm(directory: Path, seed: int = 0) -> Path:
