@@ -11,7 +11,8 @@ Sources (../shared/data/external, never copied into the project), split by promp
 - `hh`: Anthropic HH-RLHF harmless-base human pairs, split by prompt hash: a quarter held out (`hh` eval).
 
 Half the bon_candidates prompts (by a prompt hash) are replayed with `rewardgate eval replay`: best-of-11 win rate
-(mean of judge_preference[pick] - 1) beside random, longest and oracle. Pairwise accuracy (`rewardgate eval
+(mean of judge_preference[pick] - 1) beside random, longest and oracle; and, for scale, what the six published reward
+models whose picks the file records win on the same prompts (`published_picks`). Pairwise accuracy (`rewardgate eval
 pairs`, the served fp32 path) on each held-out set beside "longer answer wins", and on the pairs of each set
 where the chosen answer is the SHORTER one ("length misleads": longer-wins scores 0 % there, from the same
 scores). PandaLM (human labels, out of distribution) too.
