@@ -13,6 +13,7 @@ import torch
 from gateway.formats import Message, group_by_prompt, parse_message, pool_rewards, render_conversation
 from gateway.reward_serving.engine import TorchRewardEngine
 from gateway.reward_serving.errors import ModelLoadError
+from tests.tiny import save_reward_model
 
 CONVERSATIONS = [
     [
@@ -56,8 +57,6 @@ def alone(engine: TorchRewardEngine, conversation: list[dict[str, Any]]) -> floa
 
 def test_an_architecture_without_sdpa_loads_with_eager_attention_and_scores(tmp_path: Path) -> None:
     # MPNet (like DeBERTa-v2, e.g. a published DeBERTa reward model) has no SDPA kernel: asking for one failed the load.
-    from tests.tiny import save_reward_model
-
     engine = TorchRewardEngine.load(save_reward_model(tmp_path / "mpnet-rm", kind="mpnet"), device="cpu")
     try:
         assert engine.model.config._attn_implementation == "eager"
