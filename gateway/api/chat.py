@@ -15,7 +15,8 @@ response cache (gateway.service.cache), for every request but a streamed pass-th
 `op-bon` (with op-criteria only) picks a budgeted best-of-N strategy, a JSON object: `{"strategy": "early_rejection",
 "checkpoints": [16, 32, 64], "keep": 0.5, "min_keep": 1}`, `{"strategy": "adaptive", "per_round": 2, "threshold":
 0.7, "max_tokens": 4000, "max_latency_s": 30}` or `{"strategy": "best_of_n"}` (the default); every key but
-`strategy` is optional, and a bad value is a 400 naming `op-bon.<field>` (gateway.service.budget runs them).
+`strategy` is optional (early rejection with neither `checkpoints` nor `keep` runs the setting calibrated for the
+request's reward model), and a bad value is a 400 naming `op-bon.<field>` (gateway.service.budget runs them).
 
 A client that leaves cancels its work: the service call runs under `until_disconnected`, so the upstream calls
 (their connections closed, so providers stop generating) and the scoring stop when the client goes, and the
@@ -166,8 +167,8 @@ def _budget_policy(value: str, max_n: int) -> BudgetPolicy | None:
         return float(got)
 
     if strategy == "early_rejection":
-        checkpoints = raw.get("checkpoints", list(EarlyRejection.checkpoints))
-        if (
+        checkpoints = raw.get("checkpoints")
+        if checkpoints is not None and (
             not isinstance(checkpoints, list)
             or not 1 <= len(checkpoints) <= MAX_CHECKPOINTS
             or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in checkpoints)
@@ -178,8 +179,8 @@ def _budget_policy(value: str, max_n: int) -> BudgetPolicy | None:
         keep = number("keep", 0.0, 1.0, above=True)
         min_keep = integer("min_keep", 1, max_n)
         return EarlyRejection(
-            tuple(checkpoints),
-            EarlyRejection.keep if keep is None else keep,
+            None if checkpoints is None else tuple(checkpoints),
+            keep,
             EarlyRejection.min_keep if min_keep is None else min_keep,
         )
     if strategy == "adaptive":

@@ -457,7 +457,8 @@ def _chat_headers() -> tuple[Schema, ...]:
         "description": 'with op-criteria: a budgeted best-of-N strategy, a JSON object: {"strategy": '
         '"early_rejection", "checkpoints", "keep", "min_keep"}, {"strategy": "adaptive", '
         '"per_round", "threshold", "max_tokens", "max_latency_s"} or {"strategy": "best_of_n"} '
-        "(the default); a bad value is a 400 naming op-bon.<field>; usage.rewardgate reports the tokens saved",
+        "(the default); early rejection without checkpoints and keep runs the setting calibrated for the reward "
+        "model; a bad value is a 400 naming op-bon.<field>; usage.rewardgate reports the tokens saved",
     }
     return criteria, best_only, logged, tags, cache, bon
 

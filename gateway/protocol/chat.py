@@ -163,6 +163,10 @@ class BudgetUsage(BaseModel):
     checkpoints: list[int] = Field(default_factory=list)  # early rejection's checkpoints, after calibration
     rounds: int = 1  # adaptive N's rounds
     fallback: str | None = None  # why plain best-of-N ran instead
+    keep: float | None = None  # early rejection's keep fraction
+    setting: str | None = (
+        None  # where early rejection's checkpoints and keep came from: request, calibration <id>, default
+    )
 
 
 class Usage(BaseModel):

@@ -19,12 +19,18 @@ Tokens saved: plain best-of-N's tokens are estimated as n x the mean completion 
 finished on their own (rejected and failed ones excluded); saved = max(0, estimate - generated).
 
 Calibration: early rejection is only as good as partial scores predict final ones, which depends on the reward
-model. `Calibration` holds, per criterion (`slug@version`, or `slug` for every version), the mean per-prompt
-Spearman rank correlation of the score at t tokens with the final score (bench/budgeted_bon.py measures and writes
-it; setting `bon_calibration_file`). A checkpoint is used only where every calibrated criterion of the request
-reaches `bon_min_rank_correlation` (the measurement at the largest measured t <= the checkpoint; none measured that
-early: not used). With no checkpoint left the request runs plain best-of-N and says why (`usage.rewardgate.fallback`).
-A criterion with no calibration entry is trusted.
+model. `Calibration` holds, per criterion (`slug@version`, or `slug` for every version), what bench/budgeted_bon.py
+measured on its calibration prompts (setting `bon_calibration_file`): the mean per-prompt Spearman rank correlation
+of the score at t tokens with the final score, and the early-rejection setting that saved the most tokens with the
+pick's reward within a stated loss (`within_pct`), or null where none did. `Calibration.plan` decides what a request
+runs:
+- op-bon gave neither `checkpoints` nor `keep`, and exactly one criterion of the request has a measured setting:
+  that setting as measured (it was measured whole, so no checkpoint is dropped), or plain best-of-N where the
+  measurement found none (`usage.rewardgate.fallback` says so);
+- otherwise the request's checkpoints and keep (DEFAULT_* for those left out), each checkpoint used only where every
+  calibrated criterion of the request reaches `bon_min_rank_correlation` (the measurement at the largest measured
+  t <= the checkpoint; none measured that early: not used). With no checkpoint left the request runs plain best-of-N
+  and says why. A criterion with no calibration entry is trusted.
 
 Must not import starlette or gateway.api.
 """
@@ -54,31 +60,81 @@ ScoreAnswers = Callable[[Sequence[Message | None]], Awaitable[list[Scored]]]
 
 
 @dataclass(frozen=True)
+class MeasuredSetting:
+    """The early-rejection setting calibration measured for a reward model: `checkpoints` and `keep` saved the most
+    tokens with the pick's reward within `within_pct` of plain best-of-N's (both None: no setting did)."""
+
+    within_pct: float
+    checkpoints: tuple[int, ...] | None = None
+    keep: float | None = None
+
+
+@dataclass(frozen=True)
+class RejectionPlan:
+    """What early rejection runs for one request, and where its setting came from (`usage.rewardgate.setting`)."""
+
+    checkpoints: tuple[int, ...]
+    keep: float
+    min_keep: int
+    setting: str  # "request" (op-bon gave checkpoints or keep), "calibration <criterion id>" or "default"
+
+
+def _entry(table: Mapping[str, Any], criterion: Criterion) -> Any:
+    """The criterion's entry: its `slug@version`, else its `slug` (every version); None without one."""
+    found = table.get(f"{criterion.slug}@{criterion.version}")
+    return found if found is not None else table.get(criterion.slug)
+
+
+@dataclass(frozen=True)
 class Calibration:
-    """Per criterion id (`slug@version` or `slug`): {checkpoint tokens: mean per-prompt Spearman correlation}."""
+    """Per criterion id (`slug@version` or `slug`): {checkpoint tokens: mean per-prompt Spearman correlation}, and
+    the measured early-rejection setting of the ids that have one."""
 
     correlations: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
     min_rank_correlation: float = 0.5
+    settings: Mapping[str, MeasuredSetting] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path, min_rank_correlation: float) -> Calibration:
-        """The file bench/budgeted_bon.py writes: {"criteria": {"slug@v1": {"checkpoints": {"16": 0.4, ...}}}}."""
+        """The file bench/budgeted_bon.py writes: {"criteria": {"slug@v1": {"checkpoints": {"16": 0.4, ...},
+        "early_rejection": {"within_pct": 2.0, "setting": {"checkpoints": [64, 128], "keep": 0.5} or null}}}}
+        ("early_rejection" optional)."""
         data: Any = json.loads(Path(path).read_text(encoding="utf-8"))
         entries = data.get("criteria") if isinstance(data, dict) else None
         if not isinstance(entries, dict):
             raise ValueError(f"{path}: expected {{'criteria': {{id: {{'checkpoints': {{tokens: rho}}}}}}}}")
         correlations: dict[str, dict[int, float]] = {}
+        settings: dict[str, MeasuredSetting] = {}
         for ident, entry in entries.items():
             points = entry.get("checkpoints") if isinstance(entry, dict) else None
             if not isinstance(points, dict):
                 raise ValueError(f"{path}: criteria[{ident!r}] needs a 'checkpoints' object")
             correlations[ident] = {int(t): float(rho) for t, rho in points.items() if rho is not None}
-        return cls(correlations, min_rank_correlation)
+            if entry.get("early_rejection") is not None:
+                settings[ident] = _measured(entry["early_rejection"], f"{path}: criteria[{ident!r}].early_rejection")
+        return cls(correlations, min_rank_correlation, settings)
+
+    def plan(self, policy: EarlyRejection, criteria: Sequence[tuple[Criterion, float]]) -> RejectionPlan | str:
+        """The setting a request's early rejection runs, or why plain best-of-N runs instead."""
+        if policy.checkpoints is None and policy.keep is None:
+            measured = {(c.slug, c.version): m for c, _ in criteria if (m := _entry(self.settings, c)) is not None}
+            if len(measured) == 1:
+                (((slug, version), found),) = measured.items()
+                if found.checkpoints is None or found.keep is None:
+                    why = f"no early-rejection setting kept the pick's reward within {found.within_pct:g} %"
+                    return f"calibration of {slug}@{version}: {why}"
+                return RejectionPlan(found.checkpoints, found.keep, policy.min_keep, f"calibration {slug}@{version}")
+        given = policy.checkpoints is not None or policy.keep is not None
+        checkpoints, refused = self.checkpoints(policy.checkpoints or EarlyRejection.DEFAULT_CHECKPOINTS, criteria)
+        if refused is not None:
+            return refused
+        keep = EarlyRejection.DEFAULT_KEEP if policy.keep is None else policy.keep
+        return RejectionPlan(checkpoints, keep, policy.min_keep, "request" if given else "default")
 
     def correlation(self, criterion: Criterion, tokens: int) -> float | None:
         """The criterion's measured correlation that applies at `tokens`; None when it has no entry (trusted),
         -inf when it was measured only later than `tokens` (not trusted)."""
-        table = self.correlations.get(f"{criterion.slug}@{criterion.version}") or self.correlations.get(criterion.slug)
+        table = _entry(self.correlations, criterion)
         if table is None:
             return None
         measured = [t for t in table if t <= tokens]
@@ -105,6 +161,27 @@ class Calibration:
             return tuple(kept), None
         floor = self.min_rank_correlation
         return (), f"partial scores do not predict final ones (< {floor:g}): " + "; ".join(reasons)
+
+
+def _measured(raw: Any, where: str) -> MeasuredSetting:
+    within = raw.get("within_pct") if isinstance(raw, dict) else None
+    if isinstance(within, bool) or not isinstance(within, int | float):
+        raise ValueError(f"{where}: needs 'within_pct' (a number) and 'setting' (an object or null)")
+    setting = raw.get("setting")
+    if setting is None:
+        return MeasuredSetting(float(within))
+    checkpoints, keep = (setting.get("checkpoints"), setting.get("keep")) if isinstance(setting, dict) else (None, None)
+    if (
+        not isinstance(checkpoints, list)
+        or not checkpoints
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in checkpoints)
+        or checkpoints != sorted(set(checkpoints))
+        or isinstance(keep, bool)
+        or not isinstance(keep, int | float)
+        or not 0 < keep <= 1
+    ):
+        raise ValueError(f"{where}.setting: expected increasing token counts >= 1 and 0 < keep <= 1, got {setting!r}")
+    return MeasuredSetting(float(within), tuple(checkpoints), float(keep))
 
 
 # ---------------------------------------------------------------- the strategies
@@ -156,9 +233,7 @@ class BudgetedSampler:
         stream.start()
         return stream
 
-    async def early_rejection(
-        self, request: ChatRequest, n: int, policy: EarlyRejection, checkpoints: Sequence[int], score: ScoreAnswers
-    ) -> Outcome:
+    async def early_rejection(self, request: ChatRequest, n: int, plan: RejectionPlan, score: ScoreAnswers) -> Outcome:
         clock = _Clock()
         streams: list[CandidateStream] = []
         # index -> (the partial message that was scored, its partial score, its tokens then)
@@ -167,10 +242,10 @@ class BudgetedSampler:
             for i in range(n):  # appended one by one: a failure part-way still closes the ones started
                 streams.append(self._open(request, i))
             live = list(streams)
-            for checkpoint in checkpoints:
+            for checkpoint in plan.checkpoints:
                 await clock.upstream(s.reach(checkpoint) for s in live)
                 live = [s for s in live if s.error is None and (s.finished or not s.ended)]
-                keep = max(policy.min_keep, math.ceil(len(live) * policy.keep))
+                keep = max(plan.min_keep, math.ceil(len(live) * plan.keep))
                 if keep >= len(live) or all(s.ended for s in live):
                     continue
                 messages = [s.message() for s in live]
@@ -194,8 +269,12 @@ class BudgetedSampler:
         )
         scored_all = [rejected[k][1] if k in rejected else replace(finals[k], index=k) for k in range(len(candidates))]
         order = budget_order(candidates, scored_all, {k: t for k, (_, _, t) in rejected.items()})
-        report = _report(
-            "early_rejection", n, streams, {k: t for k, (_, _, t) in rejected.items()}, checkpoints=tuple(checkpoints)
+        report = replace(
+            _report(
+                "early_rejection", n, streams, {k: t for k, (_, _, t) in rejected.items()}, checkpoints=plan.checkpoints
+            ),
+            keep=plan.keep,
+            setting=plan.setting,
         )
         return Outcome(tuple(candidates), tuple(scored_all), order, report, clock.upstream_s, clock.scoring_s)
 

@@ -223,13 +223,13 @@ class ChatService:
 
         try:
             if isinstance(policy, EarlyRejection):
-                checkpoints, refused = self._calibration.checkpoints(policy.checkpoints, criteria)
-                if refused is not None:
+                plan = self._calibration.plan(policy, criteria)
+                if isinstance(plan, str):  # why plain best-of-N runs instead
                     candidates, scored, order, upstream_s, scoring_s = await self._plain(request, criteria)
-                    report = plain_report(policy.strategy, candidates, refused)
+                    report = plain_report(policy.strategy, candidates, plan)
                     outcome = Outcome(tuple(candidates), tuple(scored), order, report, upstream_s, scoring_s)
                 else:
-                    outcome = await self._sampler.early_rejection(request, wanted.n, policy, checkpoints, score)
+                    outcome = await self._sampler.early_rejection(request, wanted.n, plan, score)
             else:
                 outcome = await self._sampler.adaptive(request, wanted.n, policy, score)
         except AllCandidatesFailed as failed:

@@ -21,11 +21,15 @@ from gateway.upstream.router import Candidate, CandidateError
 class EarlyRejection:
     """`op-bon: {"strategy": "early_rejection", ...}`: the n candidates stream; at each checkpoint (tokens per
     candidate) the partial answers are scored and all but the best `keep` fraction (at least `min_keep`) are
-    cancelled."""
+    cancelled. `checkpoints` and `keep` both left out (None): the setting the calibration file measured for the
+    request's reward model (gateway.service.budget.Calibration.plan), else DEFAULT_CHECKPOINTS and DEFAULT_KEEP."""
 
-    checkpoints: tuple[int, ...] = (16, 32, 64)
-    keep: float = 0.5
+    checkpoints: tuple[int, ...] | None = None
+    keep: float | None = None
     min_keep: int = 1
+
+    DEFAULT_CHECKPOINTS = (16, 32, 64)
+    DEFAULT_KEEP = 0.5
 
     strategy = "early_rejection"
 
@@ -109,6 +113,8 @@ class BudgetReport:
     checkpoints: tuple[int, ...] = ()  # the checkpoints used (after calibration)
     rounds: int = 1
     fallback: str | None = None  # why plain best-of-N ran instead
+    keep: float | None = None  # early rejection's keep fraction
+    setting: str | None = None  # where early rejection's checkpoints and keep came from (Calibration.plan)
 
     @property
     def tokens_saved(self) -> int:

@@ -94,6 +94,8 @@ def budget_usage(budget: BudgetReport, candidates: int) -> BudgetUsage:
         checkpoints=list(budget.checkpoints),
         rounds=budget.rounds,
         fallback=budget.fallback,
+        keep=budget.keep,
+        setting=budget.setting,
     )
 
 

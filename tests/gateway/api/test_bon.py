@@ -74,6 +74,8 @@ async def test_early_rejection_closes_the_rejected_streams_while_the_others_gene
         "checkpoints": [2],
         "rounds": 1,
         "fallback": None,
+        "keep": 0.5,
+        "setting": "request",
     }
     assert completion["usage"]["completion_tokens"] == generated
 
@@ -155,6 +157,43 @@ async def test_uncalibrated_reward_model_falls_back_to_plain_best_of_n(
         headers = bon(strategy="early_rejection", checkpoints=[2, 64])
         response = await gw.client.post("/v1/chat/completions", json=chat_body("drip", n=2), headers=headers)
         assert response.json()["usage"]["rewardgate"]["checkpoints"] == [64]
+
+
+async def test_a_reward_model_s_measured_setting_runs_when_op_bon_leaves_the_setting_out(
+    tmp_path: Path, upstream: FakeUpstream, models_dir: Path
+) -> None:
+    calibration = tmp_path / "calibration.json"
+    measured = {"within_pct": 2.0, "setting": {"checkpoints": [2], "keep": 0.25}}
+    entry = {"checkpoints": {"2": 0.1, "64": 0.9}, "early_rejection": measured}
+    calibration.write_text(json.dumps({"criteria": {"tiny-rm@v1": entry}}))
+    settings = GatewaySettings(bon_calibration_file=str(calibration), bon_min_rank_correlation=0.5)
+    async with running_gateway(tmp_path, upstream, models_dir, settings=settings) as gw:
+        # measured as a whole, the setting runs as measured, though 2 tokens is below the correlation floor
+        call = asyncio.create_task(
+            gw.client.post("/v1/chat/completions", json=chat_body("drip", n=4), headers=bon(strategy="early_rejection"))
+        )
+        await until(lambda: upstream.cancelled == 3, timeout=30)
+        upstream.release.set()
+        budget = (await call).json()["usage"]["rewardgate"]
+        assert budget["strategy"] == "early_rejection" and budget["rejected"] == 3
+        assert (budget["checkpoints"], budget["keep"], budget["setting"]) == ([2], 0.25, "calibration tiny-rm@v1")
+
+        # a request that sets its own checkpoints gets the correlation floor instead: 2 tokens is not trusted
+        headers = bon(strategy="early_rejection", checkpoints=[2])
+        budget = (await gw.client.post("/v1/chat/completions", json=chat_body("ok", n=2), headers=headers)).json()
+        assert budget["usage"]["rewardgate"]["strategy"] == "best_of_n"
+        assert "rank correlation 0.10" in budget["usage"]["rewardgate"]["fallback"]
+
+    # measured, and no setting kept the reward: plain best-of-N, saying so
+    entry["early_rejection"] = {"within_pct": 2.0, "setting": None}
+    calibration.write_text(json.dumps({"criteria": {"tiny-rm@v1": entry}}))
+    async with running_gateway(tmp_path, upstream, models_dir, settings=settings) as gw:
+        headers = bon(strategy="early_rejection")
+        budget = (await gw.client.post("/v1/chat/completions", json=chat_body("ok", n=2), headers=headers)).json()
+        assert budget["usage"]["rewardgate"]["strategy"] == "best_of_n"
+        assert budget["usage"]["rewardgate"]["fallback"] == (
+            "calibration of tiny-rm@v1: no early-rejection setting kept the pick's reward within 2 %"
+        )
 
 
 async def test_without_op_bon_the_answer_has_no_budget_keys(gw: Gateway, upstream: FakeUpstream) -> None:

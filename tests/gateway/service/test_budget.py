@@ -12,8 +12,9 @@ import pytest
 
 from gateway.criteria import Scored
 from gateway.formats import spearman
-from gateway.service.budget import Calibration
+from gateway.service.budget import Calibration, MeasuredSetting, RejectionPlan
 from gateway.service.budget import budget_order as order
+from gateway.service.handoffs import EarlyRejection
 from gateway.upstream.router import Candidate, CandidateError
 
 
@@ -47,6 +48,22 @@ def test_calibration_keeps_the_checkpoints_every_calibrated_criterion_predicts()
     assert calibration.checkpoints([16], [(Crit("rm", "v2"), 1.0)]) == ((16,), None)
 
 
+def test_plan_takes_the_one_measured_setting_of_the_request_else_its_own_or_the_default() -> None:
+    measured = {"rm@v1": MeasuredSetting(2.0, (64, 128), 0.375), "other": MeasuredSetting(2.0)}
+    calibration = Calibration({"rm@v1": {16: 0.2, 64: 0.8}}, 0.5, measured)
+    rm, judge, other = (Crit("rm"), 1.0), (Crit("judge"), 1.0), (Crit("other", "v2"), 1.0)
+    plan = calibration.plan(EarlyRejection(), [rm, judge])
+    assert plan == RejectionPlan((64, 128), 0.375, 1, "calibration rm@v1")
+    assert calibration.plan(EarlyRejection(), [other]) == (
+        "calibration of other@v2: no early-rejection setting kept the pick's reward within 2 %"
+    )
+    # the request's own setting (the rest from the defaults), then the correlation floor: 16 and 32 are dropped
+    assert calibration.plan(EarlyRejection(keep=0.25), [rm]) == RejectionPlan((64,), 0.25, 1, "request")
+    # two measured criteria were never measured together: the defaults, under the floor
+    assert calibration.plan(EarlyRejection(min_keep=2), [rm, other]) == RejectionPlan((64,), 0.5, 2, "default")
+    assert calibration.plan(EarlyRejection(), [judge]) == RejectionPlan((16, 32, 64), 0.5, 1, "default")
+
+
 def test_calibration_file_round_trip_and_refusal(tmp_path: Path) -> None:
     path = tmp_path / "cal.json"
     path.write_text(json.dumps({"criteria": {"rm@v1": {"checkpoints": {"16": 0.3, "32": None, "64": 0.7}}}}))
@@ -55,6 +72,14 @@ def test_calibration_file_round_trip_and_refusal(tmp_path: Path) -> None:
     path.write_text(json.dumps({"criteria": {"rm@v1": [0.3]}}))
     with pytest.raises(ValueError, match="checkpoints"):
         Calibration.load(path, 0.5)
+    measured = {"within_pct": 2, "setting": {"checkpoints": [32, 96], "keep": 0.5}}
+    path.write_text(json.dumps({"criteria": {"rm": {"checkpoints": {}, "early_rejection": measured}}}))
+    assert Calibration.load(path, 0.5).settings == {"rm": MeasuredSetting(2.0, (32, 96), 0.5)}
+    settings = ({"checkpoints": [96, 32], "keep": 0.5}, {"checkpoints": [32], "keep": 0}, [32])
+    for bad in ({"setting": None}, *({"within_pct": 2, "setting": setting} for setting in settings)):
+        path.write_text(json.dumps({"criteria": {"rm": {"checkpoints": {}, "early_rejection": bad}}}))
+        with pytest.raises(ValueError, match=r"criteria\['rm'\]\.early_rejection"):
+            Calibration.load(path, 0.5)
 
 
 def test_order_puts_finished_then_rejected_by_how_long_they_lasted_then_failed() -> None:

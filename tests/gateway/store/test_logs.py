@@ -265,7 +265,7 @@ async def test_completion_ids_and_cache_hits_are_stored_and_filtered(store: LogS
 async def test_a_budgeted_best_of_n_keeps_what_it_generated_and_saved(store: LogStore) -> None:
     budget = {"strategy": "early_rejection", "requested_strategy": "early_rejection", "generated_tokens": 300,
               "plain_tokens": 800, "tokens_saved": 500, "candidates": 8, "rejected": 6, "checkpoints": [16, 32],
-              "rounds": 1, "fallback": None}  # fmt: skip
+              "rounds": 1, "fallback": None, "keep": 0.25, "setting": "request"}  # fmt: skip
     rejected = replace(ok(1, 0.1, 1, "Par"), finish_reason="rejected")
     log = await store.create_log(
         model="m", request=REQUEST, candidates=[ok(0, 0.5, 0), rejected], latencies=Latencies(), budget=budget
