@@ -34,6 +34,8 @@ POOL_N = 16  # candidates per prompt
 PROMPTS_PER_CALL = 4  # SmolLM2 samples this many prompts' candidates per generate call
 TRAIN = {
     "support-rm": [],  # the trainer's defaults: MiniLM on the bundled sample
+    # the default recipe also trained on the answers' heads (trainer --partial-prefixes): partial scores that predict
+    "support-partial-rm": ["--partial-prefixes", "16,32,48,64,96,128"],
     "smol-rm": ["--base-model", "smollm2", "--batch-size", "8", "--learning-rate", "2e-5", "--freeze-layers", "24",
                 "--freeze-embeddings", "--epochs", "1", "--time-budget-s", "300"],
 }  # fmt: skip
@@ -67,7 +69,9 @@ def reward_stats(models: Path, slug: str) -> tuple[str, float, float, float | No
 # ---------------------------------------------------------------- 2. candidates
 
 
-def load_prompts(count: int) -> list[list[dict[str, str]]]:
+def load_prompts(count: int, phase: float = 0.0) -> list[list[dict[str, str]]]:
+    """`count` prompts, half the bundled support sample's, half AlpacaEval's, evenly spaced through each; `phase`
+    (0-1) shifts the picks by that fraction of the spacing, so phase 0.5 gives prompts disjoint from phase 0's."""
     support: list[list[dict[str, str]]] = []
     for line in SUPPORT.read_text().splitlines():
         prompt = json.loads(line)["messages"][:-1]
@@ -75,8 +79,8 @@ def load_prompts(count: int) -> list[list[dict[str, str]]]:
             support.append(prompt)
     alpaca = [json.loads(line)["messages"] for line in ALPACA.read_text().splitlines()]
     half = count // 2
-    return [support[i * len(support) // half] for i in range(half)] + [
-        alpaca[i * len(alpaca) // (count - half)] for i in range(count - half)
+    return [support[int((i + phase) * len(support) / half)] for i in range(half)] + [
+        alpaca[int((i + phase) * len(alpaca) / (count - half))] for i in range(count - half)
     ]
 
 
@@ -162,14 +166,16 @@ def tulu_pool(count: int, skip: int = 0) -> dict[str, Any]:
 
 
 class ReplayProvider:
-    """A ChatProvider serving the sampled candidates: seed s + i -> sample i of the prompt; streams one token per
-    chunk at `rate` tokens/s. `sent` counts the tokens each request got before it ended or was closed."""
+    """A ChatProvider serving the sampled candidates of each named pool as model `replay:<name>`: seed s + i ->
+    sample i of the prompt; streams one token per chunk at `rate` tokens/s. `sent` counts the tokens each request
+    got before it ended or was closed."""
 
     name = "replay"
     native_n = True
 
-    def __init__(self, pool: Mapping[str, Any], rate: float) -> None:
-        self._entries = {json.dumps(e["messages"]): e for e in pool["entries"]}
+    def __init__(self, pools: Mapping[str, Sequence[Mapping[str, Any]]], rate: float) -> None:
+        self._entries = {(name, json.dumps(e["messages"])): e for name, pool in pools.items() for p in pool
+                         for e in p["entries"]}  # fmt: skip
         self._rate = rate
         self.sent: Counter[str] = Counter()  # request tag -> tokens sent
         self.closed_early = 0
@@ -181,7 +187,7 @@ class ReplayProvider:
         return None
 
     def _rows(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
-        return self._entries[json.dumps(body["messages"])], int(body.get("seed") or 0)
+        return self._entries[body["model"], json.dumps(body["messages"])], int(body.get("seed") or 0)
 
     async def complete(self, body: Mapping[str, Any], timeout: float) -> dict[str, Any]:
         entry, seed = self._rows(body)

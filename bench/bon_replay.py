@@ -11,8 +11,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # The early-rejection settings simulated on the calibration prompts (step 3): checkpoints x keep fraction.
-SWEEP_CHECKPOINTS = ((16, 32, 64), (32,), (64,), (128,), (32, 64), (32, 128), (64, 128), (32, 64, 128))
-SWEEP_KEEP = (0.75, 0.5, 0.375, 0.25)
+# Settings whose checkpoints a source did not measure are left out.
+SWEEP_CHECKPOINTS = (
+    *((16, 32, 64), (32,), (48,), (64,), (96,), (128,), (32, 64), (32, 96), (32, 128)),
+    *((48, 96), (48, 128), (64, 96), (64, 128), (32, 64, 128), (48, 96, 128)),
+)
+SWEEP_KEEP = (0.75, 0.625, 0.5, 0.375, 0.25)
 # The simulated reward loss each choice may spend: the target (within 2 % of plain best-of-N), and more.
 CHOSEN_LOSS_PCT = {"chosen": 2.0, "chosen_trades_more": 5.0}
 
@@ -53,7 +57,7 @@ def sweep(pool: Mapping[str, Any], found: Mapping[str, Any], n: int) -> list[dic
     out = []
     for checkpoints in SWEEP_CHECKPOINTS:
         for keep in SWEEP_KEEP:
-            if max(checkpoints) not in found["partials"][0]:
+            if not set(checkpoints) <= set(found["partials"][0]):
                 continue
             reduction, loss = simulate(pool, found, n, checkpoints, keep)
             out.append({"checkpoints": list(checkpoints), "keep": keep, "token_reduction_x": round(reduction, 3),
