@@ -34,7 +34,7 @@ POOL_N = 16  # candidates per prompt
 PROMPTS_PER_CALL = 4  # SmolLM2 samples this many prompts' candidates per generate call
 TRAIN = {
     "support-rm": [],  # the trainer's defaults: MiniLM on the bundled sample
-    # the default recipe also trained on the answers' heads (trainer --partial-prefixes): partial scores that predict
+    # the default recipe also trained on the answers' heads (--partial-prefixes): its partial scores predict its finals
     "support-partial-rm": ["--partial-prefixes", "16,32,48,64,96,128"],
     "smol-rm": ["--base-model", "smollm2", "--batch-size", "8", "--learning-rate", "2e-5", "--freeze-layers", "24",
                 "--freeze-embeddings", "--epochs", "1", "--time-budget-s", "300"],
