@@ -45,7 +45,7 @@
 
     python bench/budgeted_bon.py [--sources tulu,smollm2] [--tulu-rm NAME=DIR ...] [--tulu-prompts 24]
         [--calibration-prompts 24] [--smol-prompts 24] [--smol-max-tokens 256] [--tokens-per-s 100]
-        [--concurrency 3] [--ns 4,8,16] [--no-grids] [--out docs/budgeted_bon.json]
+        [--concurrency 3] [--ns 4,8,16] [--grid-ns 4,16] [--no-grids] [--out docs/budgeted_bon.json]
         [--calibration-out docs/bon_calibration.json]
 
 Steps 1 and 2 (the reward models, the candidate pools, the replay upstream) are bench/bon_inputs.py; the offline
@@ -352,7 +352,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 httpx.AsyncClient(transport=transport, base_url="http://gateway")
             )
         # N = 8 (the target) first, each grid written out as it ends: on a shared machine a run may be cut short
-        plan = [(s, scorer, n) for n in sorted(args.ns, key=lambda n: n != target_n) for s in sources
+        plan = [(s, scorer, n) for n in sorted(args.grid_ns or args.ns, key=lambda n: n != target_n) for s in sources
                 for scorer in s.scorers[::-1]]  # fmt: skip
         for s, scorer, n in plan:
             key = f"{s.name}/{scorer}/N={n}"
@@ -395,6 +395,12 @@ if __name__ == "__main__":
     parser.add_argument("--smol-prompts", type=int, default=24, help="SmolLM2 prompts calibrated, and as many run on")
     parser.add_argument("--smol-max-tokens", type=int, default=256)
     parser.add_argument("--ns", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 16])
+    parser.add_argument(
+        "--grid-ns",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="the Ns run through the gateway (default: --ns; the settings are still chosen at N=8 when --ns has it)",
+    )
     parser.add_argument(
         "--no-grids",
         action="store_true",
