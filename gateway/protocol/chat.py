@@ -164,9 +164,7 @@ class BudgetUsage(BaseModel):
     rounds: int = 1  # adaptive N's rounds
     fallback: str | None = None  # why plain best-of-N ran instead
     keep: float | None = None  # early rejection's keep fraction
-    setting: str | None = (
-        None  # where early rejection's checkpoints and keep came from: request, calibration <id>, default
-    )
+    setting: str | None = None  # early rejection's setting: request, calibration <slug@version> or default
 
 
 class Usage(BaseModel):
