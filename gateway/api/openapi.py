@@ -454,11 +454,10 @@ def _chat_headers() -> tuple[Schema, ...]:
         "in": "header",
         "schema": {"type": "string"},
         "examples": {"early rejection": {"value": '{"strategy": "early_rejection", "checkpoints": [16, 32, 64]}'}},
-        "description": 'with op-criteria: a budgeted best-of-N strategy, a JSON object: {"strategy": '
-        '"early_rejection", "checkpoints", "keep", "min_keep"}, {"strategy": "adaptive", '
-        '"per_round", "threshold", "max_tokens", "max_latency_s"} or {"strategy": "best_of_n"} '
-        "(the default); early rejection without checkpoints and keep runs the setting calibrated for the reward "
-        "model; a bad value is a 400 naming op-bon.<field>; usage.rewardgate reports the tokens saved",
+        "description": 'with op-criteria: a budgeted best-of-N strategy, a JSON object: {"strategy": "early_rejection",'
+        ' "checkpoints", "keep", "min_keep"}, {"strategy": "adaptive", "per_round", "threshold", "max_tokens", '
+        '"max_latency_s"} or {"strategy": "best_of_n"} (the default; early rejection without checkpoints or keep runs'
+        " the calibrated setting); a bad value is a 400 naming op-bon.<field>; usage.rewardgate reports tokens saved",
     }
     return criteria, best_only, logged, tags, cache, bon
 
